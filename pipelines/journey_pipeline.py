@@ -1,0 +1,113 @@
+"""`cxj run`: the journey pipeline's entry point.
+
+Known options configure the job; everything else is handed to Beam's PipelineOptions, so
+any runner option works (e.g. ``--runner=PortableRunner --job_endpoint=localhost:8099``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from pipelines.durations import parse_duration
+from pipelines.kafka_config import add_kafka_arguments, settings_from_args, topics_from_args
+from pipelines.kafka_offsets import BrokerUnavailable
+from pipelines.microbatch import MicroBatchRunner, RunConfig, Stopper
+from pipelines.store import Store, StoreError
+from transforms.parse import ParseLimits
+
+log = logging.getLogger("cxj.run")
+
+DEFAULT_DB = Path("data/journeys.duckdb")
+
+EXIT_OK = 0
+EXIT_STORE = 2
+EXIT_BROKER = 3
+EXIT_PIPELINE = 4
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="land everything up to the end offsets seen at start, then exit (default)")
+    mode.add_argument("--follow", action="store_true", help="keep landing new events until Ctrl-C/SIGTERM (finishes the current batch)")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file to land into (default %(default)s)")
+    parser.add_argument("--max-batch-events", type=int, default=50_000, metavar="N",
+                        help="records read per micro-batch at most (default %(default)s)")
+    parser.add_argument("--repeat-window", type=parse_duration, default="72h", metavar="DURATION",
+                        help="a new contact within this time after a journey ended joins it (default 72h; e.g. 48h, 90m)")
+    parser.add_argument("--poll-interval", type=parse_duration, default="1s", metavar="DURATION",
+                        help="--follow: wait between polls when caught up (default 1s)")
+    parser.add_argument("--broker-timeout", type=parse_duration, default="30s", metavar="DURATION",
+                        help="--once: give up when the broker stays unreachable this long (default 30s)")
+    parser.add_argument("--read-timeout", type=parse_duration, default="30s", metavar="DURATION",
+                        help="fail a batch when reading its offsets stalls this long (default 30s)")
+    parser.add_argument("--max-future-skew", type=parse_duration, default="1d", metavar="DURATION",
+                        help="occurred_at further than this in the future is dead-lettered (default 1d)")
+    parser.add_argument("--max-message-bytes", type=int, default=1_048_576, metavar="N",
+                        help="larger messages are dead-lettered (default %(default)s)")
+    add_kafka_arguments(parser)
+
+
+def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunConfig:
+    return RunConfig(
+        db=args.db,
+        settings=settings_from_args(args),
+        topics=topics_from_args(args),
+        max_batch_events=args.max_batch_events,
+        repeat_window_s=args.repeat_window,
+        poll_interval_s=args.poll_interval,
+        read_timeout_s=args.read_timeout,
+        broker_timeout_s=args.broker_timeout,
+        limits=ParseLimits(max_message_bytes=args.max_message_bytes, max_future_skew_s=int(args.max_future_skew)),
+        beam_args=list(beam_args),
+    )
+
+
+def execute(config: RunConfig, follow: bool) -> int:
+    """Runs the job; returns a process exit code with a one-line reason on failure."""
+    try:
+        store = Store(config.db)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return EXIT_STORE
+    runner = MicroBatchRunner(config, store)
+    log.info("landing into %s from %s (%s)", config.db, ", ".join(config.topics.values()), config.settings.describe())
+    try:
+        if follow:
+            stopper = Stopper()
+            stopper.install()
+            landed = runner.follow(stopper)
+            log.info("stopped cleanly; %d events landed in this run", landed)
+        else:
+            batches = runner.run_once()
+            landed = sum(b.landed for b in batches)
+            log.info("caught up: %d batches, %d events landed", len(batches), landed)
+    except BrokerUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_BROKER
+    except StoreError as exc:
+        log.error("%s", exc)
+        return EXIT_STORE
+    finally:
+        runner.close()
+        store.close()
+    return EXIT_OK
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Beam-style entry point: parse known args, pass the rest to PipelineOptions."""
+    from pipelines import logs
+
+    parser = argparse.ArgumentParser(prog="cxj run", description=__doc__)
+    add_run_arguments(parser)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    args, beam_args = parser.parse_known_args(argv)
+    logs.configure(args.quiet, args.log_format)
+    return execute(config_from_args(args, beam_args), args.follow)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,65 @@
+"""Asking the broker where its partitions begin and end (metadata only, no records)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from pipelines.kafka_config import KafkaSettings
+
+PartitionKey = tuple[str, int]
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached; the message says where and why."""
+
+
+class OffsetReader:
+    """A metadata-only consumer, kept open across batches to avoid reconnecting each time."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        self.settings = settings
+        try:
+            self.consumer = KafkaConsumer(
+                **settings.client_kwargs(), enable_auto_commit=False, group_id=None
+            )
+        except (KafkaError, OSError, ValueError) as exc:
+            raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from None
+
+    def partitions(self, topics: Iterable[str]) -> tuple[list[PartitionKey], list[str]]:
+        """Partitions of the topics that exist, plus the names of topics that do not."""
+        found: list[PartitionKey] = []
+        missing: list[str] = []
+        for topic in topics:
+            ids = self._call(lambda: self.consumer.partitions_for_topic(topic))
+            if not ids:
+                missing.append(topic)
+                continue
+            found.extend((topic, p) for p in sorted(ids))
+        return found, missing
+
+    def bounds(self, partitions: list[PartitionKey]) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int]]:
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        if not tps:
+            return {}, {}
+        begin = self._call(lambda: self.consumer.beginning_offsets(tps))
+        end = self._call(lambda: self.consumer.end_offsets(tps))
+        return ({(tp.topic, tp.partition): o for tp, o in begin.items()},
+                {(tp.topic, tp.partition): o for tp, o in end.items()})
+
+    def _call(self, fn):  # type: ignore[no-untyped-def]
+        from kafka.errors import KafkaError
+
+        try:
+            return fn()
+        except (KafkaError, OSError) as exc:
+            raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}") from None
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except Exception:  # closing a consumer of a dead broker must not mask the real error
+            pass

@@ -1,0 +1,236 @@
+"""The micro-batch driver: plan offsets, run the Beam stages, land atomically, repeat.
+
+Each batch is a bounded Beam pipeline run (DESIGN decision 1); journeys that span batches
+are recomputed from the stored events of the customers a batch touches (decision 2); the
+results and the offsets land in one DuckDB transaction (decision 3).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.batch_stages import run_assemble, run_ingest
+from pipelines.kafka_config import DEFAULT_TOPICS, KafkaSettings
+from pipelines.kafka_offsets import BrokerUnavailable, OffsetReader, PartitionKey
+from pipelines.planner import plan_ranges, start_offsets
+from pipelines.store import BatchFacts, LandedBatch, Store
+from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
+from transforms.parse import ParseLimits
+from transforms.staging import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, JOURNEY_SCHEMA, LINK_SCHEMA
+
+log = logging.getLogger("cxj.run")
+
+STAGED_KINDS = {"events": EVENT_SCHEMA, "dead": DEAD_LETTER_SCHEMA, "journeys": JOURNEY_SCHEMA, "links": LINK_SCHEMA}
+
+
+@dataclass
+class RunConfig:
+    db: Path = Path("data/journeys.duckdb")
+    settings: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
+    max_batch_events: int = 50_000
+    repeat_window_s: float = DEFAULT_REPEAT_WINDOW_S
+    poll_interval_s: float = 1.0
+    read_timeout_s: float = 30.0
+    broker_timeout_s: float = 30.0  # --once: give up when the broker stays unreachable this long
+    limits: ParseLimits = field(default_factory=ParseLimits)
+    beam_args: Sequence[str] = ()
+
+    @property
+    def stream_of_topic(self) -> dict[str, str]:
+        return {topic: stream for stream, topic in self.topics.items()}
+
+    @property
+    def staging_root(self) -> Path:
+        return self.db.parent / f".{self.db.name}.staging"
+
+
+class Stopper:
+    """Turns SIGINT/SIGTERM into a flag so the current batch finishes before exiting."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        if self.stopping:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.stopping = True
+        log.info("received %s: finishing the current batch, then exiting", signal.Signals(signum).name)
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.1, end - time.monotonic()))
+
+
+def _ensure_staged_files(staging: Path, kinds: Sequence[str]) -> None:
+    """Writes an empty file for a kind no worker produced, so landing reads uniformly."""
+    for kind in kinds:
+        if not any(staging.glob(f"{kind}*.parquet")):
+            pq.write_table(pa.Table.from_pylist([], schema=STAGED_KINDS[kind]), staging / f"{kind}-empty.parquet")
+
+
+class MicroBatchRunner:
+    """Owns the store and the broker metadata connection for the life of a run."""
+
+    def __init__(self, config: RunConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.offsets: Optional[OffsetReader] = None
+        self._warned: set[str] = set()
+        self.on_batch: Optional[Callable[[LandedBatch, int], None]] = None
+
+    # ------------------------------------------------------------------ broker
+
+    def _reader(self) -> OffsetReader:
+        if self.offsets is None:
+            self.offsets = OffsetReader(self.config.settings)
+        return self.offsets
+
+    def _reset_reader(self) -> None:
+        if self.offsets is not None:
+            self.offsets.close()
+        self.offsets = None
+
+    def broker_positions(self) -> tuple[list[PartitionKey], dict[PartitionKey, int], dict[PartitionKey, int]]:
+        reader = self._reader()
+        partitions, missing = reader.partitions(self.config.topics.values())
+        for topic in missing:
+            self._warn_once(f"topic {topic!r} does not exist on {self.config.settings.bootstrap_servers} (yet)")
+        beginnings, ends = reader.bounds(partitions)
+        return partitions, beginnings, ends
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning(message)
+
+    # ------------------------------------------------------------------ batches
+
+    def lag(self, ends: dict[PartitionKey, int], starts: dict[PartitionKey, int]) -> int:
+        return sum(max(0, ends[k] - starts.get(k, 0)) for k in ends)
+
+    def run_batch(self, targets: Optional[dict[PartitionKey, int]] = None) -> Optional[LandedBatch]:
+        """Lands one batch toward ``targets`` (default: the broker's end offsets now)."""
+        partitions, beginnings, ends = self.broker_positions()
+        starts, warnings = start_offsets(partitions, self.store.landed_offsets(), beginnings, ends)
+        for w in warnings:
+            self._warn_once(w)
+        goal = {k: min(ends[k], targets.get(k, ends[k])) if targets else ends[k] for k in partitions}
+        ranges = plan_ranges(starts, goal, self.config.max_batch_events)
+        if not ranges:
+            return None
+        started_at = datetime.now(timezone.utc)
+        batch_id = self.store.next_batch_id()
+        staging = self.config.staging_root / f"batch-{batch_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            ingest = run_ingest(
+                ranges,
+                self.config.settings,
+                self.config.stream_of_topic,
+                int(started_at.timestamp() * 1_000_000),
+                staging,
+                self.config.beam_args,
+                self.config.limits,
+                self.config.read_timeout_s,
+            )
+            _ensure_staged_files(staging, ["events", "dead"])
+            staged, new = self.store.select_new_events(staging)
+            assemble_s = 0.0
+            history = staging / "history.parquet"
+            if self.store.export_history(history):
+                assemble_s = run_assemble(str(history), staging, self.config.repeat_window_s, self.config.beam_args).seconds
+            _ensure_staged_files(staging, ["journeys", "links"])
+            planned = sum(r.size for r in ranges)
+            facts = BatchFacts(
+                batch_id=batch_id,
+                started_at=started_at,
+                ranges=[{"topic": r.topic, "partition": r.partition, "from": r.start, "to": r.stop} for r in ranges],
+                consumed=ingest.counters.get("cxj:records_read", planned),
+                duplicates_in_batch=ingest.counters.get("cxj:duplicates_in_batch", 0),
+                ingest_s=ingest.seconds,
+                assemble_s=assemble_s,
+            )
+            landed = self.store.land(facts, staging, duplicates_landed_before=staged - new)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        accounted = landed.landed + landed.duplicates + landed.dead_letters
+        if accounted != landed.consumed:
+            log.error("batch %d: consumed %d but accounted for %d", batch_id, landed.consumed, accounted)
+        remaining = self.lag(ends, {(r.topic, r.partition): r.stop for r in ranges} | {
+            k: v for k, v in starts.items() if k not in {(r.topic, r.partition) for r in ranges}
+        })
+        landed.extra["lag"] = remaining
+        self._report(landed, remaining)
+        return landed
+
+    def _report(self, batch: LandedBatch, remaining: int) -> None:
+        rate = batch.consumed / batch.duration_s if batch.duration_s > 0 else 0.0
+        log.info(
+            "batch %d: %d records (%d landed, %d duplicates, %d dead letters), %d customers, "
+            "%d journeys in %.2fs (%.0f records/s); lag %d",
+            batch.batch_id, batch.consumed, batch.landed, batch.duplicates, batch.dead_letters,
+            batch.customers_touched, batch.journeys_written, batch.duration_s, rate, remaining,
+        )
+        if self.on_batch is not None:
+            self.on_batch(batch, remaining)
+
+    # ------------------------------------------------------------------ loops
+
+    def run_once(self) -> list[LandedBatch]:
+        """Lands everything up to the end offsets seen at start, then returns."""
+        deadline = time.monotonic() + self.config.broker_timeout_s
+        while True:
+            try:
+                _, _, targets = self.broker_positions()
+                break
+            except BrokerUnavailable as exc:
+                self._reset_reader()
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"{exc} (gave up after {self.config.broker_timeout_s:.0f}s)") from None
+                log.warning("%s; retrying", exc)
+                time.sleep(1.0)
+        batches = []
+        while True:
+            batch = self.run_batch(targets)
+            if batch is None:
+                return batches
+            batches.append(batch)
+
+    def follow(self, stopper: Stopper) -> int:
+        """Keeps landing until stopped; broker outages are retried with backoff."""
+        landed = 0
+        backoff = 1.0
+        while not stopper.stopping:
+            try:
+                batch = self.run_batch()
+                backoff = 1.0
+            except BrokerUnavailable as exc:
+                self._reset_reader()
+                log.warning("broker unavailable: %s; retrying in %.0fs", exc, backoff)
+                stopper.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if batch is None:
+                stopper.sleep(self.config.poll_interval_s)
+            else:
+                landed += batch.landed
+        return landed
+
+    def close(self) -> None:
+        self._reset_reader()

@@ -1,0 +1,243 @@
+"""The DuckDB store: the only module that writes the journey tables.
+
+Everything a batch produces lands in one transaction together with the Kafka offsets it
+read, so a crash at any point followed by a restart gives exactly the tables of an
+uninterrupted run (DESIGN decision 3). Keeping all writes here means the storage choice
+can change without touching the pipeline.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import duckdb
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+
+class StoreError(RuntimeError):
+    """A one-line, user-facing problem with the database file."""
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ts(column: str) -> str:
+    """Epoch microseconds -> TIMESTAMPTZ, independent of the session time zone."""
+    return f"(make_timestamp({column}) AT TIME ZONE 'UTC')"
+
+
+def _ms_ts(column: str) -> str:
+    return f"(make_timestamp({column} * 1000) AT TIME ZONE 'UTC')"
+
+
+def _parquet(staging: Path, kind: str) -> str:
+    """Reads a staged kind; the driver guarantees at least one (possibly empty) file per kind."""
+    files = sorted(staging.glob(f"{kind}*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no staged {kind} files in {staging}")
+    return "read_parquet([" + ", ".join(sql_literal(str(f)) for f in files) + "])"
+
+
+@dataclass
+class BatchFacts:
+    """What the driver knows about a batch before landing it."""
+
+    batch_id: int
+    started_at: datetime
+    ranges: list[dict[str, Any]]  # {topic, partition, from, to}
+    consumed: int
+    duplicates_in_batch: int
+    ingest_s: float
+    assemble_s: float = 0.0
+
+
+@dataclass
+class LandedBatch:
+    batch_id: int
+    consumed: int
+    landed: int
+    duplicates: int
+    dead_letters: int
+    customers_touched: int
+    journeys_written: int
+    duration_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Store:
+    """A writer connection to the journeys database."""
+
+    def __init__(self, path: Path | str, read_only: bool = False) -> None:
+        self.path = Path(path)
+        try:
+            if not read_only:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            message = str(exc).splitlines()[0]
+            if "lock" in message.lower():
+                raise StoreError(
+                    f"{self.path} is in use by another process (DuckDB allows one writer): {message}"
+                ) from None
+            raise StoreError(f"cannot open {self.path}: {message}") from None
+        except (duckdb.Error, OSError) as exc:
+            raise StoreError(f"cannot open {self.path}: {str(exc).splitlines()[0]}") from None
+        self.con.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            self.apply_schema()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- schema
+
+    def apply_schema(self) -> None:
+        self.con.execute((SQL_DIR / "schema.sql").read_text())
+        for layer in ("staging", "core", "marts"):
+            for view in sorted((SQL_DIR / layer).glob("*.sql")):
+                self.con.execute(view.read_text())
+
+    # ---------------------------------------------------------------- reads
+
+    def landed_offsets(self) -> dict[tuple[str, int], int]:
+        rows = self.con.execute('SELECT topic, "partition", next_offset FROM pipeline_offsets').fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def next_batch_id(self) -> int:
+        return int(self.con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM pipeline_batches").fetchone()[0])
+
+    def count(self, table: str) -> int:
+        if table not in {"events", "journeys", "journey_events", "dead_letters", "pipeline_batches"}:
+            raise ValueError(f"unknown table {table!r}")
+        return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    # ---------------------------------------------------------------- batch steps
+
+    def select_new_events(self, staging: Path) -> tuple[int, int]:
+        """Keeps staged events not landed before; returns (staged, new)."""
+        source = _parquet(staging, "events")
+        self.con.execute("DROP TABLE IF EXISTS batch_events")
+        self.con.execute(
+            f"CREATE TEMP TABLE batch_events AS SELECT s.* FROM {source} s "
+            "ANTI JOIN events e ON e.event_id = s.event_id"
+        )
+        staged = int(self.con.execute(f"SELECT count(*) FROM {source}").fetchone()[0])
+        new = int(self.con.execute("SELECT count(*) FROM batch_events").fetchone()[0])
+        return staged, new
+
+    def export_history(self, target: Path) -> int:
+        """Writes all events of the customers the batch touched (old and new) for assembly."""
+        customers = int(self.con.execute("SELECT count(DISTINCT customer_id) FROM batch_events").fetchone()[0])
+        if customers == 0:
+            return 0
+        columns = (
+            "event_id, event_type, customer_id, ticket_id, chat_id, survey_id, channel, handler_type, "
+            "agent_id, team, status, author, outcome, csat, nps"
+        )
+        query = f"""
+            SELECT {columns}, at_us FROM batch_events
+            UNION ALL
+            SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
+            WHERE customer_id IN (SELECT DISTINCT customer_id FROM batch_events)
+        """
+        self.con.execute(f"COPY ({query}) TO {sql_literal(str(target))} (FORMAT parquet)")
+        return customers
+
+    def land(self, facts: BatchFacts, staging: Path, duplicates_landed_before: int) -> LandedBatch:
+        """One transaction: events, dead letters, journeys of touched customers, offsets, batch row."""
+        land_started = datetime.now(timezone.utc)
+        dead_source = _parquet(staging, "dead")
+        journey_source = _parquet(staging, "journeys")
+        link_source = _parquet(staging, "links")
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                f"""INSERT INTO events SELECT event_id, event_type, {_ts('at_us')}, occurred_at_text,
+                    customer_id, ticket_id, chat_id, survey_id, channel, handler_type, agent_id, team,
+                    status, author, outcome, csat, nps, payload, topic, "partition", "offset",
+                    {_ms_ts('kafka_ts_ms')}, ?, now() FROM batch_events""",
+                [facts.batch_id],
+            )
+            landed = int(con.execute("SELECT count(*) FROM batch_events").fetchone()[0])
+            con.execute(
+                    f"""INSERT INTO dead_letters SELECT topic, "partition", "offset", {_ms_ts('kafka_ts_ms')},
+                        raw, reason, detail, ?, now() FROM {dead_source}""",
+                [facts.batch_id],
+            )
+            dead = int(con.execute(f"SELECT count(*) FROM {dead_source}").fetchone()[0])
+            touched = "SELECT DISTINCT customer_id FROM batch_events"
+            con.execute(f"DELETE FROM journeys WHERE customer_id IN ({touched})")
+            con.execute(f"DELETE FROM journey_events WHERE customer_id IN ({touched})")
+            con.execute(
+                    f"""INSERT INTO journeys SELECT journey_id, customer_id, status, {_ts('started_at_us')},
+                        {_ts('resolved_at_us')}, {_ts('last_event_at_us')}, now(), time_to_resolution_s,
+                        first_response_s, handoff_count, team_handoff_count, channel_hops, touchpoint_count,
+                        contact_count, reopen_count, csat, nps, fcr, channels, agents, teams, threads,
+                        event_count, ? FROM {journey_source}""",
+                [facts.batch_id],
+            )
+            journeys = int(con.execute(f"SELECT count(*) FROM {journey_source}").fetchone()[0])
+            con.execute(f"INSERT INTO journey_events SELECT event_id, journey_id, customer_id FROM {link_source}")
+            self._advance_offsets(facts)
+            customers = int(con.execute(f"SELECT count(*) FROM ({touched})").fetchone()[0])
+            duplicates = facts.duplicates_in_batch + duplicates_landed_before
+            finished = datetime.now(timezone.utc)
+            land_s = (finished - land_started).total_seconds()
+            duration = (finished - facts.started_at).total_seconds()
+            con.execute(
+                """INSERT INTO pipeline_batches
+                   SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                          (SELECT min(occurred_at) FROM events WHERE batch_id = ?),
+                          (SELECT max(occurred_at) FROM events WHERE batch_id = ?),
+                          (SELECT min(kafka_timestamp) FROM events WHERE batch_id = ?),
+                          (SELECT max(kafka_timestamp) FROM events WHERE batch_id = ?),
+                          ?""",
+                [
+                    facts.batch_id, facts.started_at, finished, duration, facts.ingest_s, facts.assemble_s,
+                    land_s, facts.consumed, landed, duplicates, dead, customers, journeys,
+                    facts.batch_id, facts.batch_id, facts.batch_id, facts.batch_id,
+                    json.dumps(facts.ranges),
+                ],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return LandedBatch(
+            batch_id=facts.batch_id,
+            consumed=facts.consumed,
+            landed=landed,
+            duplicates=duplicates,
+            dead_letters=dead,
+            customers_touched=customers,
+            journeys_written=journeys,
+            duration_s=duration,
+        )
+
+    def _advance_offsets(self, facts: BatchFacts) -> None:
+        for r in facts.ranges:
+            self.con.execute(
+                'DELETE FROM pipeline_offsets WHERE topic = ? AND "partition" = ?', [r["topic"], r["partition"]]
+            )
+            self.con.execute(
+                "INSERT INTO pipeline_offsets VALUES (?, ?, ?, ?, now())",
+                [r["topic"], r["partition"], r["to"], facts.batch_id],
+            )
+
+
+def rows(con: duckdb.DuckDBPyConnection, query: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    cursor = con.execute(query, list(params))
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]

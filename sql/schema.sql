@@ -1,0 +1,110 @@
+-- CX Journeys: landing tables (the "raw + core" layer the pipeline writes).
+-- All timestamps are TIMESTAMPTZ; the pipeline's session runs in UTC.
+-- Applied idempotently by pipelines/store.py at every start.
+
+-- Every valid, de-duplicated event (one row per event_id), exactly as landed.
+CREATE TABLE IF NOT EXISTS events (
+    event_id          VARCHAR PRIMARY KEY,   -- contract event_id (unique)
+    event_type        VARCHAR NOT NULL,      -- e.g. ticket.created
+    occurred_at       TIMESTAMPTZ NOT NULL,  -- event time, normalised to an instant
+    occurred_at_text  VARCHAR,               -- occurred_at as sent (keeps the original offset)
+    customer_id       VARCHAR NOT NULL,
+    ticket_id         VARCHAR,
+    chat_id           VARCHAR,
+    survey_id         VARCHAR,
+    channel           VARCHAR,
+    handler_type      VARCHAR,
+    agent_id          VARCHAR,
+    team              VARCHAR,
+    status            VARCHAR,
+    author            VARCHAR,
+    outcome           VARCHAR,
+    csat              INTEGER,
+    nps               INTEGER,
+    payload           JSON NOT NULL,         -- the whole event, unknown fields included
+    source_topic      VARCHAR NOT NULL,      -- where it was first delivered
+    source_partition  INTEGER NOT NULL,
+    source_offset     BIGINT NOT NULL,
+    kafka_timestamp   TIMESTAMPTZ,           -- broker/producer record timestamp
+    batch_id          BIGINT NOT NULL,       -- pipeline_batches.batch_id that landed it
+    landed_at         TIMESTAMPTZ NOT NULL
+);
+
+-- One row per journey; rewritten whenever a batch brings events of its customer.
+CREATE TABLE IF NOT EXISTS journeys (
+    journey_id           VARCHAR NOT NULL,   -- stable: derived from customer and first thread
+    customer_id          VARCHAR NOT NULL,
+    status               VARCHAR NOT NULL,   -- open | resolved | unresolved
+    started_at           TIMESTAMPTZ NOT NULL,
+    resolved_at          TIMESTAMPTZ,        -- last time it became resolved; null unless resolved
+    last_event_at        TIMESTAMPTZ NOT NULL,
+    updated_at           TIMESTAMPTZ NOT NULL, -- wall-clock time the row was last recomputed
+    time_to_resolution_s DOUBLE,             -- resolved_at - started_at
+    first_response_s     DOUBLE,             -- first agent-authored message - started_at
+    handoff_count        INTEGER NOT NULL,
+    team_handoff_count   INTEGER NOT NULL,
+    channel_hops         INTEGER NOT NULL,
+    touchpoint_count     INTEGER NOT NULL,   -- thread starts + customer messages with a known channel
+    contact_count        INTEGER NOT NULL,   -- threads (tickets + chats)
+    reopen_count         INTEGER NOT NULL,
+    csat                 INTEGER,            -- latest non-null CSAT (1-5)
+    nps                  INTEGER,            -- latest non-null NPS (0-10)
+    fcr                  BOOLEAN NOT NULL,   -- resolved, one contact, no reopen
+    channels             VARCHAR[] NOT NULL, -- distinct touchpoint channels, first-seen order
+    agents               VARCHAR[] NOT NULL, -- distinct assigned agents/bots, first-seen order
+    teams                VARCHAR[] NOT NULL, -- distinct assigned teams, first-seen order
+    threads              VARCHAR[] NOT NULL, -- 'ticket:<id>' / 'chat:<id>' in start order
+    event_count          INTEGER NOT NULL,
+    batch_id             BIGINT NOT NULL
+);
+
+-- Which journey each landed event belongs to (surveys of unknown threads have no row yet).
+CREATE TABLE IF NOT EXISTS journey_events (
+    event_id    VARCHAR NOT NULL,
+    journey_id  VARCHAR NOT NULL,
+    customer_id VARCHAR NOT NULL
+);
+
+-- Every message that could not be landed, with the reason; nothing is dropped silently.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    topic           VARCHAR NOT NULL,
+    "partition"     INTEGER NOT NULL,
+    "offset"        BIGINT NOT NULL,
+    kafka_timestamp TIMESTAMPTZ,
+    raw             BLOB NOT NULL,
+    reason          VARCHAR NOT NULL,   -- stable code, see docs
+    detail          VARCHAR,
+    batch_id        BIGINT NOT NULL,
+    landed_at       TIMESTAMPTZ NOT NULL
+);
+
+-- Next offset to read per partition; written in the same transaction as the results.
+CREATE TABLE IF NOT EXISTS pipeline_offsets (
+    topic        VARCHAR NOT NULL,
+    "partition"  INTEGER NOT NULL,
+    next_offset  BIGINT NOT NULL,
+    batch_id     BIGINT NOT NULL,
+    updated_at   TIMESTAMPTZ NOT NULL
+);
+
+-- One row per landed batch: what it read and what came of it.
+CREATE TABLE IF NOT EXISTS pipeline_batches (
+    batch_id             BIGINT NOT NULL,
+    started_at           TIMESTAMPTZ NOT NULL,
+    finished_at          TIMESTAMPTZ NOT NULL,
+    duration_s           DOUBLE NOT NULL,
+    ingest_s             DOUBLE NOT NULL,   -- Beam stage 1: read, parse, validate, dedup
+    assemble_s           DOUBLE NOT NULL,   -- Beam stage 2: journey assembly
+    land_s               DOUBLE NOT NULL,   -- DuckDB transaction
+    consumed             BIGINT NOT NULL,   -- records read from Kafka
+    landed               BIGINT NOT NULL,   -- new events landed
+    duplicates           BIGINT NOT NULL,   -- re-delivered event_ids (in batch or already landed)
+    dead_letters         BIGINT NOT NULL,
+    customers_touched    BIGINT NOT NULL,
+    journeys_written     BIGINT NOT NULL,
+    min_occurred_at      TIMESTAMPTZ,
+    max_occurred_at      TIMESTAMPTZ,
+    min_kafka_timestamp  TIMESTAMPTZ,
+    max_kafka_timestamp  TIMESTAMPTZ,
+    offsets              JSON NOT NULL      -- [{topic, partition, from, to}]
+);

@@ -1,0 +1,202 @@
+"""Turning one Kafka record into either a valid event row or a dead letter.
+
+Pure and total: every input, however broken, yields exactly one outcome with a reason, so
+the pipeline can count consumed = landed + duplicates + dead letters for every batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional, Union
+
+import fastjsonschema
+
+from schemas import SUPPORTED_VERSIONS, validators
+from transforms.events import STREAM_OF_TYPE
+
+RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# Dead-letter reason codes (stable: dashboards and alerts group by them).
+NOT_UTF8 = "not_utf8"
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+TOO_LARGE = "too_large"
+TOO_DEEP = "too_deep"
+EMPTY_MESSAGE = "empty_message"
+UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+SCHEMA_VIOLATION = "schema_violation"
+BAD_TIMESTAMP = "bad_timestamp"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+UNKNOWN_TOPIC = "unknown_topic"
+
+REASONS = (
+    NOT_UTF8, NOT_JSON, NOT_OBJECT, TOO_LARGE, TOO_DEEP, EMPTY_MESSAGE, UNKNOWN_SCHEMA_VERSION,
+    UNKNOWN_EVENT_TYPE, SCHEMA_VIOLATION, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, UNKNOWN_TOPIC,
+)
+
+EXTRACTED_FIELDS = (
+    "ticket_id", "chat_id", "survey_id", "channel", "handler_type", "agent_id", "team",
+    "status", "author", "outcome",
+)
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Bounds that keep hostile or broken input from hurting the pipeline."""
+
+    max_message_bytes: int = 1_048_576
+    max_depth: int = 32
+    # occurred_at accepted in [min_occurred_at, now + max_future_skew_s]
+    min_occurred_at_us: int = 946_684_800_000_000  # 2000-01-01T00:00:00Z
+    max_future_skew_s: int = 86_400
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a record came from; kept on both outcomes for lineage and replay."""
+
+    topic: str
+    partition: int
+    offset: int
+    kafka_ts_ms: Optional[int] = None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(node: Any, limit: int) -> int:
+    """Nesting depth, stopping early once past the limit."""
+    stack = [(node, 1)]
+    deepest = 0
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return deepest
+
+
+def parse_timestamp_us(text: str) -> int:
+    """RFC 3339 with a mandatory offset -> epoch microseconds (sub-microsecond digits dropped)."""
+    if not RFC3339.match(text):
+        raise ValueError(f"occurred_at {text[:64]!r} is not RFC 3339 with an offset")
+    main, _, rest = text.partition(".")
+    if rest:  # trim fractions past microseconds, which datetime cannot hold
+        digits = re.match(r"\d+", rest).group(0)  # type: ignore[union-attr]
+        text = f"{main}.{digits[:6]}{rest[len(digits):]}"
+    parsed = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
+    delta = parsed - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def dead_letter(source: SourceRef, raw: Optional[bytes], reason: str, detail: str) -> dict[str, Any]:
+    return {
+        "topic": source.topic,
+        "partition": source.partition,
+        "offset": source.offset,
+        "kafka_ts_ms": source.kafka_ts_ms,
+        "raw": raw if raw is not None else b"",
+        "reason": reason,
+        "detail": detail[:500],
+    }
+
+
+ParseOutcome = tuple[str, dict[str, Any]]  # ("event", row) | ("dead", row)
+
+
+def parse_record(
+    raw: Optional[bytes],
+    source: SourceRef,
+    stream: Optional[str],
+    now_us: int,
+    limits: ParseLimits = ParseLimits(),
+) -> ParseOutcome:
+    """Classifies one record. ``stream`` is tickets/chats/surveys for the record's topic."""
+    outcome = _parse(raw, source, stream, now_us, limits)
+    if isinstance(outcome, tuple):
+        return ("dead", dead_letter(source, raw, *outcome))
+    return ("event", outcome)
+
+
+def _parse(
+    raw: Optional[bytes], source: SourceRef, stream: Optional[str], now_us: int, limits: ParseLimits
+) -> Union[dict[str, Any], tuple[str, str]]:
+    if stream is None:
+        return (UNKNOWN_TOPIC, f"topic {source.topic!r} is not one of the configured event topics")
+    if raw is None or len(raw) == 0:
+        return (EMPTY_MESSAGE, "message has no value")
+    if len(raw) > limits.max_message_bytes:
+        return (TOO_LARGE, f"{len(raw)} bytes > limit {limits.max_message_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (NOT_UTF8, str(exc))
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        return (TOO_DEEP, "JSON nesting too deep to parse")
+    except ValueError as exc:
+        return (NOT_JSON, str(exc))
+    if not isinstance(doc, dict):
+        return (NOT_OBJECT, f"top-level JSON is {type(doc).__name__}, expected object")
+    if _depth(doc, limits.max_depth) > limits.max_depth:
+        return (TOO_DEEP, f"nesting deeper than {limits.max_depth}")
+    version = doc.get("schema_version")
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        return (UNKNOWN_SCHEMA_VERSION, f"schema_version {version!r} not in {list(SUPPORTED_VERSIONS)}")
+    event_type = doc.get("event_type")
+    checks = validators(version)
+    if not isinstance(event_type, str) or event_type not in checks:
+        return (UNKNOWN_EVENT_TYPE, f"event_type {str(event_type)[:80]!r} is not defined in contract v{version}")
+    if STREAM_OF_TYPE[event_type] != stream:
+        return (UNKNOWN_EVENT_TYPE, f"event_type {event_type!r} does not belong on topic {source.topic!r}")
+    try:
+        checks[event_type](doc)
+    except fastjsonschema.JsonSchemaException as exc:
+        return (SCHEMA_VIOLATION, exc.message)
+    try:
+        at_us = parse_timestamp_us(doc["occurred_at"])
+    except (ValueError, OverflowError) as exc:
+        return (BAD_TIMESTAMP, str(exc))
+    if at_us < limits.min_occurred_at_us or at_us > now_us + limits.max_future_skew_s * 1_000_000:
+        return (TIMESTAMP_OUT_OF_RANGE, f"occurred_at {doc['occurred_at']} outside the accepted range")
+    return _event_row(doc, text, at_us, source)
+
+
+def _as_int(value: Any) -> Optional[int]:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return int(value)
+
+
+def _event_row(doc: dict[str, Any], text: str, at_us: int, source: SourceRef) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "event_id": doc["event_id"],
+        "event_type": doc["event_type"],
+        "at_us": at_us,
+        "customer_id": doc["customer_id"],
+        "occurred_at_text": doc["occurred_at"],
+    }
+    for name in EXTRACTED_FIELDS:
+        value = doc.get(name)
+        row[name] = value if isinstance(value, str) else None
+    row["csat"] = _as_int(doc.get("csat"))
+    row["nps"] = _as_int(doc.get("nps"))
+    row["payload"] = text
+    row["topic"] = source.topic
+    row["partition"] = source.partition
+    row["offset"] = source.offset
+    row["kafka_ts_ms"] = source.kafka_ts_ms
+    return row
