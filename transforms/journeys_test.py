@@ -1,0 +1,325 @@
+"""Hand-written cases for each journey rule and metric of DESIGN.md (pure, no Kafka, no Beam)."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from transforms.events import Event
+from transforms.journeys import assemble_journeys, journey_id_for
+
+H = 3600
+US = 1_000_000
+_ids = itertools.count()
+
+
+def ev(t: float, event_type: str, customer: str = "c1", event_id: str | None = None, **fields) -> Event:
+    return Event(
+        event_id=event_id or f"e{next(_ids):05d}",
+        event_type=event_type,
+        at_us=int(t * US),
+        customer_id=customer,
+        **fields,
+    )
+
+
+def ticket(tid: str, t: float, channel: str = "email", **kw) -> Event:
+    return ev(t, "ticket.created", ticket_id=tid, channel=channel, **kw)
+
+
+def status(tid: str, t: float, value: str) -> Event:
+    return ev(t, "ticket.status_changed", ticket_id=tid, status=value)
+
+
+def assign(thread: str, t: float, agent: str | None = None, team: str | None = None, handler: str = "agent") -> Event:
+    kind, tid = thread.split(":")
+    key = {"ticket_id": tid} if kind == "ticket" else {"chat_id": tid}
+    return ev(t, f"{kind}.assigned", handler_type=handler, agent_id=agent, team=team, **key)
+
+
+def tmsg(tid: str, t: float, author: str, channel: str = "email") -> Event:
+    return ev(t, "ticket.message", ticket_id=tid, author=author, channel=channel)
+
+
+def chat(cid: str, t: float, channel: str = "chat") -> Event:
+    return ev(t, "chat.started", chat_id=cid, channel=channel)
+
+
+def cmsg(cid: str, t: float, author: str) -> Event:
+    return ev(t, "chat.message", chat_id=cid, author=author)
+
+
+def ended(cid: str, t: float, outcome: str, ticket_id: str | None = None) -> Event:
+    return ev(t, "chat.ended", chat_id=cid, outcome=outcome, ticket_id=ticket_id)
+
+
+def survey(t: float, ticket_id: str | None = None, chat_id: str | None = None, csat=None, nps=None) -> Event:
+    return ev(t, "survey.responded", survey_id=f"s{next(_ids)}", ticket_id=ticket_id, chat_id=chat_id, csat=csat, nps=nps)
+
+
+def one(events: list[Event], **kw) -> dict:
+    rows = assemble_journeys("c1", events, **kw)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+# ---------------------------------------------------------------- journey rules
+
+
+def test_simple_ticket_resolved_metrics():
+    j = one([ticket("T", 0), assign("ticket:T", 60, "a1", "billing"), tmsg("T", 120, "agent"), status("T", 3600, "solved")])
+    assert j["status"] == "resolved"
+    assert j["started_at_us"] == 0
+    assert j["resolved_at_us"] == 3600 * US
+    assert j["time_to_resolution_s"] == 3600.0
+    assert j["first_response_s"] == 120.0
+    assert j["contact_count"] == 1 and j["reopen_count"] == 0
+    assert j["fcr"] is True
+    assert j["agents"] == ["a1"] and j["teams"] == ["billing"]
+
+
+def test_open_journey_has_no_resolution():
+    j = one([ticket("T", 0), tmsg("T", 10, "customer")])
+    assert j["status"] == "open"
+    assert j["resolved_at_us"] is None and j["time_to_resolution_s"] is None
+    assert j["first_response_s"] is None
+    assert j["fcr"] is False
+
+
+def test_chat_unresolved_outcome_gives_unresolved_journey():
+    j = one([chat("C", 0), ended("C", 300, "abandoned")])
+    assert j["status"] == "unresolved"
+    assert j["resolved_at_us"] is None
+
+
+def test_chat_resolved_outcome():
+    j = one([chat("C", 0), ended("C", 300, "resolved")])
+    assert j["status"] == "resolved" and j["time_to_resolution_s"] == 300
+
+
+def test_escalation_links_chat_and_ticket_created_after_chat_ended():
+    j = one([chat("C", 0), ended("C", 100, "escalated", ticket_id="T"), ticket("T", 200), status("T", 500, "solved")])
+    assert j["contact_count"] == 2
+    assert j["status"] == "resolved" and j["time_to_resolution_s"] == 500
+
+
+def test_escalation_link_joins_even_outside_repeat_window():
+    events = [chat("C", 0), ended("C", 100, "escalated", ticket_id="T"), ticket("T", 100 + 10 * H)]
+    j = one(events, repeat_window_s=H)
+    assert j["contact_count"] == 2
+
+
+def test_escalation_ticket_created_before_chat_ended():
+    j = one([chat("C", 0), ticket("T", 50), ended("C", 100, "escalated", ticket_id="T")])
+    assert j["contact_count"] == 2 and j["status"] == "open"
+
+
+def test_new_thread_while_journey_open_joins():
+    j = one([ticket("T1", 0), ticket("T2", 10 * 24 * H, channel="phone")])
+    assert j["contact_count"] == 2
+
+
+@pytest.mark.parametrize(
+    "gap, joins",
+    [(72 * H - 1, True), (72 * H, True), (72 * H + 1, False)],
+    ids=["just-inside", "exactly-72h", "just-outside"],
+)
+def test_repeat_window_is_inclusive(gap, joins):
+    rows = assemble_journeys("c1", [ticket("T1", 0), status("T1", 100, "solved"), ticket("T2", 100 + gap)])
+    assert (len(rows) == 1) is joins
+
+
+def test_repeat_window_is_configurable():
+    events = [ticket("T1", 0), status("T1", 100, "solved"), ticket("T2", 100 + 2 * H)]
+    assert len(assemble_journeys("c1", events, repeat_window_s=H)) == 2
+    assert len(assemble_journeys("c1", events, repeat_window_s=3 * H)) == 1
+
+
+def test_thread_without_start_event_starts_at_earliest_event():
+    j = one([tmsg("T", 50, "customer"), assign("ticket:T", 60, "a1"), status("T", 100, "solved")])
+    assert j["started_at_us"] == 50 * US
+    assert j["time_to_resolution_s"] == 50
+
+
+def test_survey_of_unknown_thread_waits():
+    rows = assemble_journeys("c1", [survey(10, ticket_id="T", csat=5)])
+    assert rows == []
+    j = one([survey(10 * H, ticket_id="T", csat=5), ticket("T", 0), status("T", 100, "solved")])
+    assert j["csat"] == 5
+
+
+def test_status_follows_last_ended_thread():
+    # chat resolved at 100, ticket (same journey) abandoned later -> unresolved
+    j = one([chat("C", 0), ended("C", 100, "resolved"), chat("C2", 200), ended("C2", 300, "abandoned")])
+    assert j["status"] == "unresolved"
+    j = one([chat("C", 0), chat("C2", 10), ended("C2", 50, "abandoned"), ended("C", 100, "resolved")])
+    assert j["status"] == "resolved" and j["resolved_at_us"] == 100 * US
+
+
+def test_customers_are_separate():
+    events = [ticket("T", 0), ev(1, "ticket.created", customer="c2", ticket_id="X", channel="web")]
+    assert len(assemble_journeys("c1", events)) == 1
+
+
+def test_several_journeys_of_one_customer():
+    events = [ticket("T1", 0), status("T1", 10, "solved"), ticket("T2", 10 + 100 * H), status("T2", 20 + 100 * H, "solved")]
+    rows = assemble_journeys("c1", events)
+    assert len(rows) == 2
+    assert {r["journey_id"] for r in rows} == {journey_id_for("c1", ("ticket", "T1")), journey_id_for("c1", ("ticket", "T2"))}
+
+
+# ---------------------------------------------------------------- resolution and reopen
+
+
+def test_reopen_counts_and_resolution_time_includes_cycle():
+    j = one([ticket("T", 0), status("T", 100, "solved"), status("T", 200, "open"), status("T", 400, "solved")])
+    assert j["reopen_count"] == 1
+    assert j["resolved_at_us"] == 400 * US and j["time_to_resolution_s"] == 400
+    assert j["fcr"] is False
+
+
+def test_solved_then_closed_keeps_first_resolution_time():
+    j = one([ticket("T", 0), status("T", 100, "solved"), status("T", 900, "closed")])
+    assert j["resolved_at_us"] == 100 * US and j["reopen_count"] == 0
+
+
+def test_reopened_and_still_open():
+    j = one([ticket("T", 0), status("T", 100, "solved"), status("T", 200, "pending")])
+    assert j["status"] == "open" and j["resolved_at_us"] is None and j["reopen_count"] == 1
+
+
+# ---------------------------------------------------------------- first response
+
+
+def test_first_response_ignores_bot_and_system_messages():
+    j = one([chat("C", 0), cmsg("C", 5, "bot"), cmsg("C", 6, "system"), cmsg("C", 7, "customer"), cmsg("C", 90, "agent")])
+    assert j["first_response_s"] == 90
+
+
+# ---------------------------------------------------------------- handoffs
+
+
+def handoffs(*assignments: Event) -> tuple[int, int]:
+    j = one([ticket("T", 0), *assignments])
+    return j["handoff_count"], j["team_handoff_count"]
+
+
+def test_first_assignment_is_not_a_handoff():
+    assert handoffs(assign("ticket:T", 1, "a1", "t1")) == (0, 0)
+
+
+def test_agent_change_is_a_handoff():
+    assert handoffs(assign("ticket:T", 1, "a1", "t1"), assign("ticket:T", 2, "a2", "t1")) == (1, 0)
+
+
+def test_team_change_counts_once_and_as_team_handoff():
+    assert handoffs(assign("ticket:T", 1, "a1", "t1"), assign("ticket:T", 2, "a2", "t2")) == (1, 1)
+
+
+def test_taking_from_team_queue_is_not_a_handoff():
+    assert handoffs(assign("ticket:T", 1, team="t1"), assign("ticket:T", 2, "a1", "t1")) == (0, 0)
+
+
+def test_agent_back_to_queue_then_other_agent_is_one():
+    assert handoffs(
+        assign("ticket:T", 1, "a1", "t1"), assign("ticket:T", 2, team="t1"), assign("ticket:T", 3, "a2", "t1")
+    ) == (1, 0)
+
+
+def test_team_only_assignment_to_other_team_forgets_agent():
+    # a1@t1 -> queue t2 (team handoff) -> a2@t2: the agent was forgotten, so no second handoff
+    assert handoffs(
+        assign("ticket:T", 1, "a1", "t1"), assign("ticket:T", 2, team="t2"), assign("ticket:T", 3, "a2", "t2")
+    ) == (1, 1)
+
+
+def test_bot_to_human_is_a_handoff():
+    j = one([chat("C", 0), assign("chat:C", 1, "bot-1", handler="bot"), assign("chat:C", 5, "a1", "t1")])
+    assert j["handoff_count"] == 1
+
+
+def test_a_b_a_counts_two():
+    assert handoffs(assign("ticket:T", 1, "a"), assign("ticket:T", 2, "b"), assign("ticket:T", 3, "a")) == (2, 0)
+
+
+def test_same_handler_again_is_not_a_handoff():
+    assert handoffs(assign("ticket:T", 1, "a", "t"), assign("ticket:T", 2, "a", "t")) == (0, 0)
+
+
+def test_unknown_side_is_not_a_change():
+    assert handoffs(assign("ticket:T", 1, "a"), assign("ticket:T", 2, team="t9")) == (0, 0)
+
+
+def test_escalation_handoff_when_ticket_handler_differs():
+    events = [
+        chat("C", 0), assign("chat:C", 1, "a1", "chat-team"), ended("C", 10, "escalated", ticket_id="T"),
+        ticket("T", 20), assign("ticket:T", 30, "a2", "tier2"),
+    ]
+    j = one(events)
+    assert (j["handoff_count"], j["team_handoff_count"]) == (1, 1)
+
+
+def test_escalation_same_handler_is_not_a_handoff():
+    events = [
+        chat("C", 0), assign("chat:C", 1, "a1", "t"), ended("C", 10, "escalated", ticket_id="T"),
+        ticket("T", 20), assign("ticket:T", 30, "a1", "t"),
+    ]
+    assert one(events)["handoff_count"] == 0
+
+
+# ---------------------------------------------------------------- channels
+
+
+def test_channel_hops_count_changes_between_touchpoints():
+    events = [
+        chat("C", 0, channel="chat"), cmsg("C", 1, "customer"), ended("C", 5, "abandoned"),
+        ticket("T", 60, channel="email"), tmsg("T", 70, "customer", channel="email"),
+        tmsg("T", 80, "customer", channel="phone"), tmsg("T", 90, "agent", channel="web"),
+    ]
+    j = one(events)
+    # touchpoints: chat, chat, email, email, phone (agent messages are not touchpoints)
+    assert j["touchpoint_count"] == 5
+    assert j["channel_hops"] == 2
+    assert j["channels"] == ["chat", "email", "phone"]
+
+
+def test_surveys_are_not_touchpoints_and_latest_score_wins():
+    events = [
+        ticket("T", 0, channel="web"), status("T", 10, "solved"),
+        survey(20, ticket_id="T", csat=2, nps=3), survey(30, ticket_id="T", csat=None, nps=9), survey(40, ticket_id="T", csat=5),
+    ]
+    j = one(events)
+    assert j["touchpoint_count"] == 1 and j["channel_hops"] == 0
+    assert (j["csat"], j["nps"]) == (5, 9)
+
+
+# ---------------------------------------------------------------- ordering and duplicates
+
+
+def test_equal_timestamps_follow_type_order():
+    # solved and a message at the same instant: message first, then the status change
+    j = one([ticket("T", 0), status("T", 10, "solved"), tmsg("T", 10, "agent")])
+    assert j["first_response_s"] == 10 and j["status"] == "resolved"
+
+
+def test_same_instant_with_different_offsets_is_equal():
+    from transforms.parse import parse_timestamp_us
+
+    assert parse_timestamp_us("2026-03-01T12:00:00+02:00") == parse_timestamp_us("2026-03-01T10:00:00Z")
+    assert parse_timestamp_us("2026-03-01T05:00:00.5-05:00") == parse_timestamp_us("2026-03-01T10:00:00.500000Z")
+
+
+def test_results_do_not_depend_on_arrival_order_or_duplicates():
+    events = [
+        chat("C", 0), assign("chat:C", 1, "bot-1", handler="bot"), assign("chat:C", 2, "a1", "t1"),
+        cmsg("C", 3, "customer"), ended("C", 10, "escalated", ticket_id="T"), ticket("T", 11, channel="email"),
+        assign("ticket:T", 12, "a2", "t2"), status("T", 50, "solved"), status("T", 60, "open"),
+        status("T", 70, "solved"), survey(80, ticket_id="T", csat=4), ticket("T2", 90 + 100 * H),
+    ]
+    expected = assemble_journeys("c1", events)
+    rng = random.Random(7)
+    for _ in range(20):
+        shuffled = events + rng.sample(events, 3)
+        rng.shuffle(shuffled)
+        assert assemble_journeys("c1", shuffled) == expected

@@ -1,0 +1,84 @@
+"""Every kind of bad input yields a dead letter with its reason; valid input yields one event."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transforms.parse import ParseLimits, SourceRef, parse_record
+
+NOW_US = 1_795_000_000_000_000  # 2026-11-18
+SRC = SourceRef("cx.tickets", 2, 41, 1_700_000_000_000)
+
+
+def event(**overrides) -> dict:
+    base = {
+        "event_id": "e-1", "event_type": "ticket.created", "occurred_at": "2026-11-01T09:30:00+01:00",
+        "customer_id": "cust-1", "schema_version": 1, "ticket_id": "T-1", "channel": "email",
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def parse(value, stream="tickets", limits=ParseLimits()):
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return parse_record(raw, SRC, stream, NOW_US, limits)
+
+
+def test_valid_event_keeps_unknown_fields_and_source():
+    kind, row = parse(event(extra={"kept": True}))
+    assert kind == "event"
+    assert row["at_us"] == 1_793_521_800_000_000  # 08:30Z
+    assert json.loads(row["payload"])["extra"] == {"kept": True}
+    assert (row["topic"], row["partition"], row["offset"]) == ("cx.tickets", 2, 41)
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (b"\xff\xfe", "not_utf8"),
+        (b"{not json", "not_json"),
+        (b'{"a": NaN}', "not_json"),
+        (b"[1, 2]", "not_object"),
+        (b"", "empty_message"),
+        (event(schema_version=2), "unknown_schema_version"),
+        (event(schema_version="1"), "unknown_schema_version"),
+        (event(event_type="ticket.deleted"), "unknown_event_type"),
+        (event(event_type="chat.started", chat_id="C"), "unknown_event_type"),  # wrong topic
+        (event(channel="fax"), "schema_violation"),
+        (event(ticket_id=...), "schema_violation"),
+        (event(customer_id=""), "schema_violation"),
+        (event(event_id=None), "schema_violation"),
+        (event(occurred_at="yesterday"), "bad_timestamp"),
+        (event(occurred_at="2026-11-01T09:30:00"), "bad_timestamp"),  # no offset
+        (event(occurred_at="2026-02-30T09:30:00Z"), "bad_timestamp"),
+        (event(occurred_at="2099-01-01T00:00:00Z"), "timestamp_out_of_range"),
+        (event(occurred_at="1970-01-01T00:00:00Z"), "timestamp_out_of_range"),
+        (b"[" * 5000 + b"]" * 5000, "too_deep"),
+    ],
+)
+def test_bad_input_is_dead_lettered_with_reason(value, reason):
+    kind, row = parse(value)
+    assert kind == "dead"
+    assert row["reason"] == reason
+    assert row["detail"]
+    assert (row["topic"], row["partition"], row["offset"]) == ("cx.tickets", 2, 41)
+
+
+def test_oversized_message():
+    kind, row = parse(event(subject="x" * 2000), limits=ParseLimits(max_message_bytes=1000))
+    assert (kind, row["reason"]) == ("dead", "too_large")
+
+
+def test_assignment_needs_agent_or_team():
+    base = event(event_type="ticket.assigned", channel=..., handler_type="agent")
+    assert parse(base)[1]["reason"] == "schema_violation"
+    assert parse({**base, "team": "billing"})[0] == "event"
+    assert parse({**base, "agent_id": "a-1"})[0] == "event"
+
+
+def test_survey_scores_range():
+    base = event(event_type="survey.responded", channel=..., ticket_id="T", survey_id="S")
+    assert parse({**base, "csat": 5, "nps": 0}, stream="surveys")[0] == "event"
+    assert parse({**base, "csat": 6}, stream="surveys")[1]["reason"] == "schema_violation"
+    assert parse({**base, "nps": "9"}, stream="surveys")[1]["reason"] == "schema_violation"
