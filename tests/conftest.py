@@ -1,0 +1,33 @@
+"""Fixtures that start the real local broker once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from pipelines.kafka_config import KafkaSettings
+from tests.support import free_port, new_topics
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
+    from infra.broker import start_broker, stop_broker
+
+    port = free_port()
+    state = tmp_path_factory.mktemp("broker")
+    start_broker(port=port, partitions=3, topics=[], state_dir=state)
+    try:
+        yield KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
+    finally:
+        stop_broker(port=port, state_dir=state)
+
+
+@pytest.fixture
+def topics(broker: KafkaSettings) -> dict[str, str]:
+    return new_topics(broker)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "journeys.duckdb"

@@ -1,0 +1,78 @@
+"""Shared test helpers: real broker topics, real pipeline runs, real DuckDB files."""
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+
+from pipelines.kafka_config import KafkaSettings
+from pipelines.microbatch import MicroBatchRunner, RunConfig
+from pipelines.store import Store
+
+JOURNEY_COLUMNS = (
+    "journey_id, customer_id, status, started_at, resolved_at, last_event_at, time_to_resolution_s, "
+    "first_response_s, handoff_count, team_handoff_count, channel_hops, touchpoint_count, contact_count, "
+    "reopen_count, csat, nps, fcr, channels, agents, teams, threads, event_count"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def new_topics(settings: KafkaSettings, partitions: int = 3) -> dict[str, str]:
+    """Unique topic names per test, so tests sharing one broker never see each other's data."""
+    from infra.broker import ensure_topics
+
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"tickets": f"t-{suffix}.tickets", "chats": f"t-{suffix}.chats", "surveys": f"t-{suffix}.surveys"}
+    ensure_topics(settings, topics.values(), partitions)
+    return topics
+
+
+def send(settings: KafkaSettings, topics: dict[str, str], messages: Iterable[tuple[str, bytes, bytes]]) -> int:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**settings.client_kwargs(), linger_ms=5, acks="all")
+    count = 0
+    for stream, key, value in messages:
+        producer.send(topics[stream], key=key, value=value)
+        count += 1
+    producer.flush()
+    producer.close()
+    return count
+
+
+def send_events(settings: KafkaSettings, topics: dict[str, str], events: Iterable[dict[str, Any]]) -> int:
+    def messages():
+        for e in events:
+            stream = {"ticket": "tickets", "chat": "chats", "survey": "surveys"}[str(e["event_type"]).split(".")[0]]
+            yield stream, str(e.get("customer_id", "")).encode(), json.dumps(e).encode()
+
+    return send(settings, topics, messages())
+
+
+def run_once(db: Path, settings: KafkaSettings, topics: dict[str, str], **config: Any) -> list:
+    cfg = RunConfig(db=db, settings=settings, topics=topics, **config)
+    with Store(db) as store:
+        runner = MicroBatchRunner(cfg, store)
+        try:
+            return runner.run_once()
+        finally:
+            runner.close()
+
+
+def table(db: Path, query: str) -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(query).fetchall()
+
+
+def journeys(db: Path) -> list[tuple]:
+    return table(db, f"SELECT {JOURNEY_COLUMNS} FROM journeys ORDER BY journey_id")
