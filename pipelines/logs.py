@@ -20,6 +20,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class _DropKnownNoise(logging.Filter):
+    """Beam warns about optional Google Cloud client libraries at import; irrelevant here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
 def configure(quiet: bool = False, log_format: str = "text", verbose: bool = False) -> None:
     """Our own loggers at INFO (WARNING with --quiet); Beam and kafka-python only when they warn."""
     handler = logging.StreamHandler(sys.stderr)
@@ -27,6 +34,7 @@ def configure(quiet: bool = False, log_format: str = "text", verbose: bool = Fal
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_DropKnownNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -83,6 +83,28 @@ def _ensure_staged_files(staging: Path, kinds: Sequence[str]) -> None:
             pq.write_table(pa.Table.from_pylist([], schema=STAGED_KINDS[kind]), staging / f"{kind}-empty.parquet")
 
 
+@dataclass
+class Positions:
+    """Per partition: the next offset to land and the broker's end offset, when last seen."""
+
+    landed: dict[PartitionKey, int]
+    ends: dict[PartitionKey, int]
+
+    @property
+    def lag(self) -> int:
+        return sum(max(0, end - self.landed.get(k, 0)) for k, end in self.ends.items())
+
+
+class RunListener:
+    """Observer of a run (metrics exporters, quality gates, progress). Override what you need."""
+
+    def batch_landed(self, batch: LandedBatch, positions: Positions) -> None: ...
+
+    def idle(self, positions: Positions) -> None: ...
+
+    def failed(self, error: BaseException) -> None: ...
+
+
 class MicroBatchRunner:
     """Owns the store and the broker metadata connection for the life of a run."""
 
@@ -91,7 +113,7 @@ class MicroBatchRunner:
         self.store = store
         self.offsets: Optional[OffsetReader] = None
         self._warned: set[str] = set()
-        self.on_batch: Optional[Callable[[LandedBatch, int], None]] = None
+        self.listeners: list[RunListener] = []
 
     # ------------------------------------------------------------------ broker
 
@@ -120,9 +142,6 @@ class MicroBatchRunner:
 
     # ------------------------------------------------------------------ batches
 
-    def lag(self, ends: dict[PartitionKey, int], starts: dict[PartitionKey, int]) -> int:
-        return sum(max(0, ends[k] - starts.get(k, 0)) for k in ends)
-
     def run_batch(self, targets: Optional[dict[PartitionKey, int]] = None) -> Optional[LandedBatch]:
         """Lands one batch toward ``targets`` (default: the broker's end offsets now)."""
         partitions, beginnings, ends = self.broker_positions()
@@ -132,6 +151,8 @@ class MicroBatchRunner:
         goal = {k: min(ends[k], targets.get(k, ends[k])) if targets else ends[k] for k in partitions}
         ranges = plan_ranges(starts, goal, self.config.max_batch_events)
         if not ranges:
+            for listener in self.listeners:
+                listener.idle(Positions(starts, ends))
             return None
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
@@ -172,11 +193,11 @@ class MicroBatchRunner:
         accounted = landed.landed + landed.duplicates + landed.dead_letters
         if accounted != landed.consumed:
             log.error("batch %d: consumed %d but accounted for %d", batch_id, landed.consumed, accounted)
-        remaining = self.lag(ends, {(r.topic, r.partition): r.stop for r in ranges} | {
-            k: v for k, v in starts.items() if k not in {(r.topic, r.partition) for r in ranges}
-        })
-        landed.extra["lag"] = remaining
-        self._report(landed, remaining)
+        positions = Positions(starts | {(r.topic, r.partition): r.stop for r in ranges}, ends)
+        landed.extra["lag"] = positions.lag
+        self._report(landed, positions.lag)
+        for listener in self.listeners:
+            listener.batch_landed(landed, positions)
         return landed
 
     def _report(self, batch: LandedBatch, remaining: int) -> None:
@@ -187,8 +208,6 @@ class MicroBatchRunner:
             batch.batch_id, batch.consumed, batch.landed, batch.duplicates, batch.dead_letters,
             batch.customers_touched, batch.journeys_written, batch.duration_s, rate, remaining,
         )
-        if self.on_batch is not None:
-            self.on_batch(batch, remaining)
 
     # ------------------------------------------------------------------ loops
 
