@@ -20,6 +20,7 @@ class OffsetReader:
         from kafka.errors import KafkaError
 
         self.settings = settings
+        self.probe = None
         try:
             self.consumer = KafkaConsumer(
                 **settings.client_kwargs(), enable_auto_commit=False, group_id=None
@@ -47,8 +48,39 @@ class OffsetReader:
             return {}, {}
         begin = self._call(lambda: self.consumer.beginning_offsets(tps))
         end = self._call(lambda: self.consumer.end_offsets(tps))
-        return ({(tp.topic, tp.partition): o for tp, o in begin.items()},
-                {(tp.topic, tp.partition): o for tp, o in end.items()})
+        reported = {(tp.topic, tp.partition): o for tp, o in end.items()}
+        return ({(tp.topic, tp.partition): o for tp, o in begin.items()}, self._call(lambda: self._true_ends(reported)))
+
+    def _true_ends(self, reported: dict[PartitionKey, int]) -> dict[PartitionKey, int]:
+        """End offsets confirmed by fetching at the reported end.
+
+        Some Kafka-compatible brokers (Tansu 0.6, our local broker) report the base offset of
+        the last record batch as the end offset, so the records of that batch would never be
+        read by a run that stops at the reported end. Fetching from the reported end shows
+        what really lies beyond; on a correct broker that fetch is empty and costs one short
+        poll.
+        """
+        from kafka import KafkaConsumer, TopicPartition
+
+        if self.probe is None:
+            self.probe = KafkaConsumer(
+                **self.settings.client_kwargs(), enable_auto_commit=False, group_id=None,
+                fetch_max_wait_ms=10, max_poll_records=10_000, check_crcs=False,
+            )
+        tps = {TopicPartition(t, p): (t, p) for t, p in reported}
+        self.probe.assign(list(tps))
+        for tp, key in tps.items():
+            self.probe.seek(tp, reported[key])
+        ends = dict(reported)
+        for _ in range(50):  # each round reads at most one fetch per partition beyond the end
+            polled = self.probe.poll(timeout_ms=100)
+            if not polled:
+                break
+            for tp, records in polled.items():
+                if records:
+                    key = tps[tp]
+                    ends[key] = max(ends[key], records[-1].offset + 1)
+        return ends
 
     def _call(self, fn):  # type: ignore[no-untyped-def]
         from kafka.errors import KafkaError
@@ -59,7 +91,9 @@ class OffsetReader:
             raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}") from None
 
     def close(self) -> None:
-        try:
-            self.consumer.close()
-        except Exception:  # closing a consumer of a dead broker must not mask the real error
-            pass
+        for consumer in (self.consumer, self.probe):
+            try:
+                if consumer is not None:
+                    consumer.close()
+            except Exception:  # closing a consumer of a dead broker must not mask the real error
+                pass
