@@ -1,9 +1,10 @@
 """The two bounded Beam pipelines that make up one micro-batch.
 
 1. ingest: read the planned Kafka offset ranges, parse, validate, de-duplicate, and stage
-   event rows and dead letters;
-2. assemble: from the full event history of the customers the batch touched, assemble
-   their journeys and stage journey rows and event -> journey links.
+   event rows and dead letters (ReadKafka -> Parse -> Dedup);
+2. assemble: from the full event history of the customers the batch touched (exported
+   partitioned by customer), assemble their journeys and stage journey rows and
+   event -> journey links (HistoryFiles -> AssembleJourneys).
 Between the two, the store decides which events are new (it alone knows what has landed)
 and exports the touched customers' history. Unknown command-line arguments reach
 PipelineOptions, so any runner option works.
@@ -19,11 +20,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.kafka_config import KafkaSettings
-from transforms.assemble import JOURNEYS, LINKS, AssembleJourneys
-from transforms.ingest import DEAD, EVENTS, DedupEvents, ParseEvents
+from transforms.assemble import AssembleJourneys
+from transforms.ingest import DedupEvents, ParseEvents
 from transforms.kafka_source import OffsetRange, ReadKafkaRanges
 from transforms.parse import ParseLimits
-from transforms.staging import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, JOURNEY_SCHEMA, LINK_SCHEMA, write_rows
 
 
 @dataclass
@@ -66,28 +66,25 @@ def run_ingest(
     beam_args: Sequence[str] = (),
     limits: ParseLimits = ParseLimits(),
     read_timeout_s: float = 30.0,
+    read_tasks: int = 1,
 ) -> StageResult:
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=_options(beam_args))
-    records = pipeline | "ReadKafka" >> ReadKafkaRanges(ranges, settings, read_timeout_s)
-    parsed = records | "Parse" >> ParseEvents(stream_of_topic, now_us, limits)
-    unique = parsed[EVENTS] | "Dedup" >> DedupEvents()
-    _ = unique | "StageEvents" >> write_rows(str(staging / "events"), EVENT_SCHEMA)
-    _ = parsed[DEAD] | "StageDeadLetters" >> write_rows(str(staging / "dead"), DEAD_LETTER_SCHEMA)
+    records = pipeline | "ReadKafka" >> ReadKafkaRanges(ranges, settings, read_timeout_s, tasks=read_tasks)
+    events = records | "Parse" >> ParseEvents(stream_of_topic, now_us, str(staging), limits)
+    _ = events | "Dedup" >> DedupEvents(str(staging))
     result = pipeline.run()
     result.wait_until_finish()
     return StageResult(time.perf_counter() - started, _counters(result))
 
 
 def run_assemble(
-    history_glob: str, staging: Path, repeat_window_s: float, beam_args: Sequence[str] = ()
+    history_files: list[str], staging: Path, repeat_window_s: float, beam_args: Sequence[str] = ()
 ) -> StageResult:
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=_options(beam_args))
-    history = pipeline | "ReadHistory" >> beam.io.ReadFromParquet(history_glob)
-    assembled = history | "AssembleJourneys" >> AssembleJourneys(repeat_window_s)
-    _ = assembled[JOURNEYS] | "StageJourneys" >> write_rows(str(staging / "journeys"), JOURNEY_SCHEMA)
-    _ = assembled[LINKS] | "StageLinks" >> write_rows(str(staging / "links"), LINK_SCHEMA)
+    files = pipeline | "HistoryFiles" >> beam.Create(history_files)
+    _ = files | "AssembleJourneys" >> AssembleJourneys(repeat_window_s, str(staging))
     result = pipeline.run()
     result.wait_until_finish()
     return StageResult(time.perf_counter() - started, _counters(result))

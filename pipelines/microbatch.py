@@ -173,9 +173,10 @@ class MicroBatchRunner:
             _ensure_staged_files(staging, ["events", "dead"])
             staged, new = self.store.select_new_events(staging)
             assemble_s = 0.0
-            history = staging / "history.parquet"
+            history = staging / "history"
             if self.store.export_history(history):
-                assemble_s = run_assemble(str(history), staging, self.config.repeat_window_s, self.config.beam_args).seconds
+                files = sorted(str(f) for f in history.rglob("*.parquet"))
+                assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args).seconds
             _ensure_staged_files(staging, ["journeys", "links"])
             planned = sum(r.size for r in ranges)
             facts = BatchFacts(

@@ -1,49 +1,62 @@
-"""Beam wrapper around journey assembly: group a customer's events, apply the pure function."""
+"""Beam wrapper around journey assembly.
+
+The store exports the touched customers' full history as files partitioned by a hash of
+customer_id, so all events of a customer are in one file: each file is assembled on its own,
+with no shuffle, and its journeys are staged under the same partition name (a retried
+bundle rewrites its own files).
+"""
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from pathlib import PurePosixPath
+from typing import Any, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import TaggedOutput
 
 from transforms.events import Event
 from transforms.journeys import assemble_journeys
+from transforms.staging import JOURNEY_SCHEMA, LINK_SCHEMA, read_rows, write_rows
 
-JOURNEYS = "journeys"
-LINKS = "links"
+Rows = list[dict[str, Any]]
 
 
-class _AssembleDoFn(beam.DoFn):
-    def __init__(self, repeat_window_s: float) -> None:
+def assemble_rows(rows: Rows, repeat_window_s: float) -> tuple[Rows, Rows]:
+    """(journey rows, event -> journey links) for all customers present in ``rows``."""
+    by_customer: dict[str, list[Event]] = {}
+    for row in rows:
+        by_customer.setdefault(row["customer_id"], []).append(Event.from_row(row))
+    journeys: Rows = []
+    links: Rows = []
+    for customer_id, events in by_customer.items():
+        for journey in assemble_journeys(customer_id, events, repeat_window_s):
+            for event_id in journey.pop("event_ids"):
+                links.append({"event_id": event_id, "journey_id": journey["journey_id"], "customer_id": customer_id})
+            journeys.append(journey)
+    return journeys, links
+
+
+class _AssembleFile(beam.DoFn):
+    def __init__(self, repeat_window_s: float, staging: str) -> None:
         self.repeat_window_s = repeat_window_s
+        self.staging = staging
         self.journeys = Metrics.counter("cxj", "journeys_assembled")
-        self.customers = Metrics.counter("cxj", "customers_assembled")
 
-    def process(self, keyed: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
-        customer_id, rows = keyed
-        self.customers.inc()
-        for journey in assemble_journeys(customer_id, (Event.from_row(r) for r in rows), self.repeat_window_s):
-            self.journeys.inc()
-            event_ids = journey.pop("event_ids")
-            yield journey
-            for event_id in event_ids:
-                yield TaggedOutput(
-                    LINKS, {"event_id": event_id, "journey_id": journey["journey_id"], "customer_id": customer_id}
-                )
+    def process(self, history_file: str) -> Iterator[int]:
+        journeys, links = assemble_rows(read_rows(history_file), self.repeat_window_s)
+        name = PurePosixPath(history_file).parent.name.replace("=", "-") or "all"
+        write_rows(f"{self.staging}/journeys-{name}.parquet", journeys, JOURNEY_SCHEMA)
+        write_rows(f"{self.staging}/links-{name}.parquet", links, LINK_SCHEMA)
+        self.journeys.inc(len(journeys))
+        yield len(journeys)
 
 
 class AssembleJourneys(beam.PTransform):
-    """Event rows of the touched customers -> journey rows ('journeys') and event links ('links')."""
+    """History files (one partition of customers each) -> staged journeys and links."""
 
-    def __init__(self, repeat_window_s: float) -> None:
+    def __init__(self, repeat_window_s: float, staging: str) -> None:
         super().__init__()
         self.repeat_window_s = repeat_window_s
+        self.staging = staging
 
-    def expand(self, events: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
-            events
-            | "KeyByCustomer" >> beam.Map(lambda row: (row["customer_id"], row))
-            | "GroupByCustomer" >> beam.GroupByKey()
-            | "Assemble" >> beam.ParDo(_AssembleDoFn(self.repeat_window_s)).with_outputs(LINKS, main=JOURNEYS)
-        )
+    def expand(self, files: beam.PCollection) -> beam.PCollection:
+        return files | "AssemblePartition" >> beam.ParDo(_AssembleFile(self.repeat_window_s, self.staging))

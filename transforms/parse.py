@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 import fastjsonschema
 
@@ -151,7 +151,7 @@ def _parse(
         return (NOT_JSON, str(exc))
     if not isinstance(doc, dict):
         return (NOT_OBJECT, f"top-level JSON is {type(doc).__name__}, expected object")
-    if _depth(doc, limits.max_depth) > limits.max_depth:
+    if text.count("{") + text.count("[") > limits.max_depth and _depth(doc, limits.max_depth) > limits.max_depth:
         return (TOO_DEEP, f"nesting deeper than {limits.max_depth}")
     version = doc.get("schema_version")
     if type(version) is not int or version not in SUPPORTED_VERSIONS:
@@ -200,3 +200,18 @@ def _event_row(doc: dict[str, Any], text: str, at_us: int, source: SourceRef) ->
     row["offset"] = source.offset
     row["kafka_ts_ms"] = source.kafka_ts_ms
     return row
+
+
+def parse_chunk(
+    records: Iterable[tuple[str, int, int, Optional[int], Optional[bytes]]],
+    stream_of_topic: dict[str, str],
+    now_us: int,
+    limits: ParseLimits = ParseLimits(),
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(event rows, dead letters) for (topic, partition, offset, kafka_ts_ms, value) records."""
+    events: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
+    for topic, partition, offset, ts_ms, value in records:
+        kind, row = parse_record(value, SourceRef(topic, partition, offset, ts_ms), stream_of_topic.get(topic), now_us, limits)
+        (events if kind == "event" else dead).append(row)
+    return events, dead

@@ -1,13 +1,17 @@
-"""File formats of a batch's intermediate results.
+"""File formats of a batch's intermediate results, and the sink that writes them.
 
 Beam stages hand their results to the landing step as Parquet files in a per-batch staging
-directory: portable to any runner with a shared filesystem, and bulk-loadable by DuckDB
-without row-by-row inserts (DESIGN fact 7).
+directory: portable to any runner with a shared filesystem (written through Beam's
+FileSystems), and bulk-loadable by DuckDB without row-by-row inserts (DESIGN fact 7).
+File names derive from the data (a bucket, the first Kafka offset of a chunk), so a bundle
+that a runner retries overwrites its own file instead of adding a second copy.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
-import apache_beam as beam
+import pyarrow.parquet as pq
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -78,6 +82,17 @@ JOURNEY_SCHEMA = pa.schema(
 LINK_SCHEMA = pa.schema([("event_id", pa.string()), ("journey_id", pa.string()), ("customer_id", pa.string())])
 
 
-def write_rows(prefix: str, schema: pa.Schema) -> beam.io.WriteToParquet:
-    """A Parquet sink for dict rows; the landing step reads ``prefix*.parquet``."""
-    return beam.io.WriteToParquet(prefix, schema, file_name_suffix=".parquet")
+def write_rows(path: str, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+    """Writes rows as one Parquet file through Beam's FileSystems (local, gs://, s3://, ...)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with FileSystems.create(path) as handle:
+        pq.write_table(table, handle)
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as handle:
+        return pq.read_table(handle).to_pylist()
