@@ -15,6 +15,8 @@ from typing import Any, Iterable, Optional
 
 import duckdb
 
+from pipelines.replica import open_writer_replica
+
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 
@@ -88,10 +90,14 @@ class Store:
         except (duckdb.Error, OSError) as exc:
             raise StoreError(f"cannot open {self.path}: {str(exc).splitlines()[0]}") from None
         self.con.execute("SET TimeZone = 'UTC'")
+        self.replica = None  # DuckLake read replica, published after every landed batch (pipelines/replica.py)
         if not read_only:
             self.apply_schema()
+            self.replica = open_writer_replica(self.con, self.path)
 
     def close(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
         self.con.close()
 
     def __enter__(self) -> "Store":
@@ -136,8 +142,9 @@ class Store:
         new = int(self.con.execute("SELECT count(*) FROM batch_events").fetchone()[0])
         return staged, new
 
-    def export_history(self, target: Path) -> int:
-        """Writes all events of the customers the batch touched (old and new) for assembly."""
+    def export_history(self, target: Path, partitions: int = 8) -> int:
+        """Writes all events of the customers the batch touched (old and new) for assembly,
+        partitioned by a hash of customer_id so each customer's events share one file."""
         customers = int(self.con.execute("SELECT count(DISTINCT customer_id) FROM batch_events").fetchone()[0])
         if customers == 0:
             return 0
@@ -151,7 +158,10 @@ class Store:
             SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
             WHERE customer_id IN (SELECT DISTINCT customer_id FROM batch_events)
         """
-        self.con.execute(f"COPY ({query}) TO {sql_literal(str(target))} (FORMAT parquet)")
+        partitioned = f"SELECT *, hash(customer_id) % {int(partitions)} AS part FROM ({query})"
+        self.con.execute(
+            f"COPY ({partitioned}) TO {sql_literal(str(target))} (FORMAT parquet, PARTITION_BY (part), OVERWRITE_OR_IGNORE)"
+        )
         return customers
 
     def land(self, facts: BatchFacts, staging: Path, duplicates_landed_before: int) -> LandedBatch:
@@ -215,6 +225,8 @@ class Store:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        if self.replica is not None:
+            self.replica.after_land()  # publish to readers; never fails the batch (retried next time)
         return LandedBatch(
             batch_id=facts.batch_id,
             consumed=facts.consumed,
