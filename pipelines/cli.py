@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from typing import Optional, Sequence
 
@@ -16,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipelines.cmd_run", "run the journey pipeline (micro-batches from Kafka into DuckDB)"),
     "simulate": ("pipelines.cmd_simulate", "send realistic simulated contract events to Kafka"),
     "broker": ("pipelines.cmd_broker", "start/stop/inspect the local Kafka-compatible broker (Tansu)"),
+    "produce": ("pipelines.cmd_produce", "replay a JSONL(.gz) export of contract events into Kafka (backfill)"),
+    "sql": ("pipelines.cmd_sql", "query the journey tables and marts (also while the pipeline runs)"),
+    "check": ("pipelines.cmd_check", "run the data-quality suite over the landed tables"),
+    "status": ("pipelines.cmd_status", "offsets, lag and freshness for ops; exit codes for alerting"),
 }
 
 EPILOG = """examples:
@@ -36,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module_name) is None:
+            continue  # a command whose module is not part of this installation
         module = importlib.import_module(module_name)
         child = sub.add_parser(name, help=help_text, description=module.__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines import logs
 
+    logs.quiet_known_noise()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:

@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 from pipelines.durations import parse_duration
 from pipelines.kafka_config import add_kafka_arguments, settings_from_args, topics_from_args
 from pipelines.kafka_offsets import BrokerUnavailable
-from pipelines.microbatch import MicroBatchRunner, RunConfig, Stopper
-from pipelines.store import Store, StoreError
+from pipelines.run_config import RunConfig, Stopper
+from pipelines.store import StoreError
 from transforms.parse import ParseLimits
 
 log = logging.getLogger("cxj.run")
@@ -67,6 +67,9 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
 
 def execute(config: RunConfig, follow: bool) -> int:
     """Runs the job; returns a process exit code with a one-line reason on failure."""
+    from pipelines.microbatch import MicroBatchRunner  # imports Beam: only when running
+    from pipelines.store import Store
+
     try:
         store = Store(config.db)
     except StoreError as exc:

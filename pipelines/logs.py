@@ -27,6 +27,11 @@ class _DropKnownNoise(logging.Filter):
         return not record.getMessage().startswith("apitools not found")
 
 
+def quiet_known_noise() -> None:
+    """Installed before anything imports Beam, whose import-time warning bypasses our handler."""
+    logging.getLogger().addFilter(_DropKnownNoise())
+
+
 def configure(quiet: bool = False, log_format: str = "text", verbose: bool = False) -> None:
     """Our own loggers at INFO (WARNING with --quiet); Beam and kafka-python only when they warn."""
     handler = logging.StreamHandler(sys.stderr)
