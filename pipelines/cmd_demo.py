@@ -58,4 +58,5 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     log.info("4/4 summary")
     with duckdb.connect(str(args.db), read_only=True) as con:
         print("\n" + summarize(con, args.db))
+    print(f"\nThe local broker keeps running on {bootstrap} (memory only); stop it with: .venv/bin/cxj broker stop")
     return 0

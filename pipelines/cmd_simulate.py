@@ -18,7 +18,7 @@ from pipelines.kafka_config import add_kafka_arguments, settings_from_args, topi
 
 log = logging.getLogger("cxj.simulate")
 
-DEFAULT_START = "2026-10-01T00:00:00+00:00"
+DEFAULT_START = "2026-08-01T00:00:00+00:00"
 
 
 def _fraction(text: str) -> float:
