@@ -116,17 +116,20 @@ class Thread:
         start = self.start_event
         return start.channel if start is not None else None
 
-    def is_open_at(self, at_us: int) -> bool:
-        """Open at an instant: started by then and not ended (or reopened) by then."""
-        if self.start_us > at_us:
+    def is_open_before(self, key: tuple[int, int, str]) -> bool:
+        """Open just before the event with sort key ``key``: started, and not ended since its
+        last reopening. Compares full sort keys, so events at the same instant are taken in
+        event order (type rank, then event_id), exactly as everywhere else."""
+        if self.order_key >= key:
             return False
-        last_end = max((e[0] for e in self.ends if e[0] <= at_us), default=None)
+        last_end = max((sk for _, sk, _ in self.ends if sk < key), default=None)
         if last_end is None:
             return True
-        return any(last_end <= r[0] <= at_us for r in self.reopens)
+        return any(last_end < sk < key for _, sk in self.reopens)
 
-    def last_end_before(self, at_us: int) -> Optional[int]:
-        return max((e[0] for e in self.ends if e[0] <= at_us), default=None)
+    def last_end_before(self, key: tuple[int, int, str]) -> Optional[int]:
+        """When the thread last ended before the event with sort key ``key`` (epoch us)."""
+        return max((at for at, sk, _ in self.ends if sk < key), default=None)
 
 
 def build_thread(key: ThreadKey, events: list[Event]) -> Thread:
@@ -143,8 +146,12 @@ def build_thread(key: ThreadKey, events: list[Event]) -> Thread:
                 ended = False
                 thread.reopens.append((event.at_us, event.sort_key))
         elif event.event_type == "chat.ended":
-            ended = True
-            thread.ends.append((event.at_us, event.sort_key, event.outcome == "resolved"))
+            # A chat ends once: a repeated chat.ended (re-emitted with a new event_id) changes
+            # neither the end time nor the outcome, like solved -> closed on a ticket; its
+            # ticket_id still links the ticket.
+            if not ended:
+                ended = True
+                thread.ends.append((event.at_us, event.sort_key, event.outcome == "resolved"))
             if event.ticket_id and event.ticket_id not in thread.linked_tickets:
                 thread.linked_tickets.append(event.ticket_id)
     return thread
@@ -176,12 +183,13 @@ class _Links:
 class _Group:
     threads: list[Thread] = field(default_factory=list)
 
-    def accepts(self, at_us: int, repeat_window_us: int) -> bool:
-        """A new thread joins if this journey has an open thread then, or it ended recently."""
-        if any(t.is_open_at(at_us) for t in self.threads):
+    def accepts(self, start: tuple[int, int, str], repeat_window_us: int) -> bool:
+        """A new thread (starting with sort key ``start``) joins if this journey has an open
+        thread then, or its last-ending thread ended at most the repeat window before."""
+        if any(t.is_open_before(start) for t in self.threads):
             return True
-        last_end = max((e for t in self.threads if (e := t.last_end_before(at_us)) is not None), default=None)
-        return last_end is not None and at_us - last_end <= repeat_window_us
+        last_end = max((e for t in self.threads if (e := t.last_end_before(start)) is not None), default=None)
+        return last_end is not None and start[0] - last_end <= repeat_window_us
 
 
 def group_threads(threads: list[Thread], repeat_window_s: float) -> list[list[Thread]]:
@@ -199,7 +207,7 @@ def group_threads(threads: list[Thread], repeat_window_s: float) -> list[list[Th
         root = links.find(thread.key)
         if root in group_of_link:
             target = group_of_link[root]
-        elif groups and groups[-1].accepts(thread.start_us, window_us):
+        elif groups and groups[-1].accepts(thread.order_key, window_us):
             target = groups[-1]
         else:
             target = _Group()
@@ -254,8 +262,12 @@ def _status_timeline(threads: list[Thread]) -> tuple[str, Optional[int]]:
 def _touchpoints(events: list[Event], chat_channels: dict[str, Optional[str]]) -> list[str]:
     """Channels of the customer's touchpoints in time order (thread starts, customer messages)."""
     channels: list[str] = []
+    started: set[Optional[ThreadKey]] = set()
     for e in events:
         if e.event_type in START_TYPES:
+            if e.thread in started:  # a thread starts once: a second created/started is no touchpoint
+                continue
+            started.add(e.thread)
             channel = e.channel
         elif e.event_type == "ticket.message" and e.author == "customer":
             channel = e.channel
@@ -358,11 +370,16 @@ def _survey_thread(survey: Event, known: set[ThreadKey]) -> Optional[ThreadKey]:
 
 
 def dedupe(events: Iterable[Event]) -> list[Event]:
-    """One event per event_id (the first in event order), sorted in event order."""
+    """One event per event_id, sorted in event order.
+
+    The first delivery wins: of several copies of an event_id the first one in the input
+    (delivery order) is kept, as the pipeline keeps the copy it landed first. Exact
+    duplicates, the normal case, make the choice irrelevant.
+    """
     unique: dict[str, Event] = {}
-    for event in sorted(events, key=lambda e: e.sort_key):
+    for event in events:
         unique.setdefault(event.event_id, event)
-    return list(unique.values())
+    return sorted(unique.values(), key=lambda e: e.sort_key)
 
 
 def assemble_journeys(

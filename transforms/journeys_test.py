@@ -323,3 +323,52 @@ def test_results_do_not_depend_on_arrival_order_or_duplicates():
         shuffled = events + rng.sample(events, 3)
         rng.shuffle(shuffled)
         assert assemble_journeys("c1", shuffled) == expected
+
+
+# ---------------------------------------------------------------- decisions DESIGN leaves open (docs/metrics.md)
+
+
+def test_repeated_chat_ended_keeps_first_end_and_outcome():
+    j = one([chat("C", 0), ended("C", 100, "resolved"), ended("C", 200, "abandoned")])
+    assert j["status"] == "resolved" and j["resolved_at_us"] == 100 * US
+
+
+def test_repeated_chat_ended_still_links_its_ticket():
+    j = one([chat("C", 0), ended("C", 100, "abandoned"), ended("C", 200, "escalated", ticket_id="T"), ticket("T", 300 + 100 * H)])
+    assert j["contact_count"] == 2 and j["status"] == "open"
+
+
+def test_second_created_event_of_a_thread_is_no_touchpoint():
+    j = one([ticket("T", 0, channel="email"), ticket("T", 5, channel="web"), status("T", 10, "solved")])
+    assert j["touchpoint_count"] == 1 and j["channels"] == ["email"] and j["channel_hops"] == 0
+    assert j["event_count"] == 3
+
+
+def test_first_delivery_of_a_conflicting_duplicate_wins():
+    first = ev(100, "ticket.status_changed", event_id="dup", ticket_id="T", status="solved")
+    later = ev(50, "ticket.status_changed", event_id="dup", ticket_id="T", status="pending")
+    assert one([ticket("T", 0), first, later])["status"] == "resolved"
+    assert one([ticket("T", 0), later, first])["status"] == "open"
+
+
+def test_end_reopen_end_at_one_instant_is_ended_by_event_order():
+    # solved, open, solved all at t=100 (event_id order): the ticket is ended after 100, so a
+    # thread starting more than the window later starts a new journey
+    events = [
+        ticket("T1", 0),
+        ev(100, "ticket.status_changed", event_id="s1", ticket_id="T1", status="solved"),
+        ev(100, "ticket.status_changed", event_id="s2", ticket_id="T1", status="open"),
+        ev(100, "ticket.status_changed", event_id="s3", ticket_id="T1", status="solved"),
+        ticket("T2", 100 + 73 * H),
+    ]
+    rows = assemble_journeys("c1", events)
+    assert len(rows) == 2
+    assert rows[0]["reopen_count"] == 1 and rows[0]["status"] == "resolved"
+
+
+def test_thread_starting_at_the_instant_another_ends_joins_with_zero_window():
+    # created sorts before status changes at the same instant: T1 is still open when T2 starts
+    rows = assemble_journeys("c1", [ticket("T1", 0), status("T1", 100, "solved"), ticket("T2", 100)], repeat_window_s=0)
+    assert len(rows) == 1
+    rows = assemble_journeys("c1", [ticket("T1", 0), status("T1", 100, "solved"), ticket("T2", 101)], repeat_window_s=0)
+    assert len(rows) == 2
