@@ -47,6 +47,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="occurred_at further than this in the future is dead-lettered (default 1d)")
     parser.add_argument("--max-message-bytes", type=int, default=1_048_576, metavar="N",
                         help="larger messages are dead-lettered (default %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (lag, freshness, counts, latency)")
     add_kafka_arguments(parser)
 
 
@@ -62,6 +64,7 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         broker_timeout_s=args.broker_timeout,
         limits=ParseLimits(max_message_bytes=args.max_message_bytes, max_future_skew_s=int(args.max_future_skew)),
         beam_args=list(beam_args),
+        metrics_port=args.metrics_port,
     )
 
 
@@ -76,6 +79,15 @@ def execute(config: RunConfig, follow: bool) -> int:
         log.error("%s", exc)
         return EXIT_STORE
     runner = MicroBatchRunner(config, store)
+    if config.metrics_port is not None:
+        from pipelines.metrics import MetricsListener
+
+        try:
+            runner.listeners.append(MetricsListener(store, config.metrics_port))
+        except OSError as exc:
+            log.error("cannot serve metrics on port %d: %s", config.metrics_port, exc)
+            store.close()
+            return EXIT_PIPELINE
     log.info("landing into %s from %s (%s)", config.db, ", ".join(config.topics.values()), config.settings.describe())
     try:
         if follow:

@@ -58,8 +58,9 @@ def plan_ranges(
         fair = max(1, budget // len(remaining))
         satisfied = {k: lag for k, lag in remaining.items() if lag <= fair}
         if not satisfied:
-            for k in sorted(remaining):
-                take = min(fair, remaining[k], budget)
+            extra = budget - fair * len(remaining)  # the remainder goes to the first partitions
+            for i, k in enumerate(sorted(remaining)):
+                take = min(fair + (1 if i < extra else 0), remaining[k], budget)
                 shares[k] = shares.get(k, 0) + take
                 budget -= take
             break

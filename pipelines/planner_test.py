@@ -19,3 +19,9 @@ def test_resume_positions_and_warnings():
     starts, warnings = start_offsets(parts, {("a", 0): 5, ("a", 1): 1, ("a", 2): 50}, {("a", 0): 0, ("a", 1): 3, ("a", 2): 0}, {("a", 0): 9, ("a", 1): 9, ("a", 2): 10})
     assert starts == {("a", 0): 5, ("a", 1): 3, ("a", 2): 0}
     assert len(warnings) == 2
+
+
+def test_whole_budget_is_used():
+    starts = {("a", 0): 0, ("a", 1): 0, ("a", 2): 0}
+    ranges = plan_ranges(starts, {k: 100 for k in starts}, 10)
+    assert sum(r.size for r in ranges) == 10

@@ -6,7 +6,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from pipelines.kafka_config import DEFAULT_TOPICS, KafkaSettings
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
@@ -27,6 +27,7 @@ class RunConfig:
     broker_timeout_s: float = 30.0  # --once: give up when the broker stays unreachable this long
     limits: ParseLimits = field(default_factory=ParseLimits)
     beam_args: Sequence[str] = ()
+    metrics_port: Optional[int] = None  # serve Prometheus metrics on this port
 
     @property
     def stream_of_topic(self) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Fixtures that start the real local broker once per test session."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -8,6 +9,11 @@ import pytest
 
 from pipelines.kafka_config import KafkaSettings
 from tests.support import free_port, new_topics
+
+
+# kafka-python logs every dropped connection at ERROR; stopping the broker at the end of the
+# session drops many. Failures that matter surface as exceptions in the tests themselves.
+logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,185 @@
+"""The ops view of a pipeline: offsets, lag, freshness, recent failures, and a verdict.
+
+Read from the landed tables (through pipelines.reader, so it also works while the pipeline
+holds the database) and from the broker's end offsets. Exit levels follow the Nagios/cron
+convention so any alerting tool can use `cxj status` directly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+OK, WARN, CRIT = 0, 1, 2
+LEVEL_NAMES = {OK: "OK", WARN: "WARN", CRIT: "CRIT"}
+
+
+@dataclass
+class PartitionStatus:
+    topic: str
+    partition: int
+    landed_offset: int
+    end_offset: Optional[int]
+    lag: Optional[int]
+
+
+@dataclass
+class StatusReport:
+    checked_at: str
+    db: str
+    source: str  # 'database' or 'replica' (the pipeline is running)
+    partitions: list[PartitionStatus] = field(default_factory=list)
+    total_lag: Optional[int] = None
+    newest_occurred_at: Optional[str] = None
+    event_freshness_s: Optional[float] = None
+    last_batch_at: Optional[str] = None
+    processing_freshness_s: Optional[float] = None
+    staleness_s: float = 0.0  # how long landed data has been behind the broker (0 when caught up)
+    last_batch: Optional[dict[str, Any]] = None
+    dead_letters_last_hour: dict[str, int] = field(default_factory=dict)
+    broker_error: Optional[str] = None
+    level: int = OK
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def level_name(self) -> str:
+        return LEVEL_NAMES[self.level]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["level_name"] = self.level_name
+        return data
+
+
+def _iso(value: Optional[datetime]) -> Optional[str]:
+    return value.astimezone(timezone.utc).isoformat() if value is not None else None
+
+
+def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, int], int]]:
+    """Everything status needs from the database, in one read-only connection."""
+    from pipelines.reader import open_reader
+
+    con, source = open_reader(db)
+    try:
+        report = StatusReport(checked_at=_iso(now) or "", db=str(db), source=source)
+        landed = {(t, p): o for t, p, o in con.execute('SELECT topic, "partition", next_offset FROM pipeline_offsets').fetchall()}
+        newest = con.execute("SELECT max(occurred_at) FROM events").fetchone()[0]
+        last = con.execute(
+            """SELECT batch_id, finished_at, duration_s, consumed, landed, duplicates, dead_letters
+               FROM pipeline_batches ORDER BY batch_id DESC LIMIT 1"""
+        ).fetchone()
+        dead = con.execute(
+            """SELECT reason, count(*) FROM dead_letters WHERE landed_at >= ? - INTERVAL 1 HOUR
+               GROUP BY reason ORDER BY count(*) DESC""",
+            [now],
+        ).fetchall()
+    finally:
+        con.close()
+    report.newest_occurred_at = _iso(newest)
+    report.event_freshness_s = (now - newest).total_seconds() if newest is not None else None
+    if last is not None:
+        batch_id, finished, duration, consumed, landed_n, duplicates, dead_n = last
+        report.last_batch_at = _iso(finished)
+        report.processing_freshness_s = (now - finished).total_seconds()
+        report.last_batch = {
+            "batch_id": batch_id, "finished_at": _iso(finished), "duration_s": round(duration, 3),
+            "consumed": consumed, "landed": landed_n, "duplicates": duplicates, "dead_letters": dead_n,
+        }
+    report.dead_letters_last_hour = {reason: n for reason, n in dead}
+    return report, landed
+
+
+def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int], settings: Any, topics: list[str]) -> None:
+    """Fills per-partition end offsets and lag; on failure records why instead."""
+    from pipelines.kafka_offsets import BrokerUnavailable, OffsetReader
+
+    try:
+        reader = OffsetReader(settings)
+        try:
+            partitions, missing = reader.partitions(topics)
+            _, ends = reader.bounds(partitions)
+        finally:
+            reader.close()
+    except BrokerUnavailable as exc:
+        report.broker_error = str(exc)
+        report.partitions = [PartitionStatus(t, p, o, None, None) for (t, p), o in sorted(landed.items())]
+        return
+    keys = sorted(set(ends) | set(landed))
+    report.partitions = [
+        PartitionStatus(t, p, landed.get((t, p), 0), ends.get((t, p)),
+                        max(0, ends[(t, p)] - landed.get((t, p), 0)) if (t, p) in ends else None)
+        for t, p in keys
+    ]
+    report.total_lag = sum(ps.lag or 0 for ps in report.partitions)
+    if missing:
+        report.reasons.append(f"topics missing on the broker: {', '.join(missing)}")
+
+
+def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Optional[float]) -> None:
+    """Sets level and reasons: CRIT past a threshold, WARN past half of one."""
+    level = OK
+    if report.broker_error:
+        level = CRIT
+        report.reasons.append(f"broker unreachable: {report.broker_error}")
+    if report.total_lag and report.processing_freshness_s is not None:
+        report.staleness_s = report.processing_freshness_s
+    elif report.total_lag and report.last_batch is None:
+        report.staleness_s = float("inf")
+    checks = [("lag", report.total_lag, max_lag, "messages"), ("staleness", report.staleness_s, max_staleness_s, "s")]
+    for name, value, limit, unit in checks:
+        if limit is None or value is None:
+            continue
+        if value > limit:
+            level = max(level, CRIT)
+            report.reasons.append(f"{name} {value:.0f} {unit} > {limit:.0f}")
+        elif value > limit / 2:
+            level = max(level, WARN)
+            report.reasons.append(f"{name} {value:.0f} {unit} > half of {limit:.0f}")
+    report.level = level
+
+
+def collect(db: Path, settings: Any, topics: list[str], max_lag: Optional[int], max_staleness_s: Optional[float],
+            now: Optional[datetime] = None) -> StatusReport:
+    now = now or datetime.now(timezone.utc)
+    report, landed = read_tables(db, now)
+    add_broker_positions(report, landed, settings, topics)
+    evaluate(report, max_lag, max_staleness_s)
+    return report
+
+
+def _age(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds == float("inf"):
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if abs(seconds) >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def render(report: StatusReport) -> str:
+    lines = [f"{report.level_name}  {report.db} (read from the {report.source})"]
+    for reason in report.reasons:
+        lines.append(f"  - {reason}")
+    lines.append("")
+    header = ("topic", "partition", "landed offset", "end offset", "lag")
+    rows = [(p.topic, str(p.partition), str(p.landed_offset), "?" if p.end_offset is None else str(p.end_offset),
+             "?" if p.lag is None else str(p.lag)) for p in report.partitions]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    lines.append(f"total lag: {'?' if report.total_lag is None else report.total_lag} messages")
+    lines.append("")
+    lines.append(f"event-time freshness:  {_age(report.event_freshness_s)} (newest occurred_at {report.newest_occurred_at or 'n/a'})")
+    lines.append(f"processing freshness:  {_age(report.processing_freshness_s)} (last batch {report.last_batch_at or 'never'})")
+    if report.last_batch:
+        b = report.last_batch
+        lines.append(
+            f"last batch #{b['batch_id']}: {b['consumed']} records ({b['landed']} landed, {b['duplicates']} duplicates, "
+            f"{b['dead_letters']} dead letters) in {b['duration_s']:.2f} s"
+        )
+    dead = ", ".join(f"{r} {n}" for r, n in report.dead_letters_last_hour.items()) or "none"
+    lines.append(f"dead letters in the last hour: {dead}")
+    return "\n".join(lines)
