@@ -8,7 +8,8 @@ Modes:
 Any option not listed here is passed to Apache Beam's PipelineOptions, e.g.
   cxj run --once --runner=PortableRunner --job_endpoint=localhost:8099
 
-Exit codes: 0 ok, 2 database problem, 3 broker unreachable, 4 pipeline failure.
+Exit codes: 0 ok, 2 database problem, 3 broker unreachable, 4 pipeline failure,
+5 data-quality check failed (--check).
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ EXIT_OK = 0
 EXIT_STORE = 2
 EXIT_BROKER = 3
 EXIT_PIPELINE = 4
+EXIT_QUALITY = 5
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="occurred_at further than this in the future is dead-lettered (default 1d)")
     parser.add_argument("--max-message-bytes", type=int, default=1_048_576, metavar="N",
                         help="larger messages are dead-lettered (default %(default)s)")
+    parser.add_argument("--check", action="store_true",
+                        help="run the data-quality suite after every batch; stop with exit 5 when it fails")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (lag, freshness, counts, latency)")
     add_kafka_arguments(parser)
@@ -65,6 +68,7 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         limits=ParseLimits(max_message_bytes=args.max_message_bytes, max_future_skew_s=int(args.max_future_skew)),
         beam_args=list(beam_args),
         metrics_port=args.metrics_port,
+        check=args.check,
     )
 
 
@@ -88,6 +92,10 @@ def execute(config: RunConfig, follow: bool) -> int:
             log.error("cannot serve metrics on port %d: %s", config.metrics_port, exc)
             store.close()
             return EXIT_PIPELINE
+    if config.check:
+        from pipelines.quality import quality_listener
+
+        runner.listeners.append(quality_listener(store))
     log.info("landing into %s from %s (%s)", config.db, ", ".join(config.topics.values()), config.settings.describe())
     try:
         if follow:
@@ -102,6 +110,11 @@ def execute(config: RunConfig, follow: bool) -> int:
     except BrokerUnavailable as exc:
         log.error("%s", exc)
         return EXIT_BROKER
+    except RuntimeError as exc:
+        if type(exc).__name__ != "QualityGateFailed":
+            raise
+        log.error("%s; stopped after landing that batch", exc)
+        return EXIT_QUALITY
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE

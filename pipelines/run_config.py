@@ -28,6 +28,7 @@ class RunConfig:
     limits: ParseLimits = field(default_factory=ParseLimits)
     beam_args: Sequence[str] = ()
     metrics_port: Optional[int] = None  # serve Prometheus metrics on this port
+    check: bool = False  # run the data-quality suite after every batch
 
     @property
     def stream_of_topic(self) -> dict[str, str]:

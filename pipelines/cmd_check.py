@@ -1,0 +1,53 @@
+"""Run the data-quality suite (great-expectations) over the landed tables.
+
+Checks: journey_id unique and not null; time_to_resolution_s >= 0 and null exactly when the
+journey is not resolved; started_at <= resolved_at; handoff_count >= 0; channel_hops below
+the number of touchpoints; fcr only for one contact without reopen; csat in 1..5; nps in
+0..10; events unique by event_id; every journey_events row points at a journey.
+
+Prints a readable result and stores it in the table `quality_checks` of the database (when
+the pipeline is not holding it). Exit codes: 0 all met, 1 some failed, 2 database problem.
+`cxj run --check` runs the same suite after every batch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("cxj.check")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, default=Path("data/journeys.duckdb"), help="DuckDB file (default %(default)s)")
+    parser.add_argument("--no-store", action="store_true", help="do not record the result in quality_checks")
+
+
+def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import duckdb
+
+    from pipelines.quality import run_suite, store_report
+    from pipelines.reader import open_reader
+    from pipelines.store import StoreError
+
+    try:
+        con, source = open_reader(args.db)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        report = run_suite(con)
+    finally:
+        con.close()
+    print(report.render())
+    if not args.no_store:
+        if source != "database":
+            log.warning("the pipeline holds %s: result not stored (use `cxj run --check` to record checks)", args.db)
+        else:
+            try:
+                with duckdb.connect(str(args.db)) as writer:
+                    store_report(writer, report)
+            except duckdb.Error as exc:
+                log.warning("result not stored in %s: %s", args.db, str(exc).splitlines()[0])
+    return 0 if report.success else 1
