@@ -110,11 +110,15 @@ def execute(config: RunConfig, follow: bool) -> int:
     except BrokerUnavailable as exc:
         log.error("%s", exc)
         return EXIT_BROKER
-    except RuntimeError as exc:
-        if type(exc).__name__ != "QualityGateFailed":
-            raise
-        log.error("%s; stopped after landing that batch", exc)
-        return EXIT_QUALITY
+    except Exception as exc:
+        if type(exc).__name__ == "QualityGateFailed":
+            log.error("%s; stopped after landing that batch", exc)
+            return EXIT_QUALITY
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        log.error("pipeline failed: %s: %s (the batch was not landed; run with --verbose for details)",
+                  type(exc).__name__, first[:300])
+        log.debug("traceback", exc_info=True)
+        return EXIT_PIPELINE
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE

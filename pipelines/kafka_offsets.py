@@ -15,7 +15,7 @@ class BrokerUnavailable(RuntimeError):
 class OffsetReader:
     """A metadata-only consumer, kept open across batches to avoid reconnecting each time."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, connect_timeout_s: float = 10.0) -> None:
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
@@ -23,7 +23,8 @@ class OffsetReader:
         self.probe = None
         try:
             self.consumer = KafkaConsumer(
-                **settings.client_kwargs(), enable_auto_commit=False, group_id=None
+                **settings.client_kwargs(), enable_auto_commit=False, group_id=None,
+                bootstrap_timeout_ms=int(connect_timeout_s * 1000),
             )
         except (KafkaError, OSError, ValueError) as exc:
             raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from None

@@ -45,4 +45,5 @@ def configure(quiet: bool = False, log_format: str = "text", verbose: bool = Fal
     root.setLevel(logging.WARNING)
     logging.getLogger("cxj").setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
     for noisy in ("apache_beam", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+        # kafka-python logs every refused connection at ERROR; our own messages say what failed
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.CRITICAL)

@@ -33,6 +33,38 @@ log = logging.getLogger("cxj.run")
 STAGED_KINDS = {"events": EVENT_SCHEMA, "dead": DEAD_LETTER_SCHEMA, "journeys": JOURNEY_SCHEMA, "links": LINK_SCHEMA}
 
 
+def _is_broker_error(exc: BaseException) -> bool:
+    """Kafka failures inside a Beam stage arrive wrapped by the runner: look down the chain."""
+    from kafka.errors import KafkaError
+
+    from transforms.kafka_source import KafkaReadTimeout
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (KafkaReadTimeout, KafkaError, ConnectionError)):
+            return True
+        text = str(seen)
+        if any(name in text for name in ("KafkaReadTimeout", "KafkaConnectionError", "KafkaTimeoutError", "NoBrokersAvailable")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _broker_errors_named(stage):  # type: ignore[no-untyped-def]
+    """Runs a stage; a broker failure inside it becomes BrokerUnavailable (retried by --follow)."""
+
+    def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return stage(*args, **kwargs)
+        except Exception as exc:
+            if _is_broker_error(exc):
+                first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                raise BrokerUnavailable(f"reading from Kafka failed: {first[:300]}") from None
+            raise
+
+    return run
+
+
 def _ensure_staged_files(staging: Path, kinds: Sequence[str]) -> None:
     """Writes an empty file for a kind no worker produced, so landing reads uniformly."""
     for kind in kinds:
@@ -70,19 +102,21 @@ class MicroBatchRunner:
         self.store = store
         self.offsets: Optional[OffsetReader] = None
         self._warned: set[str] = set()
+        self._unseen_topics: set[str] = set()  # missing at the last look, or the broker was unreachable
         self.listeners: list[RunListener] = []
 
     # ------------------------------------------------------------------ broker
 
     def _reader(self) -> OffsetReader:
         if self.offsets is None:
-            self.offsets = OffsetReader(self.config.settings)
+            self.offsets = OffsetReader(self.config.settings, connect_timeout_s=min(5.0, self.config.broker_timeout_s))
         return self.offsets
 
     def _reset_reader(self) -> None:
         if self.offsets is not None:
             self.offsets.close()
         self.offsets = None
+        self._unseen_topics.update(self.config.topics.values())  # the broker may come back without them
 
     def broker_positions(self) -> tuple[list[PartitionKey], dict[PartitionKey, int], dict[PartitionKey, int]]:
         reader = self._reader()
@@ -90,7 +124,29 @@ class MicroBatchRunner:
         for topic in missing:
             self._warn_once(f"topic {topic!r} does not exist on {self.config.settings.bootstrap_servers} (yet)")
         beginnings, ends = reader.bounds(partitions)
+        self._rewind_recreated_topics(partitions, beginnings, ends, set(missing))
         return partitions, beginnings, ends
+
+    def _rewind_recreated_topics(self, partitions: list[PartitionKey], beginnings: dict[PartitionKey, int],
+                                 ends: dict[PartitionKey, int], missing: set[str]) -> None:
+        """Re-reads a topic from its earliest offset when its log is not the one we landed from.
+
+        A topic that came back after being missing or after the broker was away (the local
+        broker keeps data in memory only), or whose end lies before an offset we landed, was
+        recreated: its offsets start over and our stored ones mean nothing. Rewinding is always
+        safe because events are de-duplicated by event_id; the rewind is stored at once so that
+        a budget-limited catch-up does not rewind again.
+        """
+        landed = self.store.landed_offsets()
+        suspects = {t for t in self._unseen_topics if t not in missing}
+        suspects |= {t for (t, p) in partitions if landed.get((t, p), 0) > ends.get((t, p), 0)}
+        for topic in sorted(suspects):
+            keys = [k for k in partitions if k[0] == topic]
+            if any(landed.get(k, beginnings.get(k, 0)) != beginnings.get(k, 0) for k in keys):
+                log.warning("topic %s was recreated or truncated on the broker: re-reading it from the earliest offset "
+                            "(re-delivered events are dropped as duplicates)", topic)
+                self.store.rewind_offsets({k: beginnings.get(k, 0) for k in keys})
+        self._unseen_topics = set(missing)
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -117,7 +173,7 @@ class MicroBatchRunner:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            ingest = run_ingest(
+            ingest = _broker_errors_named(run_ingest)(
                 ranges,
                 self.config.settings,
                 self.config.stream_of_topic,

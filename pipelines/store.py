@@ -238,6 +238,21 @@ class Store:
             duration_s=duration,
         )
 
+    def rewind_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Moves stored offsets back (never forward): re-reading is safe, skipping is not."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for (topic, partition), offset in offsets.items():
+                self.con.execute(
+                    'UPDATE pipeline_offsets SET next_offset = ?, updated_at = now() '
+                    'WHERE topic = ? AND "partition" = ? AND next_offset > ?',
+                    [offset, topic, partition, offset],
+                )
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
     def _advance_offsets(self, facts: BatchFacts) -> None:
         for r in facts.ranges:
             self.con.execute(

@@ -1,0 +1,60 @@
+"""Database faults give one clear line and exit 2, never a traceback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import duckdb
+
+
+def run_once_cli(db, broker) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--once", "--db", str(db), "--bootstrap-servers", broker.bootstrap_servers]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def test_database_locked_by_another_process(broker, tmp_path):
+    db = tmp_path / "locked.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(db)!r}); print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        assert_one_clear_line(run_once_cli(db, broker), "in use by another process")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_unwritable_path(broker, tmp_path):
+    not_a_dir = tmp_path / "plain-file"
+    not_a_dir.write_text("x")
+    assert_one_clear_line(run_once_cli(not_a_dir / "journeys.duckdb", broker), "cannot open")
+
+
+def test_file_that_is_not_a_database(broker, tmp_path):
+    db = tmp_path / "notes.duckdb"
+    db.write_text("these are my notes, not a database\n" * 10)
+    assert_one_clear_line(run_once_cli(db, broker), "not a valid DuckDB database")
+    assert db.read_text().startswith("these are my notes")  # never overwritten
+
+
+def test_sql_and_status_on_a_bad_file(tmp_path, broker):
+    db = tmp_path / "notes.duckdb"
+    db.write_text("nope")
+    for command in (["sql", "SELECT 1"], ["status"]):
+        result = subprocess.run([sys.executable, "-m", "pipelines.cli", *command, "--db", str(db),
+                                 "--bootstrap-servers", broker.bootstrap_servers],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
