@@ -95,7 +95,7 @@ def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int
     from pipelines.kafka_offsets import BrokerUnavailable, OffsetReader
 
     try:
-        reader = OffsetReader(settings)
+        reader = OffsetReader(settings, connect_timeout_s=5.0)
         try:
             partitions, missing = reader.partitions(topics)
             _, ends = reader.bounds(partitions)
