@@ -110,6 +110,9 @@ def execute(config: RunConfig, follow: bool) -> int:
     except BrokerUnavailable as exc:
         log.error("%s", exc)
         return EXIT_BROKER
+    except StoreError as exc:  # before Exception, which would otherwise swallow it as exit 4
+        log.error("%s", exc)
+        return EXIT_STORE
     except Exception as exc:
         if type(exc).__name__ == "QualityGateFailed":
             log.error("%s; stopped after landing that batch", exc)
@@ -119,9 +122,6 @@ def execute(config: RunConfig, follow: bool) -> int:
                   type(exc).__name__, first[:300])
         log.debug("traceback", exc_info=True)
         return EXIT_PIPELINE
-    except StoreError as exc:
-        log.error("%s", exc)
-        return EXIT_STORE
     finally:
         runner.close()
         store.close()

@@ -201,6 +201,7 @@ class MicroBatchRunner:
                 ingest_s=ingest.seconds,
                 assemble_s=assemble_s,
             )
+            log.debug("batch %d: landing %d new events and offsets in one transaction", batch_id, new)
             landed = self.store.land(facts, staging, duplicates_landed_before=staged - new)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
