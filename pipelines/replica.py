@@ -4,19 +4,21 @@ DuckDB lets one process hold a database file; while `cxj run` writes ``--db`` no
 open it, not even read-only (DESIGN fact 7). So after every landed batch the writer also
 *publishes* that batch to a DuckLake next to the database::
 
-    data/journeys.duckdb                    the writer's authoritative store
-    data/journeys.duckdb.lake/catalog.sqlite   DuckLake catalog (SQLite, WAL mode)
-    data/journeys.duckdb.lake/data/         Parquet files of the replica
+    data/journeys.duckdb                        the writer's authoritative store
+    data/journeys.duckdb.lake/catalog.sqlite    DuckLake catalog (SQLite, WAL mode)
+    data/journeys.duckdb.lake/data/             Parquet files of the replica
 
-A publish is ONE DuckLake transaction: the events, dead letters and batch rows of the batches
-after the replica's last published batch, the current offsets, the journeys and journey_events
-of every customer those batches touched (delete + insert), and the new last published batch id.
-Readers attach the lake read-only and see whole batches only (snapshot isolation), never
-blocking the writer. Publishing is incremental and idempotent, and the writer catches the
-replica up when it starts, so a crash between landing and publishing repairs itself.
+A publish is ONE DuckLake transaction: the events, dead letters and pipeline_batches rows of the
+batches after the replica's last published batch, the current offsets, and the journeys and
+journey_events of every customer those batches touched (delete + insert). The last published
+batch is the largest batch_id in the replica's pipeline_batches, so it is recorded by the same
+transaction. Readers attach the lake read-only and see whole batches only (snapshot isolation),
+without blocking the writer. Publishing is incremental and idempotent, and the writer catches
+the replica up when it starts, so a crash between landing and publishing repairs itself.
 
-Only `Store` calls this module (see ``pipelines/store.py``); ``pipelines/reader.py`` attaches the
-lake for readers. docs/storage.md explains the choice.
+Every COMPACT_EVERY batches the writer merges small files and expires old snapshots. Only
+`Store` calls this module (pipelines/store.py); pipelines/reader.py attaches the lake for
+readers. docs/storage.md explains the choice, the DuckLake workarounds and the measurements.
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ import hashlib
 import importlib.util
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -45,24 +48,40 @@ APPENDED = ("events", "dead_letters", "pipeline_batches")  # new rows carry the 
 REPLACED = ("pipeline_offsets",)  # small: replaced whole
 PER_CUSTOMER = ("journeys", "journey_events")  # rewritten for the customers a batch touched
 TABLES = APPENDED + REPLACED + PER_CUSTOMER
-STATE_TABLE = "replica_state"
-LOG_TABLE = "replica_publishes"
-FORMAT_VERSION = 1  # bump to force a rebuild of existing replicas
+META_TABLE = "replica_meta"  # one row: fingerprint (tables), views_fingerprint, rebuilt_at
+STATE_TABLE = "replica_state"  # view for readers: published_batch_id, ...
+FORMAT_VERSION = 5  # bump to force a rebuild of existing replicas
 
-# Maintenance: merge small files and forget old snapshots every so many publishes. Snapshots
-# (and the files only they use) are kept this long, so a reader query may run that long.
-COMPACT_EVERY = 50
-RETENTION = "10 minutes"
 
-# Keeps one SQLite connection open for the life of the writer: in WAL mode the last connection
-# to close checkpoints and deletes the WAL, and DuckDB's SQLite opens a connection per
-# transaction; without a long-lived one, readers and the writer keep meeting SQLite's
-# 1-second busy sleeps (measured: reader stalls of 1-2 s, see docs/storage.md).
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+# Maintenance every COMPACT_EVERY published batches (see Replica.compact): files below
+# MERGE_SMALL bytes are merged; every COMPACT_EVERY-th time, files below MERGE_LARGE.
+COMPACT_EVERY = _env_int("CXJ_REPLICA_COMPACT_EVERY", 50)  # 0 = never
+MERGE_SMALL = 16 * 1024 * 1024
+MERGE_LARGE = 256 * 1024 * 1024
+# Snapshots older than this are expired at compaction; files only they used are deleted a day
+# or two later (see compact()). A reader query may run this long.
+RETENTION = os.environ.get("CXJ_REPLICA_RETENTION", "10 minutes")
+SLOW_PUBLISH_S = 5.0
+
+# Keeps one SQLite connection open for the life of the writer. In WAL mode the last connection
+# to close checkpoints and deletes the WAL, and DuckDB's SQLite extension opens a connection per
+# transaction, so without a long-lived one readers and writer keep meeting the SQLite busy
+# handler, which in this build sleeps whole seconds (measured: 1-2 s stalls, docs/storage.md).
+# A separate process on purpose: two SQLite libraries in one process break each other's locks.
 _KEEPALIVE = r"""
 import signal, sqlite3, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 con = sqlite3.connect(sys.argv[1], isolation_level=None)
-print(con.execute("PRAGMA journal_mode=WAL").fetchone()[0], flush=True)
+mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+con.execute("SELECT count(*) FROM sqlite_master").fetchall()  # maps the WAL index, holds it open
+print(mode, flush=True)
 sys.stdin.read()
 """
 
@@ -94,8 +113,7 @@ def ident(name: str) -> str:
 
 def extension_file(name: str) -> Optional[Path]:
     """The extension shipped in the PyPI wheel duckdb-extension-<name> (no download needed)."""
-    package = "duckdb_extension_" + name
-    spec = importlib.util.find_spec(package)
+    spec = importlib.util.find_spec("duckdb_extension_" + name)
     if spec is None or not spec.submodule_search_locations:
         return None
     for base in spec.submodule_search_locations:
@@ -109,7 +127,13 @@ def extension_file(name: str) -> Optional[Path]:
 
 
 def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
-    """LOADs sqlite_scanner and ducklake from their wheels by path, else the usual way."""
+    """LOADs sqlite_scanner and ducklake from their wheels by path, else the usual way.
+
+    Also turns off multi-threaded SQLite scans for the whole DuckDB instance: DuckLake reads its
+    catalog inside one SQLite transaction, but the extra scan threads use connections outside
+    it, and a reader then sometimes saw half of a concurrent commit (e.g. a batch's new journey
+    rows without the deletion of the old ones; reproduced, docs/storage.md).
+    """
     for name in ("sqlite_scanner", "ducklake"):
         path = extension_file(name)
         try:
@@ -119,6 +143,7 @@ def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
                 f"cannot load the DuckDB extension {name!r} ({str(exc).splitlines()[0]}); "
                 f"install the wheel duckdb-extension-{name.replace('_', '-')}=={duckdb.__version__}"
             ) from None
+    con.execute("SET GLOBAL sqlite_disable_multithreaded_scans = true")
 
 
 def attach_sql(db: Path | str, alias: str = LAKE_ALIAS, read_only: bool = False) -> str:
@@ -128,11 +153,31 @@ def attach_sql(db: Path | str, alias: str = LAKE_ALIAS, read_only: bool = False)
     options = [f"DATA_PATH {sql_literal(data)}", "OVERRIDE_DATA_PATH TRUE"]
     if read_only:
         options.append("READ_ONLY")
+    else:
+        # Every change goes to Parquet, none into the SQLite catalog: inlined rows would later
+        # have to be flushed, which moves rows while readers may be scanning them.
+        options.append("DATA_INLINING_ROW_LIMIT 0")
     return f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS {ident(alias)} ({', '.join(options)})"
 
 
 def view_files() -> list[Path]:
     return [f for layer in VIEW_LAYERS for f in sorted((SQL_DIR / layer).glob("*.sql"))]
+
+
+# What readers query to see how current the replica is.
+STATE_VIEW = f"""
+CREATE OR REPLACE VIEW {STATE_TABLE} AS
+SELECT b.batch_id AS published_batch_id,         -- last batch published (0: none yet)
+       b.started_at AS published_batch_started_at,
+       b.finished_at AS published_batch_finished_at,  -- when it was landed (published right after)
+       m.rebuilt_at,                               -- when the replica was last built from scratch
+       m.fingerprint,                              -- version of the tables it was built for
+       m.views_fingerprint                         -- version of the sql/ views it has
+FROM {META_TABLE} m
+LEFT JOIN (SELECT coalesce(max(batch_id), 0) AS batch_id, max_by(started_at, batch_id) AS started_at,
+                  max_by(finished_at, batch_id) AS finished_at
+           FROM pipeline_batches) b ON true
+"""
 
 
 @dataclass
@@ -173,10 +218,11 @@ class Replica:
         self.con = con.cursor()  # own connection: its USE and transactions never touch the store's
         self.con.execute("SET TimeZone = 'UTC'")
         self._keepalive: Optional[subprocess.Popen] = None
-        self._since_compact = 0
         self._caught_up = False
         self._fingerprint_cache: Optional[str] = None
-        self.publish_seconds: list[float] = []
+        self._since_compact = 0
+        self._compactions = 0
+        self.publish_seconds: list[float] = []  # since the last maintenance (for its log line)
         self._open()
 
     # ------------------------------------------------------------------ setup
@@ -185,10 +231,10 @@ class Replica:
         lake_dir(self.db).mkdir(parents=True, exist_ok=True)
         data_path(self.db).mkdir(exist_ok=True)
         self._start_keepalive()
-        load_extensions(self.con)
         try:
+            load_extensions(self.con)
             self.con.execute(attach_sql(self.db))
-        except duckdb.Error as exc:
+        except (duckdb.Error, ReplicaError) as exc:
             self.close()
             raise ReplicaError(f"cannot attach the replica {catalog_path(self.db)}: {str(exc).splitlines()[0]}") from None
 
@@ -219,56 +265,54 @@ class Replica:
     # ------------------------------------------------------------------ state
 
     def _fingerprint(self) -> str:
-        """Changes when the landing tables' columns or the view definitions change."""
+        """Changes when the landing tables' columns change (or FORMAT_VERSION): then rebuild."""
         if self._fingerprint_cache is None:
-            self._fingerprint_cache = self._compute_fingerprint()
+            columns = [(t, self.con.execute(f"DESCRIBE {self.source}.{t}").fetchall()) for t in TABLES]
+            self._fingerprint_cache = hashlib.sha256(f"format {FORMAT_VERSION}\n{columns!r}".encode()).hexdigest()[:16]
         return self._fingerprint_cache
 
-    def _compute_fingerprint(self) -> str:
-        columns = [(t, self.con.execute(f"DESCRIBE {self.source}.{t}").fetchall()) for t in TABLES]
-        digest = hashlib.sha256(f"format {FORMAT_VERSION}\n{columns!r}".encode())
+    @staticmethod
+    def _views_fingerprint() -> str:
+        """Changes when a view file in sql/ changes: then the views are replaced."""
+        digest = hashlib.sha256(STATE_VIEW.encode())
         for view in view_files():
             digest.update(view.name.encode() + b"\0" + view.read_bytes())
         return digest.hexdigest()[:16]
 
-    def _state(self) -> Optional[tuple[int, Optional[datetime], str]]:
-        """(published batch id, its started_at, fingerprint), or None if the lake is empty."""
+    def _state(self) -> Optional[tuple[int, Optional[datetime], str, str]]:
+        """(published batch id, its started_at, fingerprint, views fingerprint); None if empty."""
         try:
             row = self.con.execute(
-                f"SELECT published_batch_id, published_batch_started_at, fingerprint FROM {LAKE_ALIAS}.{STATE_TABLE}"
+                f"""SELECT published_batch_id, published_batch_started_at, fingerprint, views_fingerprint
+                    FROM {LAKE_ALIAS}.{STATE_TABLE}"""
             ).fetchone()
-        except duckdb.CatalogException:
+        except duckdb.Error:  # no replica yet, or one of an older format
             return None
-        return row if row is None else (int(row[0]), row[1], str(row[2]))
+        return None if row is None else (int(row[0]), row[1], str(row[2]), str(row[3]))
 
     def published_batch_id(self) -> int:
         state = self._state()
         return state[0] if state else 0
 
-    def _needs_rebuild(self, state: Optional[tuple[int, Optional[datetime], str]]) -> Optional[str]:
+    def _last_landed(self) -> int:
+        return int(self.con.execute(f"SELECT coalesce(max(batch_id), 0) FROM {self.source}.pipeline_batches").fetchone()[0])
+
+    def _needs_rebuild(self, state: Optional[tuple[int, Optional[datetime], str, str]]) -> Optional[str]:
         if state is None:
             return "new replica"
-        published, started_at, fingerprint = state
+        published, started_at, fingerprint, _views = state
         if fingerprint != self._fingerprint():
-            return "table columns or views changed"
+            return "table columns changed"
         if published == 0:
             return None
         row = self.con.execute(
             f"SELECT started_at FROM {self.source}.pipeline_batches WHERE batch_id = {int(published)}"
         ).fetchone()
         if row is None or row[0] != started_at:
-            return f"batch {published} of the replica is not the database's batch {published}"
+            return f"its batch {published} is not the database's batch {published}"
         return None
 
     # ------------------------------------------------------------------ publishing
-
-    def catch_up(self) -> Optional[PublishResult]:
-        """Publishes every landed batch the replica lacks (or rebuilds it); None if up to date."""
-        state = self._state()
-        reason = self._needs_rebuild(state)
-        if reason is not None:
-            return self._rebuild(reason)
-        return self.publish()
 
     def after_land(self) -> Optional[PublishResult]:
         """Catch-up/publish that never fails the caller: a failed publish is retried next time."""
@@ -276,21 +320,65 @@ class Replica:
             if not self._caught_up:
                 result = self.catch_up()
                 self._caught_up = True
-                return result
-            return self.publish()
+            else:
+                result = self.publish()
         except (duckdb.Error, OSError) as exc:
             log.warning("replica %s: publish failed, will retry after the next batch: %s",
                         lake_dir(self.db), str(exc).splitlines()[0])
             return None
+        if result is not None and self.compact_every:
+            self._since_compact += max(1, result.last_batch - result.first_batch + 1)
+            if self._since_compact >= self.compact_every:
+                self._since_compact = 0
+                self.compact()
+        return result
+
+    def catch_up(self) -> Optional[PublishResult]:
+        """Publishes every landed batch the replica lacks (or rebuilds it); None if up to date."""
+        state = self._state()
+        reason = self._needs_rebuild(state)
+        if reason is not None:
+            return self._rebuild(reason)
+        if state is not None and state[3] != self._views_fingerprint():
+            self._replace_views()
+        return self.publish()
+
+    def _create_views(self) -> None:
+        """Inside the caller's transaction: the state view and every view file, in the lake."""
+        self.con.execute(f"USE {LAKE_ALIAS}")
+        try:
+            self.con.execute(STATE_VIEW)
+            for view in view_files():
+                self.con.execute(view.read_text())
+        finally:
+            self.con.execute(f"USE {self.source}")
+
+    def _replace_views(self) -> None:
+        """Replaces all views of the replica with the current sql/ files, in one transaction."""
+        log.info("replica %s: views changed, replacing them", lake_dir(self.db))
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for (name,) in con.execute(
+                f"SELECT view_name FROM duckdb_views() WHERE database_name = {sql_literal(LAKE_ALIAS)} AND NOT internal"
+            ).fetchall():
+                con.execute(f"DROP VIEW IF EXISTS {LAKE_ALIAS}.{ident(name)}")
+            self._create_views()
+            con.execute(f"UPDATE {LAKE_ALIAS}.{META_TABLE} SET views_fingerprint = {sql_literal(self._views_fingerprint())}")
+            con.execute("COMMIT")
+        except BaseException:
+            _rollback(con)
+            raise
 
     def publish(self) -> Optional[PublishResult]:
         """One DuckLake transaction with all batches after the last published one."""
         started = time.perf_counter()
         con = self.con
-        last = int(con.execute(f"SELECT coalesce(max(batch_id), 0) FROM {self.source}.pipeline_batches").fetchone()[0])
+        last = self._last_landed()
         con.execute("BEGIN TRANSACTION")
         try:
-            published = int(con.execute(f"SELECT published_batch_id FROM {LAKE_ALIAS}.{STATE_TABLE}").fetchone()[0])
+            # the last published batch is recorded by the batch rows this very transaction appends
+            published = int(con.execute(f"SELECT coalesce(max(batch_id), 0) FROM {LAKE_ALIAS}.pipeline_batches").fetchone()[0])
             if last <= published:
                 con.execute("ROLLBACK")
                 return None
@@ -309,7 +397,6 @@ class Replica:
                     con.execute(
                         f"INSERT INTO {LAKE_ALIAS}.{table} SELECT * FROM {self.source}.{table} WHERE customer_id IN ({touched})"
                     )
-            self._record(published + 1, last, customers, time.perf_counter() - started, rebuilt=False)
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
@@ -320,86 +407,103 @@ class Replica:
         """Replaces every replica table and view with the database's, in one transaction."""
         started = time.perf_counter()
         con = self.con
-        last = int(con.execute(f"SELECT coalesce(max(batch_id), 0) FROM {self.source}.pipeline_batches").fetchone()[0])
+        last = self._last_landed()
         log.info("replica %s: full rebuild (%s)", lake_dir(self.db), reason)
         con.execute("BEGIN TRANSACTION")
         try:
-            existing = {
-                (r[0], r[1]) for r in con.execute(
-                    f"SELECT table_name, table_type FROM information_schema.tables WHERE table_catalog = {sql_literal(LAKE_ALIAS)}"
-                ).fetchall()
-            }
+            existing = con.execute(
+                f"SELECT table_name, table_type FROM information_schema.tables WHERE table_catalog = {sql_literal(LAKE_ALIAS)}"
+            ).fetchall()
             for name, kind in sorted(existing, key=lambda e: e[1] != "VIEW"):  # views first
                 con.execute(f"DROP {'VIEW' if kind == 'VIEW' else 'TABLE'} IF EXISTS {LAKE_ALIAS}.{ident(name)}")
             for table in TABLES:
                 con.execute(f"CREATE TABLE {LAKE_ALIAS}.{table} AS SELECT * FROM {self.source}.{table}")
             con.execute(
-                f"""CREATE TABLE {LAKE_ALIAS}.{STATE_TABLE} (
-                        published_batch_id BIGINT, published_batch_started_at TIMESTAMPTZ,
-                        published_at TIMESTAMPTZ, fingerprint VARCHAR)"""
+                f"CREATE TABLE {LAKE_ALIAS}.{META_TABLE} (fingerprint VARCHAR, views_fingerprint VARCHAR, rebuilt_at TIMESTAMPTZ)"
             )
             con.execute(
-                f"""CREATE TABLE {LAKE_ALIAS}.{LOG_TABLE} (
-                        first_batch_id BIGINT, last_batch_id BIGINT, customers BIGINT,
-                        publish_s DOUBLE, rebuilt BOOLEAN, published_at TIMESTAMPTZ)"""
+                f"INSERT INTO {LAKE_ALIAS}.{META_TABLE} VALUES "
+                f"({sql_literal(self._fingerprint())}, {sql_literal(self._views_fingerprint())}, now())"
             )
-            con.execute(f"INSERT INTO {LAKE_ALIAS}.{STATE_TABLE} VALUES (0, NULL, now(), {sql_literal(self._fingerprint())})")
-            con.execute(f"USE {LAKE_ALIAS}")
-            try:
-                for view in view_files():
-                    con.execute(view.read_text())
-            finally:
-                con.execute(f"USE {self.source}")
+            self._create_views()
             customers = int(con.execute(f"SELECT count(DISTINCT customer_id) FROM {self.source}.journeys").fetchone()[0])
-            self._record(1 if last else 0, last, customers, time.perf_counter() - started, rebuilt=True)
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
             raise
         return self._done(1 if last else 0, last, customers, started, rebuilt=True)
 
-    def _record(self, first: int, last: int, customers: int, seconds: float, rebuilt: bool) -> None:
-        # literals, not parameters: binding Python values makes DuckDB import pandas (~1 s)
-        self.con.execute(
-            f"""UPDATE {LAKE_ALIAS}.{STATE_TABLE} SET published_batch_id = {int(last)}, published_at = now(),
-                   published_batch_started_at = (SELECT started_at FROM {self.source}.pipeline_batches
-                                                 WHERE batch_id = {int(last)})"""
-        )
-        self.con.execute(
-            f"""INSERT INTO {LAKE_ALIAS}.{LOG_TABLE} VALUES
-                ({int(first)}, {int(last)}, {int(customers)}, {float(seconds)!r}, {str(bool(rebuilt)).upper()}, now())"""
-        )
-
     def _done(self, first: int, last: int, customers: int, started: float, rebuilt: bool) -> PublishResult:
         seconds = time.perf_counter() - started
-        self.publish_seconds.append(seconds)
-        log.debug("replica: published batches %d-%d (%d customers) in %.3fs", first, last, customers, seconds)
-        self._since_compact += max(1, last - first + 1)
-        if self.compact_every and self._since_compact >= self.compact_every:
-            self.compact()
+        if not rebuilt:
+            self.publish_seconds.append(seconds)
+        (log.warning if seconds > SLOW_PUBLISH_S else log.debug)(
+            "replica: published batches %d-%d (%d customers) in %.3fs", first, last, customers, seconds)
         return PublishResult(first, last, customers, seconds, rebuilt)
 
     # ------------------------------------------------------------------ maintenance
 
     def compact(self) -> float:
-        """Merges small files, applies deletes, and drops snapshots/files older than RETENTION."""
+        """DuckLake maintenance: merge small files, rewrite files with many deleted rows, expire
+        old snapshots, delete files no snapshot needs. Never fails the pipeline.
+
+        merge_adjacent_files only merges files below a size (else it would rewrite the table's
+        big file every time): below MERGE_SMALL every COMPACT_EVERY publishes, below MERGE_LARGE
+        every COMPACT_EVERY**2. Readers keep reading the files of their snapshot: replaced files
+        are deleted only after their snapshots expired and a day has passed (see _expire()).
+        """
         started = time.perf_counter()
-        self._since_compact = 0
-        older = f"now() - INTERVAL '{RETENTION}'"
-        for statement in (
-            f"CALL ducklake_flush_inlined_data('{LAKE_ALIAS}')",
-            f"CALL ducklake_merge_adjacent_files('{LAKE_ALIAS}')",
-            f"CALL ducklake_rewrite_data_files('{LAKE_ALIAS}')",
-            f"CALL ducklake_expire_snapshots('{LAKE_ALIAS}', older_than => {older})",
-            f"CALL ducklake_cleanup_old_files('{LAKE_ALIAS}', older_than => {older})",
-        ):
+        self._compactions += 1
+        lake = sql_literal(LAKE_ALIAS)
+        large = self.compact_every > 0 and self._compactions % self.compact_every == 0
+        steps = [
+            f"CALL ducklake_merge_adjacent_files({lake}, max_file_size => {MERGE_LARGE if large else MERGE_SMALL})",
+            # journeys are rewritten per touched customer: rewrite files once a fifth of their rows is gone
+            f"CALL ducklake_rewrite_data_files({lake}, delete_threshold => 0.2)",
+        ]
+        merged = 0
+        for statement in steps:
             try:
-                self.con.execute(statement).fetchall()
-            except duckdb.Error as exc:  # maintenance must never stop the pipeline
+                merged += sum(int(r[2]) for r in self.con.execute(statement).fetchall() if len(r) > 2)
+            except (duckdb.Error, ValueError, TypeError) as exc:  # maintenance must never stop the pipeline
                 log.warning("replica maintenance step failed (%s): %s", statement.split("(")[0], str(exc).splitlines()[0])
+        expired = self._expire()
         seconds = time.perf_counter() - started
-        log.debug("replica: maintenance in %.3fs", seconds)
+        times = sorted(self.publish_seconds)
+        self.publish_seconds = []
+        log.info(
+            "replica %s: maintenance in %.2fs (%d files compacted, %d snapshots expired); "
+            "%d publishes since the last: median %.3fs, max %.3fs",
+            lake_dir(self.db), seconds, merged, expired,
+            len(times), statistics.median(times) if times else 0.0, times[-1] if times else 0.0,
+        )
         return seconds
+
+    def _expire(self) -> int:
+        """Expires snapshots older than RETENTION and deletes files unused since before yesterday.
+
+        Workaround for DuckLake 1.5.5 on SQLite: ``older_than`` compares only the calendar day
+        there (a snapshot from a second ago counts as older than now() - 10 minutes), so the
+        snapshots are chosen here and passed by id, and file cleanup uses a day boundary.
+        """
+        lake = sql_literal(LAKE_ALIAS)
+        try:
+            ids = [int(r[0]) for r in self.con.execute(
+                f"""SELECT snapshot_id FROM ducklake_snapshots({lake})
+                    WHERE snapshot_time < now() - INTERVAL '{RETENTION}'
+                      AND snapshot_id < (SELECT max(snapshot_id) FROM ducklake_snapshots({lake}))
+                    ORDER BY snapshot_id"""
+            ).fetchall()]
+            if ids:
+                self.con.execute(f"CALL ducklake_expire_snapshots({lake}, versions => {ids})").fetchall()
+            self.con.execute(
+                f"CALL ducklake_cleanup_old_files({lake}, "
+                "older_than => date_trunc('day', now() - INTERVAL 1 DAY) - INTERVAL 1 MICROSECOND)"
+            ).fetchall()
+            return len(ids)
+        except duckdb.Error as exc:  # maintenance must never stop the pipeline
+            log.warning("replica snapshot expiry failed: %s", str(exc).splitlines()[0])
+            return 0
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
