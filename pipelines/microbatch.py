@@ -103,6 +103,7 @@ class MicroBatchRunner:
         self.offsets: Optional[OffsetReader] = None
         self._warned: set[str] = set()
         self._unseen_topics: set[str] = set()  # missing at the last look, or the broker was unreachable
+        self._last_ends: dict[PartitionKey, int] = {}
         self.listeners: list[RunListener] = []
 
     # ------------------------------------------------------------------ broker
@@ -124,6 +125,7 @@ class MicroBatchRunner:
         for topic in missing:
             self._warn_once(f"topic {topic!r} does not exist on {self.config.settings.bootstrap_servers} (yet)")
         beginnings, ends = reader.bounds(partitions)
+        self._last_ends = ends
         self._rewind_recreated_topics(partitions, beginnings, ends, set(missing))
         return partitions, beginnings, ends
 
@@ -239,12 +241,23 @@ class MicroBatchRunner:
                     raise BrokerUnavailable(f"{exc} (gave up after {self.config.broker_timeout_s:.0f}s)") from None
                 log.warning("%s; retrying", exc)
                 time.sleep(1.0)
-        batches = []
+        batches: list[LandedBatch] = []
+        started = time.monotonic()
         while True:
             batch = self.run_batch(targets)
             if batch is None:
                 return batches
             batches.append(batch)
+            done = sum(b.consumed for b in batches)
+            remaining = batch.extra.get("lag", 0)
+            log.info("progress: %d records done (%.0f records/s), about %d to go until the end offsets seen at start",
+                     done, done / max(time.monotonic() - started, 1e-9), max(0, remaining - self._arrived_since(targets)))
+
+    def _arrived_since(self, targets: dict[PartitionKey, int]) -> int:
+        """Messages that arrived after the run started (not part of --once's work)."""
+        if self.offsets is None or not self._last_ends:
+            return 0
+        return sum(max(0, end - targets.get(k, end)) for k, end in self._last_ends.items())
 
     def follow(self, stopper: Stopper) -> int:
         """Keeps landing until stopped; broker outages are retried with backoff."""
