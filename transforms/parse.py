@@ -172,13 +172,31 @@ def _parse(
         return (BAD_TIMESTAMP, str(exc))
     if at_us < limits.min_occurred_at_us or at_us > now_us + limits.max_future_skew_s * 1_000_000:
         return (TIMESTAMP_OUT_OF_RANGE, f"occurred_at {doc['occurred_at']} outside the accepted range")
+    if "\\u" in text and _has_lone_surrogate(doc):
+        return (NOT_UTF8, "a string holds a lone surrogate (\\uD800-\\uDFFF escape): not valid Unicode text")
     return _event_row(doc, text, at_us, source)
 
 
+INT32 = (-(2**31), 2**31 - 1)
+
+
 def _as_int(value: Any) -> Optional[int]:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    """An integral score that fits the column, else None (schemas check surveys' scores)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return int(value)
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    number = int(value)
+    return number if INT32[0] <= number <= INT32[1] else None
+
+
+def _has_lone_surrogate(doc: Any) -> bool:
+    """JSON escapes can spell half a surrogate pair, which no UTF-8 column or JSON cast accepts."""
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _event_row(doc: dict[str, Any], text: str, at_us: int, source: SourceRef) -> dict[str, Any]:
@@ -192,8 +210,9 @@ def _event_row(doc: dict[str, Any], text: str, at_us: int, source: SourceRef) ->
     for name in EXTRACTED_FIELDS:
         value = doc.get(name)
         row[name] = value if isinstance(value, str) else None
-    row["csat"] = _as_int(doc.get("csat"))
-    row["nps"] = _as_int(doc.get("nps"))
+    scored = doc["event_type"] == "survey.responded"  # elsewhere csat/nps are unknown extra fields
+    row["csat"] = _as_int(doc.get("csat")) if scored else None
+    row["nps"] = _as_int(doc.get("nps")) if scored else None
     row["payload"] = text
     row["topic"] = source.topic
     row["partition"] = source.partition

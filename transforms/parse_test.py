@@ -82,3 +82,14 @@ def test_survey_scores_range():
     assert parse({**base, "csat": 5, "nps": 0}, stream="surveys")[0] == "event"
     assert parse({**base, "csat": 6}, stream="surveys")[1]["reason"] == "schema_violation"
     assert parse({**base, "nps": "9"}, stream="surveys")[1]["reason"] == "schema_violation"
+
+
+def test_poison_values_are_contained():
+    # scores outside surveys are unknown extra fields: kept in the payload, never cast
+    kind, row = parse(event(csat="abc", nps=1e300))
+    assert kind == "event" and row["csat"] is None and row["nps"] is None
+    # a lone surrogate escape anywhere is not Unicode text: dead letter, not a crash downstream
+    kind, row = parse(json.dumps(event(extra="\ud800")).encode())
+    assert (kind, row["reason"]) == ("dead", "not_utf8")
+    kind, row = parse(json.dumps(event(extra="caf\u00e9 \U0001F600")).encode())
+    assert kind == "event"
