@@ -103,6 +103,9 @@ def run_suite(con: duckdb.DuckDBPyConnection) -> QualityReport:
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    # its module logger is pinned at INFO and says "Created temporary directory ..." on every run
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("cxj")

@@ -1,6 +1,7 @@
 """The data-quality gate passes on a good landing and fails on deliberately corrupted tables."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,13 +16,19 @@ from tests.support import run_once, send, table
 
 @pytest.fixture(scope="module")
 def landed(broker, tmp_path_factory):
+    """A good landing, made by `cxj run --once --check` in small batches (the gate passes each)."""
     from tests.support import new_topics
 
     topics = new_topics(broker)
     events = generate_customer_events(60, 21, datetime(2026, 8, 1, tzinfo=timezone.utc))
     send(broker, topics, to_messages(events, 21, 0.05, 0.05, 0.02))
     db = tmp_path_factory.mktemp("quality") / "good.duckdb"
-    run_once(db, broker, topics)
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--once", "--check", "--max-batch-events", "300", "--db", str(db),
+           "--bootstrap-servers", broker.bootstrap_servers, "--topic-tickets", topics["tickets"],
+           "--topic-chats", topics["chats"], "--topic-surveys", topics["surveys"]]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, CXJ_REPLICA="off"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data-quality check passed" in result.stderr
     return db, topics
 
 
@@ -43,7 +50,12 @@ def test_good_landing_passes_and_is_recorded(landed):
     result = check(db)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("PASS")
-    assert table(db, "SELECT success, failed FROM quality_checks") == [(True, 0)]
+    assert "Traceback" not in result.stderr
+    # one row per batch from `run --check`, one from `cxj check`
+    batches = table(db, "SELECT count(*) FROM pipeline_batches")[0][0]
+    assert batches >= 2
+    assert table(db, "SELECT count(*), count(*) FILTER (WHERE success AND failed = 0) FROM quality_checks") == [(batches + 1, batches + 1)]
+    assert table(db, "SELECT count(DISTINCT batch_id) FROM quality_checks") == [(batches,)]
 
 
 @pytest.mark.parametrize(
@@ -57,6 +69,14 @@ def test_good_landing_passes_and_is_recorded(landed):
         ("UPDATE journeys SET fcr = true WHERE contact_count > 1", "journeys.fcr_only_one_touch"),
         ("UPDATE journeys SET channel_hops = touchpoint_count + 1", "journeys.hops_below_touchpoints"),
         ("UPDATE journeys SET nps = 11", "journeys.nps"),
+        ("UPDATE journeys SET handoff_count = -1 WHERE journey_id IN (SELECT journey_id FROM journeys LIMIT 3)", "journeys.handoff_count"),
+        ("ALTER TABLE journeys ALTER journey_id DROP NOT NULL; "
+         "UPDATE journeys SET journey_id = NULL WHERE journey_id IN (SELECT journey_id FROM journeys LIMIT 1)", "journeys.journey_id"),
+        ("UPDATE journeys SET time_to_resolution_s = NULL WHERE status = 'resolved'", "journeys.ttr_null_iff_not_resolved"),
+        ("UPDATE journeys SET fcr = true WHERE reopen_count > 0", "journeys.fcr_only_one_touch"),
+        ("UPDATE journeys SET channel_hops = touchpoint_count WHERE touchpoint_count = 2", "journeys.hops_below_touchpoints"),
+        ("UPDATE journeys SET status = 'closed' WHERE status = 'resolved'", "journeys.status"),
+        ("DELETE FROM journeys WHERE journey_id IN (SELECT journey_id FROM journeys LIMIT 1)", "journey_events.journey_exists"),
         ("DROP INDEX IF EXISTS x; ALTER TABLE events RENAME TO events_old; "
          "CREATE TABLE events AS SELECT * FROM events_old UNION ALL (SELECT * FROM events_old LIMIT 2)", "events.event_id"),
     ],

@@ -8,8 +8,8 @@ import time
 import duckdb
 
 
-def run_once_cli(db, broker) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--once", "--db", str(db), "--bootstrap-servers", broker.bootstrap_servers]
+def run_once_cli(db, broker, mode: str = "--once") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", mode, "--db", str(db), "--bootstrap-servers", broker.bootstrap_servers]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -49,12 +49,45 @@ def test_file_that_is_not_a_database(broker, tmp_path):
     assert db.read_text().startswith("these are my notes")  # never overwritten
 
 
-def test_sql_and_status_on_a_bad_file(tmp_path, broker):
+def test_damaged_or_odd_database_paths(broker, tmp_path):
+    good = tmp_path / "good.duckdb"
+    duckdb.connect(str(good)).execute("CREATE TABLE t AS SELECT range AS i FROM range(100000)").close()
+    truncated = tmp_path / "truncated.duckdb"
+    truncated.write_bytes(good.read_bytes()[:8192])  # e.g. a copy cut short by a full disk
+    empty = tmp_path / "empty.duckdb"
+    empty.write_bytes(b"")
+    a_directory = tmp_path / "adir.duckdb"
+    a_directory.mkdir()
+    for db, words in ((truncated, ["cannot open", "truncated.duckdb"]), (empty, ["not a valid DuckDB database"]),
+                      (a_directory, ["cannot open", "Is a directory"])):
+        assert_one_clear_line(run_once_cli(db, broker), *words)
+    assert len(truncated.read_bytes()) == 8192 and empty.read_bytes() == b""  # never "repaired" by overwriting
+
+
+def test_follow_on_a_locked_database_exits_at_once(broker, tmp_path):
+    db = tmp_path / "locked.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(db)!r}); print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        assert_one_clear_line(run_once_cli(db, broker, "--follow"), "in use by another process")
+        assert time.monotonic() - started < 30
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_analyst_commands_on_a_bad_file(tmp_path, broker):
     db = tmp_path / "notes.duckdb"
     db.write_text("nope")
-    for command in (["sql", "SELECT 1"], ["status"]):
+    for command in (["sql", "SELECT 1"], ["status"], ["check"]):
         result = subprocess.run([sys.executable, "-m", "pipelines.cli", *command, "--db", str(db),
-                                 "--bootstrap-servers", broker.bootstrap_servers],
+                                 *(["--bootstrap-servers", broker.bootstrap_servers] if command == ["status"] else [])],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr
+        problems = [line for line in (result.stdout + result.stderr).splitlines() if "not a valid DuckDB database" in line]
+        assert len(problems) == 1 and "cannot open" in problems[0], (command, result.stdout, result.stderr)
