@@ -1,11 +1,28 @@
 """Database faults give one clear line and exit 2, never a traceback."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
 
 import duckdb
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def holding_write_lock(db) -> Iterator[None]:
+    """Another process that opened the database for writing and keeps it open."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(db)!r}); print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def run_once_cli(db, broker, mode: str = "--once") -> subprocess.CompletedProcess:
@@ -24,16 +41,8 @@ def assert_one_clear_line(result: subprocess.CompletedProcess, *words: str) -> N
 
 def test_database_locked_by_another_process(broker, tmp_path):
     db = tmp_path / "locked.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(db)!r}); print('ready', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with holding_write_lock(db):
         assert_one_clear_line(run_once_cli(db, broker), "in use by another process")
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_unwritable_path(broker, tmp_path):
@@ -66,18 +75,10 @@ def test_damaged_or_odd_database_paths(broker, tmp_path):
 
 def test_follow_on_a_locked_database_exits_at_once(broker, tmp_path):
     db = tmp_path / "locked.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(db)!r}); print('ready', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with holding_write_lock(db):
         started = time.monotonic()
         assert_one_clear_line(run_once_cli(db, broker, "--follow"), "in use by another process")
         assert time.monotonic() - started < 30
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_analyst_commands_on_a_bad_file(tmp_path, broker):
