@@ -55,15 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def progress_printer(label: str):  # type: ignore[no-untyped-def]
     started = time.monotonic()
+    last_line = [started]
 
     def report(done: int, total: int) -> None:
-        elapsed = max(time.monotonic() - started, 1e-9)
+        now = time.monotonic()
+        elapsed = max(now - started, 1e-9)
         if sys.stderr.isatty():
             sys.stderr.write(f"\r{label}: {done}/{total} ({done / elapsed:,.0f}/s)   ")
             if done >= total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
-        elif done >= total or int(elapsed) % 5 == 0:
+        elif done >= total or now - last_line[0] >= 5:  # a log line every 5 s when not on a terminal
+            last_line[0] = now
             log.info("%s: %d/%d (%.0f/s)", label, done, total, done / elapsed)
 
     return report
