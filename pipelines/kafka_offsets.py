@@ -21,6 +21,7 @@ class OffsetReader:
 
         self.settings = settings
         self.probe = None
+        self.timeout_ms = int(connect_timeout_s * 1000)  # offset requests fail this fast, not after 30 s
         try:
             self.consumer = KafkaConsumer(
                 **settings.client_kwargs(), enable_auto_commit=False, group_id=None,
@@ -47,8 +48,8 @@ class OffsetReader:
         tps = [TopicPartition(t, p) for t, p in partitions]
         if not tps:
             return {}, {}
-        begin = self._call(lambda: self.consumer.beginning_offsets(tps))
-        end = self._call(lambda: self.consumer.end_offsets(tps))
+        begin = self._call(lambda: self.consumer.beginning_offsets(tps, timeout_ms=self.timeout_ms))
+        end = self._call(lambda: self.consumer.end_offsets(tps, timeout_ms=self.timeout_ms))
         reported = {(tp.topic, tp.partition): o for tp, o in end.items()}
         return ({(tp.topic, tp.partition): o for tp, o in begin.items()}, self._call(lambda: self._true_ends(reported)))
 

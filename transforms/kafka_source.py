@@ -69,6 +69,7 @@ class _ReadRanges(beam.DoFn):
             enable_auto_commit=False,
             group_id=None,
             check_crcs=False,  # pure-Python CRC32C costs ~20% of read time; TCP already checksums
+            bootstrap_timeout_ms=int(self.timeout_s * 1000),  # --read-timeout bounds connecting too
         )
         try:
             consumer.assign(list(stops))
