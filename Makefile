@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install broker-start broker-stop bench clean lint
+.PHONY: demo test install broker-start broker-stop bench clean lint explore
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cxj data .pytest_cache .hypothesis
+
+# Property tests with fresh random examples, 50x as many (CXJ_HYPOTHESIS_SCALE); failures are
+# kept in .hypothesis/ and replayed first. CI runs the derandomized "ci" profile instead.
+explore: $(STAMP)
+	CXJ_HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -q tests/test_properties.py -k "pure or replay"

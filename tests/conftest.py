@@ -2,13 +2,25 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import settings
 
 from pipelines.kafka_config import KafkaSettings
 from tests.support import free_port, new_topics
+
+
+# Hypothesis profiles. "ci" (the default, also on developers' machines) is derandomized: every
+# run draws the same examples, so a red run is reproducible and a green one is not luck.
+# "explore" draws fresh random examples, many more of them (CXJ_HYPOTHESIS_SCALE, default 50x),
+# and keeps failures in .hypothesis/ to replay: `make explore`. Every failure it ever finds is
+# added to the tests as an explicit @example (see tests/test_properties.py).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("CXJ_HYPOTHESIS_PROFILE", "ci"))
 
 
 # kafka-python logs every dropped connection at ERROR; stopping the broker at the end of the

@@ -76,3 +76,12 @@ def table(db: Path, query: str) -> list[tuple]:
 
 def journeys(db: Path) -> list[tuple]:
     return table(db, f"SELECT {JOURNEY_COLUMNS} FROM journeys ORDER BY journey_id")
+
+
+def examples(count: int) -> int:
+    """A test's Hypothesis example count, multiplied under the "explore" profile (tests/conftest.py)."""
+    import os
+
+    if os.environ.get("CXJ_HYPOTHESIS_PROFILE") == "explore":
+        return count * int(os.environ.get("CXJ_HYPOTHESIS_SCALE", "50"))
+    return count
