@@ -10,17 +10,20 @@ survey.responded -> surveys), keyed by customer_id, exactly as exported. A progr
 runs on a terminal.
 
 Lines that cannot be sent are reported with their line number and reason: not_utf8,
-not_json, not_object, unknown_event_type, invalid:<reason> (the line would be a dead letter
-in the pipeline: invalid:schema_violation, invalid:bad_timestamp, ...; checked unless
---no-validate) and send_failed (the broker did not accept it). Blank lines are skipped.
+not_json, too_deep (nested too deeply to parse), not_object, unknown_event_type,
+invalid:<reason> (the line would be a dead letter in the pipeline: invalid:schema_violation,
+invalid:bad_timestamp, ...; checked unless --no-validate), too_large (over the producer's
+request limit) and send_failed (the broker did not accept it). Blank lines are skipped. One
+bad line never stops the others: every line read is either sent or rejected.
 --rejects FILE writes every rejected line with its reason as JSONL, to fix and replay.
 
 Replaying is safe to repeat: the pipeline counts each event_id once, so after a failure
 just run the same command again.
 
 Exit codes: 0 every line sent; 1 some lines rejected (the others were sent); 2 usage error;
-3 nothing could be done or some sends failed (file unreadable, broker unreachable, topics
-missing).
+3 nothing could be done, some sends failed, or the file is cut short (file unreadable, broker
+unreachable, topics missing, a truncated or corrupt .gz: the lines before the damage are sent and
+counted, the error line says after which line it stopped).
 """
 from __future__ import annotations
 
@@ -98,6 +101,11 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     log.info("%s %d of %d lines (%s) in %.1fs; rejected %d%s", verb,
              sum(report.by_stream.values()) if args.dry_run else report.sent, report.lines, counts,
              report.seconds, len(report.rejected), f", skipped {report.blank} blank" if report.blank else "")
+    if report.cut_short is not None:
+        log.error("%s %s: the %d lines before it were read (%s %d, rejected %d) and nothing after it",
+                  source, report.cut_short.describe(), report.lines, verb,
+                  sum(report.by_stream.values()) if args.dry_run else report.sent, len(report.rejected))
+        return EXIT_FAILED
     if report.send_failures:
         log.error("%d lines were not accepted by the broker; running the same command again is safe",
                   len(report.send_failures))
