@@ -137,13 +137,28 @@ def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
     for name in ("sqlite_scanner", "ducklake"):
         path = extension_file(name)
         try:
-            con.execute(f"LOAD {sql_literal(str(path))}" if path else f"LOAD {name}")
+            if path:
+                con.execute(f"LOAD {sql_literal(str(path))}")
+            else:
+                _load_installed_only(con, name)
         except duckdb.Error as exc:
             raise ReplicaError(
                 f"cannot load the DuckDB extension {name!r} ({str(exc).splitlines()[0]}); "
                 f"install the wheel duckdb-extension-{name.replace('_', '-')}=={duckdb.__version__}"
             ) from None
     con.execute("SET GLOBAL sqlite_disable_multithreaded_scans = true")
+
+
+def _load_installed_only(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """LOAD from DuckDB's extension directory, never from the network: a bare LOAD of a missing
+    extension would try to download it at run time, which on an offline server stalls start-up
+    and elsewhere runs code nobody pinned. The replica is then disabled with one warning."""
+    before = con.execute("SELECT current_setting('autoinstall_known_extensions')").fetchone()[0]
+    con.execute("SET autoinstall_known_extensions = false")
+    try:
+        con.execute(f"LOAD {name}")
+    finally:
+        con.execute(f"SET autoinstall_known_extensions = {'true' if before else 'false'}")
 
 
 def attach_sql(db: Path | str, alias: str = LAKE_ALIAS, read_only: bool = False) -> str:

@@ -185,12 +185,13 @@ def state(db: Path) -> dict:
 
 @pytest.mark.parametrize("leave", [
     0,  # fails at start-up, writing the views
-    400 * 1024,  # fails in a Beam stage writing the batch's staged files
+    400 * 1024,  # fails writing the batch's staged files
     1024 * 1024,  # fails at the landing transaction's COMMIT (DuckDB's WAL)
 ])
 def test_disk_full_names_the_cause_and_lands_nothing_half(broker, tmp_path, leave):
     """A really full filesystem at three points of a run (measured here: with 0 bytes left the
-    start-up fails, with 400 KiB a Beam stage, with 1 MiB the landing COMMIT). The cause and the
+    start-up fails, with 400 KiB writing the batch's staged files (a Beam stage or DuckDB's
+    export, depending on timing), with 1 MiB the landing COMMIT). The cause and the
     path are named in one line, exit 2, nothing of the batch is in the file, and once space is
     freed the next run lands everything exactly once."""
     topics = new_topics(broker)
