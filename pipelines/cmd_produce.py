@@ -65,6 +65,13 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if source != "-" and not Path(source).is_file():
         log.error("cannot read %s: no such file", source)
         return EXIT_FAILED
+    rejects_out = None
+    if args.rejects is not None:
+        try:  # before sending anything: a rejects file that cannot be written is found out first
+            rejects_out = open(args.rejects, "w", encoding="utf-8")
+        except OSError as exc:
+            log.error("cannot write the rejects file %s: %s; nothing was sent", args.rejects, exc.strerror or exc)
+            return EXIT_FAILED
     settings = settings_from_args(args)
     topics = topics_from_args(args)
     try:
@@ -86,10 +93,14 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
         log.error("produce failed: %s: %s", type(exc).__name__, exc)
         return EXIT_FAILED
 
-    if args.rejects is not None:
-        with open(args.rejects, "w", encoding="utf-8") as out:
-            for r in report.rejected:
-                out.write(r.to_json() + "\n")
+    rejects_error = None
+    if rejects_out is not None:
+        try:
+            with rejects_out:
+                for r in report.rejected:
+                    rejects_out.write(r.to_json() + "\n")
+        except OSError as exc:  # e.g. a full disk: the lines were sent already, the list is incomplete
+            rejects_error = exc
     for r in report.rejected[: max(0, args.show)]:
         print(r.describe(), file=sys.stderr)
     if len(report.rejected) > args.show:
@@ -101,6 +112,10 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     log.info("%s %d of %d lines (%s) in %.1fs; rejected %d%s", verb,
              sum(report.by_stream.values()) if args.dry_run else report.sent, report.lines, counts,
              report.seconds, len(report.rejected), f", skipped {report.blank} blank" if report.blank else "")
+    if rejects_error is not None:
+        log.error("cannot write the rejects file %s: %s (the %d rejected lines are not all in it; the summary above "
+                  "is complete)", args.rejects, rejects_error.strerror or rejects_error, len(report.rejected))
+        return EXIT_FAILED
     if report.cut_short is not None:
         log.error("%s %s: the %d lines before it were read (%s %d, rejected %d) and nothing after it",
                   source, report.cut_short.describe(), report.lines, verb,

@@ -287,6 +287,43 @@ def test_constraint_violation_while_landing_keeps_nothing_and_exits_2(broker, tm
     assert state(db)["events"] == 90 and table(db, "SELECT count(*) FROM dead_letters") == [(1,)]
 
 
+# ---------------------------------------------------------------- permissions change mid-run
+
+
+# Root ignores file modes through two capabilities; without them (dropped from the bounding set
+# before exec, so the run has them in no set) a read-only directory stops root as it stops anyone.
+WITHOUT_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def test_write_permission_revoked_mid_run_is_exit_2_naming_the_path(broker, tmp_path):
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop the permission-override capabilities")
+    topics = new_topics(broker)
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "journeys.duckdb"
+    send_events(broker, topics, events("p", 30))
+    run = Logged([*WITHOUT_OVERRIDE, *cli(db, broker, topics, "--follow")])
+    run.wait_for(r"batch 1: 30 records")
+    mark = len(run.lines)
+    for root, dirs, _files in os.walk(data):  # `chmod -R a-w data/` while the run goes on
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o555)
+    os.chmod(data, 0o555)
+    try:
+        send_events(broker, topics, events("q", 30))
+        code = run.exit_code()
+    finally:
+        for root, dirs, _files in os.walk(data):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o755)
+        os.chmod(data, 0o755)
+    one_error_line(run.log, code, 2, "Permission denied", str(data))
+    assert not re.search(r"batch \d+: \d+ records", "".join(run.lines[mark:]))
+    assert "stopped cleanly" not in run.log
+    assert table(db, "SELECT count(*), sum(landed) FROM pipeline_batches") == [(1, 30)]
+
+
 # ---------------------------------------------------------------- pipeline failures: exit 4
 
 

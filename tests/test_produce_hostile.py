@@ -187,3 +187,16 @@ def test_truncated_gzip_sends_what_came_before_and_says_where_it_stopped(broker,
     rejected = account(broker, topics, complete, rejects, result)
     assert set(rejected.values()) <= {"too_deep"}
     assert len(rejected) == sum(1 for line in complete if line.startswith(b"[["))
+
+
+def test_an_unwritable_rejects_file_is_found_before_anything_is_sent(broker, tmp_path):
+    topics = new_topics(broker)
+    export = tmp_path / "export.jsonl"
+    export.write_bytes(b"\n".join([good_line(1), b"{not json", good_line(2)]) + b"\n")
+    rejects = tmp_path / "no-such-dir" / "rejects.jsonl"
+    result = produce(broker, topics, export, rejects)
+    assert result.returncode == 3, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "cannot write the rejects file" in errors[0] and str(rejects) in errors[0], result.stderr
+    assert "nothing was sent" in errors[0] and "Traceback" not in result.stderr
+    assert on_broker(broker, topics, 0) == collections.Counter()
