@@ -3,12 +3,14 @@
 - a publish that fails never fails the batch: the batch lands, one warning says so, and the next
   publish catches the replica up with everything it missed;
 - without the DuckDB extensions the replica is disabled with ONE warning and the pipeline lands;
-- a change of the landing tables' columns rebuilds the replica from the database.
+- a change of the landing tables' columns rebuilds the replica from the database;
+- a replica deleted under the running writer is re-created, not published into a deleted file.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.microbatch import MicroBatchRunner
-from pipelines.replica import LAKE_ALIAS, TABLES, data_path
+from pipelines.replica import LAKE_ALIAS, TABLES, data_path, lake_dir
 from pipelines.run_config import RunConfig
 from pipelines.store import Store
 from tests.support import new_topics, send_events, table
@@ -163,3 +165,43 @@ def test_a_column_change_rebuilds_the_replica(broker, tmp_path, caplog):
             runner.close()
         assert store.replica.published_batch_id() == 2
         replica_matches_database(store)
+
+
+def read_like_an_analyst(db: Path) -> tuple[str, int, int]:
+    """(source, events, published batch) as a separate reader process sees them while the writer runs."""
+    code = ("import sys; from pipelines.reader import open_reader; con, source = open_reader(sys.argv[1], wait_s=5); "
+            "print(source, con.execute('SELECT count(*) FROM events').fetchone()[0], "
+            "con.execute('SELECT coalesce(max(batch_id), 0) FROM pipeline_batches').fetchone()[0])")
+    result = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    source, count, batch = result.stdout.split()
+    return source, int(count), int(batch)
+
+
+@pytest.mark.parametrize("what", ["the whole replica directory", "the catalog files"])
+def test_a_deleted_replica_is_recreated_not_published_into_the_void(broker, tmp_path, caplog, what):
+    caplog.set_level(logging.WARNING, logger="cxj")
+    topics = new_topics(broker)
+    db = tmp_path / "journeys.duckdb"
+    send_events(broker, topics, events("v", 30))
+    with Store(db) as store:
+        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics), store)
+        try:
+            runner.run_once()
+            assert read_like_an_analyst(db) == ("replica", 30, 1)
+            lake = lake_dir(db)
+            if what == "the whole replica directory":
+                shutil.rmtree(lake)
+            else:
+                for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+                    (lake / name).unlink(missing_ok=True)
+            send_events(broker, topics, events("w", 20))
+            assert [b.landed for b in runner.run_once()] == [20]
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(warnings) == 1 and "was deleted or replaced" in warnings[0], warnings
+            assert store.replica is not None and store.replica.published_batch_id() == 2
+            replica_matches_database(store)
+            assert read_like_an_analyst(db) == ("replica", 50, 2)
+        finally:
+            runner.close()
