@@ -25,6 +25,13 @@ class StoreError(RuntimeError):
     """A one-line, user-facing problem with the database file."""
 
 
+# Failures of the database itself (a full disk, an I/O error, a constraint the data breaks, a
+# database invalidated by an earlier failed write): a database problem, exit 2. Other DuckDB errors
+# (e.g. a binder error) are pipeline bugs and keep their own type (exit 4).
+STORAGE_FAILURES = (duckdb.IOException, duckdb.ConstraintException, duckdb.TransactionException,
+                    duckdb.FatalException, duckdb.PermissionException)
+
+
 def _file_identity(path: Path) -> Optional[tuple[int, int]]:
     """(device, inode) of the file at ``path`` now; None when nothing is there."""
     try:
@@ -277,7 +284,7 @@ class Store:
                 ],
             )
             con.execute("COMMIT")
-        except duckdb.Error as exc:
+        except STORAGE_FAILURES as exc:
             _rollback_quietly(con)
             raise StoreError(f"landing batch {facts.batch_id} into {self.path} failed, nothing of it was kept "
                              f"(offsets unchanged): {str(exc).splitlines()[0]}") from exc
