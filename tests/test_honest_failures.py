@@ -188,33 +188,29 @@ def state(db: Path) -> dict:
     400 * 1024,  # fails writing the batch's staged files
     1024 * 1024,  # fails at the landing transaction's COMMIT (DuckDB's WAL)
 ])
-def test_disk_full_names_the_cause_and_lands_nothing_half(broker, tmp_path, leave):
+def test_disk_full_names_the_cause_and_lands_nothing_half(broker, tmp_path, monkeypatch, leave):
     """A really full filesystem at three points of a run (measured here: with 0 bytes left the
     start-up fails, with 400 KiB writing the batch's staged files (a Beam stage or DuckDB's
-    export, depending on timing), with 1 MiB the landing COMMIT). The cause and the
-    path are named in one line, exit 2, nothing of the batch is in the file, and once space is
-    freed the next run lands everything exactly once."""
+    export, depending on timing), with 1 MiB the landing COMMIT). The cause and the path are
+    named in one line, exit 2, nothing of the batch is in the file, and once space is freed the
+    next run lands everything exactly once."""
+    monkeypatch.setenv("CXJ_REPLICA", "0")
     topics = new_topics(broker)
     with small_filesystem(tmp_path / "fs", "24m") as fs:
         db = fs / "journeys.duckdb"
         send_events(broker, topics, events("d", 200))
-        first = subprocess.run(cli(db, broker, topics, "--once"), capture_output=True, text=True, timeout=180,
-                               env={**os.environ, "CXJ_REPLICA": "0"})
-        assert first.returncode == 0, first.stderr
+        run_once(db, broker, topics)
         before = state(db)
         send_events(broker, topics, events("e", 3000, pad=200))
         filler = fill(fs, leave)
 
-        full = subprocess.run(cli(db, broker, topics, "--once"), capture_output=True, text=True, timeout=180,
-                              env={**os.environ, "CXJ_REPLICA": "0"})
+        full = subprocess.run(cli(db, broker, topics, "--once"), capture_output=True, text=True, timeout=180)
 
         line = one_error_line(full.stderr, full.returncode, 2, "No space left on device", str(fs))
         assert "cannot rollback" not in line
         filler.unlink()
         assert state(db) == before, "nothing of the failing batch is in the file, offsets unchanged"
-        again = subprocess.run(cli(db, broker, topics, "--once"), capture_output=True, text=True, timeout=180,
-                               env={**os.environ, "CXJ_REPLICA": "0"})
-        assert again.returncode == 0, again.stderr
+        run_once(db, broker, topics)
         after = state(db)
         assert after["events"] == 3200
         count, consumed, accounted = after["batches"]
@@ -261,29 +257,29 @@ def test_disk_full_inside_the_landing_transaction_rolls_back_whole(broker, tmp_p
 # ---------------------------------------------------------------- a store failure inside the transaction
 
 
-def test_constraint_violation_while_landing_keeps_nothing_and_exits_2(broker, tmp_path):
+def test_constraint_violation_while_landing_keeps_nothing_and_exits_2(broker, tmp_path, monkeypatch):
     """A constraint the batch breaks half-way through the landing transaction (here a unique
     index an operator added, and a stray row it collides with): events, dead letters and journeys
     were already inserted in that transaction when it fails; none of it may remain."""
     topics = new_topics(broker)
     db = tmp_path / "journeys.duckdb"
-    env = {**os.environ, "CXJ_REPLICA": "0"}
+    monkeypatch.setenv("CXJ_REPLICA", "0")
     send_events(broker, topics, events("h", 50))
-    assert subprocess.run(cli(db, broker, topics, "--once"), capture_output=True, env=env, timeout=180).returncode == 0
+    run_once(db, broker, topics)
     with duckdb.connect(str(db)) as con:
         con.execute("CREATE UNIQUE INDEX one_link_per_event ON journey_events (event_id)")
         con.execute("INSERT INTO journey_events VALUES ('i-3', 'a-stray-journey', 'someone-else')")
     before = state(db)
     send_events(broker, topics, events("i", 40) + [{"event_id": "broken", "event_type": "ticket.created"}])
 
-    result = subprocess.run(cli(db, broker, topics, "--once"), capture_output=True, text=True, env=env, timeout=180)
+    result = subprocess.run(cli(db, broker, topics, "--once"), capture_output=True, text=True, timeout=180)
 
     one_error_line(result.stderr, result.returncode, 2, "landing batch 2", str(db), "nothing of it was kept", "i-3")
     assert state(db) == before
     assert table(db, "SELECT count(*) FROM dead_letters") == [(0,)]
     with duckdb.connect(str(db)) as con:
         con.execute("DELETE FROM journey_events WHERE customer_id = 'someone-else'")
-    assert subprocess.run(cli(db, broker, topics, "--once"), capture_output=True, env=env, timeout=180).returncode == 0
+    run_once(db, broker, topics)
     assert state(db)["events"] == 90 and table(db, "SELECT count(*) FROM dead_letters") == [(1,)]
 
 
