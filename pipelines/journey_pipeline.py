@@ -122,8 +122,13 @@ def execute(config: RunConfig, follow: bool) -> int:
         if type(exc).__name__ == "QualityGateFailed":
             log.error("%s; stopped after landing that batch", exc)
             return EXIT_QUALITY
-        known = failures.describe(exc, config.db, config.staging_root)
         log.debug("traceback", exc_info=True)
+        try:  # a deleted database (e.g. `rm -rf data/`) also breaks the batch's files: name the root cause
+            store.verify_file()
+        except StoreError as gone:
+            log.error("%s", gone)
+            return EXIT_STORE
+        known = failures.describe(exc, config.db, config.staging_root)
         if known is not None:
             log.error("%s", known.line)
             return known.exit_code

@@ -52,7 +52,7 @@ class Logged:
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
         self.reader.start()
 
-    def wait_for(self, pattern: str, timeout: float = 60) -> int:
+    def wait_for(self, pattern: str, timeout: float = 150) -> int:
         """Index of the first log line matching ``pattern``; fails the test at the deadline."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -65,7 +65,7 @@ class Logged:
             time.sleep(0.05)
         pytest.fail(f"no {pattern!r} within {timeout}s:\n{''.join(self.lines)}")
 
-    def exit_code(self, timeout: float = 90) -> int:
+    def exit_code(self, timeout: float = 180) -> int:
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -93,7 +93,8 @@ def one_error_line(log: str, code: int, expected_code: int, *words: str) -> str:
 # ---------------------------------------------------------------- the database file vanishes
 
 
-@pytest.mark.parametrize("how", ["deleted while idle", "deleted while events arrive", "replaced by another file"])
+@pytest.mark.parametrize("how", ["deleted while idle", "deleted while events arrive", "replaced by another file",
+                                 "its directory removed while a batch runs"])
 def test_follow_stops_when_its_database_file_is_deleted_or_replaced(broker, tmp_path, how):
     topics = new_topics(broker)
     db = tmp_path / "journeys.duckdb"
@@ -106,9 +107,18 @@ def test_follow_stops_when_its_database_file_is_deleted_or_replaced(broker, tmp_
     mark = len(run.lines)
     if how == "replaced by another file":
         os.replace(other, db)
+    elif how.startswith("its directory"):
+        send_events(broker, topics, events("b", 3000))
+        batch_dir = db.parent / ".journeys.duckdb.staging" / "batch-2"
+        deadline = time.monotonic() + 60
+        while not batch_dir.exists():  # batch 2 is under way: `rm -rf` the database and its work files
+            assert time.monotonic() < deadline and run.proc.poll() is None, run.log
+            time.sleep(0.005)
+        shutil.rmtree(batch_dir.parent, ignore_errors=True)
+        db.unlink()
     else:
         db.unlink()
-    if how != "deleted while idle":
+    if how in ("deleted while events arrive", "replaced by another file"):
         send_events(broker, topics, events("b", 30))
     code = run.exit_code()
     what = "replaced by another file" if how.startswith("replaced") else "deleted"
