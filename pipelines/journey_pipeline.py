@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from pipelines import failures
 from pipelines.durations import parse_duration
@@ -18,6 +18,9 @@ from pipelines.kafka_offsets import BrokerUnavailable
 from pipelines.run_config import RunConfig, Stopper
 from pipelines.store import StoreError
 from transforms.parse import ParseLimits
+
+if TYPE_CHECKING:
+    from pipelines.store import Store
 
 log = logging.getLogger("cxj.run")
 
