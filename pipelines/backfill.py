@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
@@ -39,8 +40,40 @@ NOT_UTF8 = "not_utf8"
 NOT_JSON = "not_json"
 NOT_OBJECT = "not_object"
 UNKNOWN_EVENT_TYPE = "unknown_event_type"
+TOO_DEEP = "too_deep"  # nested deeper than Python's JSON parser can follow
+TOO_LARGE = "too_large"  # larger than the producer may send (only reached with --no-validate)
+UNREADABLE = "unreadable"  # anything else that made one line impossible to classify
 INVALID = "invalid"  # prefix: the pipeline's dead-letter reason follows, e.g. invalid:schema_violation
 SEND_FAILED = "send_failed"
+
+READ_CHUNK = 64 * 1024
+
+
+class ExportCutShort(Exception):
+    """The export stopped being readable part-way (a truncated or corrupt gzip, a read error).
+
+    Raised by read_lines after every complete line before the damage was yielded, so the caller
+    can still flush and report exactly what was sent.
+    """
+
+    def __init__(self, after_line: int, partial_bytes: int, cause: BaseException) -> None:
+        self.after_line = after_line
+        self.partial_bytes = partial_bytes
+        self.cause = cause
+        super().__init__(self.describe())
+
+    @property
+    def kind(self) -> str:
+        if isinstance(self.cause, EOFError):
+            return "truncated (the compressed data ends before its end marker)"
+        if isinstance(self.cause, (gzip.BadGzipFile, zlib.error)):
+            return "corrupt (not valid gzip data)"
+        return "unreadable"
+
+    def describe(self) -> str:
+        partial = f"; an incomplete line of {self.partial_bytes} bytes after it was not sent" if self.partial_bytes else ""
+        cause = str(self.cause).splitlines()[0] if str(self.cause) else type(self.cause).__name__
+        return f"is {self.kind} after line {self.after_line}{partial} ({cause})"
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,7 @@ class BackfillReport:
     by_stream: dict[str, int] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
     seconds: float = 0.0
+    cut_short: Optional[ExportCutShort] = None  # the file ended in damage after the lines counted here
 
     @property
     def send_failures(self) -> list[Rejected]:
@@ -108,6 +142,8 @@ def classify(number: int, raw: bytes, validate: bool, now_us: int, limits: Parse
         return None, None, Rejected(number, NOT_UTF8, str(exc), raw)
     try:
         doc = json.loads(text)
+    except RecursionError:
+        return None, None, Rejected(number, TOO_DEEP, "JSON nesting too deep to parse", raw)
     except ValueError as exc:
         return None, None, Rejected(number, NOT_JSON, str(exc), raw)
     if not isinstance(doc, dict):
@@ -126,9 +162,36 @@ def classify(number: int, raw: bytes, validate: bool, now_us: int, limits: Parse
 
 
 def read_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(line number, content without the line end) for every line, blank ones included."""
-    for number, line in enumerate(stream, 1):
-        yield number, line.rstrip(b"\r\n")
+    """(line number, content without the line end) for every line, blank ones included.
+
+    Reads in chunks with read1 rather than iterating lines: a truncated gzip raises on the read
+    that hits the damage, and line iteration would drop the complete lines decompressed just
+    before it. Raises ExportCutShort after yielding every complete line before the damage.
+    """
+    read = getattr(stream, "read1", stream.read)
+    pending = bytearray()
+    number = 0
+    while True:
+        try:
+            chunk = read(READ_CHUNK)
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+            raise ExportCutShort(number, len(pending), exc) from exc
+        if not chunk:
+            break
+        searched = len(pending)
+        pending += chunk
+        start = 0
+        while True:
+            end = pending.find(b"\n", max(start, searched))
+            if end < 0:
+                break
+            number += 1
+            yield number, bytes(pending[start:end]).rstrip(b"\r")
+            start = end + 1
+        del pending[:start]
+    if pending:
+        number += 1
+        yield number, bytes(pending).rstrip(b"\r")
 
 
 class Progress:
@@ -201,26 +264,28 @@ def backfill(
         return on_error
 
     try:
-        for number, raw in read_lines(stream):
-            if not raw.strip():
-                report.blank += 1
-                continue
-            report.lines += 1
-            stream_name, key, rejected = classify(number, raw, validate, now_us, limits)
-            if rejected is not None:
-                report.rejected.append(rejected)
-            elif producer is None:
-                report.by_stream[stream_name] = report.by_stream.get(stream_name, 0) + 1  # type: ignore[index]
-            else:
+        try:
+            for number, raw in read_lines(stream):
+                if not raw.strip():
+                    report.blank += 1
+                    continue
+                report.lines += 1
                 try:
-                    future = producer.send(topics[stream_name], key=key, value=raw)  # type: ignore[index]
-                except Exception as exc:  # e.g. too large for the producer, or metadata timeout
-                    report.rejected.append(Rejected(number, SEND_FAILED, f"{type(exc).__name__}: {exc}", raw))
+                    stream_name, key, rejected = classify(number, raw, validate, now_us, limits)
+                except Exception as exc:  # one hostile line must never abort the file
+                    stream_name, key = None, None
+                    rejected = Rejected(number, UNREADABLE, f"{type(exc).__name__}: {str(exc)[:200]}", raw)
+                if rejected is not None:
+                    report.rejected.append(rejected)
+                elif producer is None:
+                    report.by_stream[stream_name] = report.by_stream.get(stream_name, 0) + 1  # type: ignore[index]
                 else:
-                    future.add_callback(delivered(stream_name))  # type: ignore[arg-type]
-                    future.add_errback(failed(number, raw))
-            if number % 1000 == 0:
-                bar.update(position(), report.lines)
+                    _send(producer, topics[stream_name], key, number, raw, report,  # type: ignore[index]
+                          delivered(stream_name), failed(number, raw))  # type: ignore[arg-type]
+                if number % 1000 == 0:
+                    bar.update(position(), report.lines)
+        except ExportCutShort as cut:
+            report.cut_short = cut  # what was read before the damage is still sent and counted
         if producer is not None:
             producer.flush()
         bar.update(size or position(), report.lines)
@@ -235,6 +300,23 @@ def backfill(
     report.rejected.sort(key=lambda r: r.line)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _send(producer: Any, topic: str, key: Optional[bytes], number: int, raw: bytes, report: BackfillReport,
+          on_success: Callable[[Any], None], on_error: Callable[[BaseException], None]) -> None:
+    """Hands one line to the producer; a line too large to ever be sent is a rejection (sending it
+    again cannot help), anything else the producer refuses is a send failure (retrying can)."""
+    from kafka.errors import MessageSizeTooLargeError
+
+    try:
+        future = producer.send(topic, key=key, value=raw)
+    except MessageSizeTooLargeError as exc:
+        report.rejected.append(Rejected(number, TOO_LARGE, f"{len(raw)} bytes: {exc}", raw))
+    except Exception as exc:  # e.g. metadata timeout
+        report.rejected.append(Rejected(number, SEND_FAILED, f"{type(exc).__name__}: {exc}", raw))
+    else:
+        future.add_callback(on_success)
+        future.add_errback(on_error)
 
 
 def _producer(settings: KafkaSettings) -> Any:

@@ -10,17 +10,20 @@ survey.responded -> surveys), keyed by customer_id, exactly as exported. A progr
 runs on a terminal.
 
 Lines that cannot be sent are reported with their line number and reason: not_utf8,
-not_json, not_object, unknown_event_type, invalid:<reason> (the line would be a dead letter
-in the pipeline: invalid:schema_violation, invalid:bad_timestamp, ...; checked unless
---no-validate) and send_failed (the broker did not accept it). Blank lines are skipped.
+not_json, too_deep (nested too deeply to parse), not_object, unknown_event_type,
+invalid:<reason> (the line would be a dead letter in the pipeline: invalid:schema_violation,
+invalid:bad_timestamp, ...; checked unless --no-validate), too_large (over the producer's
+request limit) and send_failed (the broker did not accept it). Blank lines are skipped. One
+bad line never stops the others: every line read is either sent or rejected.
 --rejects FILE writes every rejected line with its reason as JSONL, to fix and replay.
 
 Replaying is safe to repeat: the pipeline counts each event_id once, so after a failure
 just run the same command again.
 
 Exit codes: 0 every line sent; 1 some lines rejected (the others were sent); 2 usage error;
-3 nothing could be done or some sends failed (file unreadable, broker unreachable, topics
-missing).
+3 nothing could be done, some sends failed, or the file is cut short (file unreadable, broker
+unreachable, topics missing, a truncated or corrupt .gz: the lines before the damage are sent and
+counted, the error line says after which line it stopped).
 """
 from __future__ import annotations
 
@@ -62,6 +65,13 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if source != "-" and not Path(source).is_file():
         log.error("cannot read %s: no such file", source)
         return EXIT_FAILED
+    rejects_out = None
+    if args.rejects is not None:
+        try:  # before sending anything: a rejects file that cannot be written is found out first
+            rejects_out = open(args.rejects, "w", encoding="utf-8")
+        except OSError as exc:
+            log.error("cannot write the rejects file %s: %s; nothing was sent", args.rejects, exc.strerror or exc)
+            return EXIT_FAILED
     settings = settings_from_args(args)
     topics = topics_from_args(args)
     try:
@@ -83,10 +93,14 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
         log.error("produce failed: %s: %s", type(exc).__name__, exc)
         return EXIT_FAILED
 
-    if args.rejects is not None:
-        with open(args.rejects, "w", encoding="utf-8") as out:
-            for r in report.rejected:
-                out.write(r.to_json() + "\n")
+    rejects_error = None
+    if rejects_out is not None:
+        try:
+            with rejects_out:
+                for r in report.rejected:
+                    rejects_out.write(r.to_json() + "\n")
+        except OSError as exc:  # e.g. a full disk: the lines were sent already, the list is incomplete
+            rejects_error = exc
     for r in report.rejected[: max(0, args.show)]:
         print(r.describe(), file=sys.stderr)
     if len(report.rejected) > args.show:
@@ -98,6 +112,15 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     log.info("%s %d of %d lines (%s) in %.1fs; rejected %d%s", verb,
              sum(report.by_stream.values()) if args.dry_run else report.sent, report.lines, counts,
              report.seconds, len(report.rejected), f", skipped {report.blank} blank" if report.blank else "")
+    if rejects_error is not None:
+        log.error("cannot write the rejects file %s: %s (the %d rejected lines are not all in it; the summary above "
+                  "is complete)", args.rejects, rejects_error.strerror or rejects_error, len(report.rejected))
+        return EXIT_FAILED
+    if report.cut_short is not None:
+        log.error("%s %s: the %d lines before it were read (%s %d, rejected %d) and nothing after it",
+                  source, report.cut_short.describe(), report.lines, verb,
+                  sum(report.by_stream.values()) if args.dry_run else report.sent, len(report.rejected))
+        return EXIT_FAILED
     if report.send_failures:
         log.error("%d lines were not accepted by the broker; running the same command again is safe",
                   len(report.send_failures))

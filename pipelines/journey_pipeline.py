@@ -9,14 +9,18 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
+from pipelines import failures
 from pipelines.durations import parse_duration
 from pipelines.kafka_config import add_kafka_arguments, settings_from_args, topics_from_args
 from pipelines.kafka_offsets import BrokerUnavailable
 from pipelines.run_config import RunConfig, Stopper
 from pipelines.store import StoreError
 from transforms.parse import ParseLimits
+
+if TYPE_CHECKING:
+    from pipelines.store import Store
 
 log = logging.getLogger("cxj.run")
 
@@ -96,36 +100,63 @@ def execute(config: RunConfig, follow: bool) -> int:
         from pipelines.quality import quality_listener
 
         runner.listeners.append(quality_listener(store))
+    runner.listeners.append(_FileWatch(store))
     log.info("landing into %s from %s (%s)", config.db, ", ".join(config.topics.values()), config.settings.describe())
     try:
         if follow:
             stopper = Stopper()
             stopper.install()
             landed = runner.follow(stopper)
+            store.verify_file()  # never call a run clean whose file is gone
             log.info("stopped cleanly; %d events landed in this run", landed)
         else:
             batches = runner.run_once()
             landed = sum(b.landed for b in batches)
+            store.verify_file()
             log.info("caught up: %d batches, %d events landed", len(batches), landed)
     except BrokerUnavailable as exc:
         log.error("%s", exc)
         return EXIT_BROKER
     except StoreError as exc:  # before Exception, which would otherwise swallow it as exit 4
         log.error("%s", exc)
+        log.debug("traceback", exc_info=True)
         return EXIT_STORE
     except Exception as exc:
         if type(exc).__name__ == "QualityGateFailed":
             log.error("%s; stopped after landing that batch", exc)
             return EXIT_QUALITY
-        first = next((line for line in str(exc).splitlines() if line.strip()), "")
-        log.error("pipeline failed: %s: %s (the batch was not landed; run with --verbose for details)",
-                  type(exc).__name__, first[:300])
         log.debug("traceback", exc_info=True)
+        try:  # a deleted database (e.g. `rm -rf data/`) also breaks the batch's files: name the root cause
+            store.verify_file()
+        except StoreError as gone:
+            log.error("%s", gone)
+            return EXIT_STORE
+        known = failures.describe(exc, config.db, config.staging_root)
+        if known is not None:
+            log.error("%s", known.line)
+            return known.exit_code
+        log.error("pipeline failed: %s: %s (the batch was not landed; run with --verbose for details)",
+                  type(exc).__name__, failures.first_line(exc)[:300])
         return EXIT_PIPELINE
     finally:
         runner.close()
         store.close()
     return EXIT_OK
+
+
+class _FileWatch:
+    """Checks while idle that the database path still names the open file (see Store.verify_file),
+    so a deleted database stops a waiting --follow run instead of after its next batch only."""
+
+    def __init__(self, store: "Store") -> None:
+        self.store = store
+
+    def batch_landed(self, batch: object, positions: object) -> None: ...
+
+    def idle(self, positions: object) -> None:
+        self.store.verify_file()
+
+    def failed(self, error: BaseException) -> None: ...
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:

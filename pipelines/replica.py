@@ -137,13 +137,28 @@ def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
     for name in ("sqlite_scanner", "ducklake"):
         path = extension_file(name)
         try:
-            con.execute(f"LOAD {sql_literal(str(path))}" if path else f"LOAD {name}")
+            if path:
+                con.execute(f"LOAD {sql_literal(str(path))}")
+            else:
+                _load_installed_only(con, name)
         except duckdb.Error as exc:
             raise ReplicaError(
                 f"cannot load the DuckDB extension {name!r} ({str(exc).splitlines()[0]}); "
                 f"install the wheel duckdb-extension-{name.replace('_', '-')}=={duckdb.__version__}"
             ) from None
     con.execute("SET GLOBAL sqlite_disable_multithreaded_scans = true")
+
+
+def _load_installed_only(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """LOAD from DuckDB's extension directory, never from the network: a bare LOAD of a missing
+    extension would try to download it at run time, which on an offline server stalls start-up
+    and elsewhere runs code nobody pinned. The replica is then disabled with one warning."""
+    before = con.execute("SELECT current_setting('autoinstall_known_extensions')").fetchone()[0]
+    con.execute("SET autoinstall_known_extensions = false")
+    try:
+        con.execute(f"LOAD {name}")
+    finally:
+        con.execute(f"SET autoinstall_known_extensions = {'true' if before else 'false'}")
 
 
 def attach_sql(db: Path | str, alias: str = LAKE_ALIAS, read_only: bool = False) -> str:
@@ -218,6 +233,7 @@ class Replica:
         self.con = con.cursor()  # own connection: its USE and transactions never touch the store's
         self.con.execute("SET TimeZone = 'UTC'")
         self._keepalive: Optional[subprocess.Popen] = None
+        self._attached_catalog: Optional[tuple[int, int]] = None  # (device, inode) of the catalog attached
         self._caught_up = False
         self._fingerprint_cache: Optional[str] = None
         self._since_compact = 0
@@ -234,6 +250,7 @@ class Replica:
         try:
             load_extensions(self.con)
             self.con.execute(attach_sql(self.db))
+            self._attached_catalog = self._catalog_identity()
         except (duckdb.Error, ReplicaError) as exc:
             self.close()
             raise ReplicaError(f"cannot attach the replica {catalog_path(self.db)}: {str(exc).splitlines()[0]}") from None
@@ -253,6 +270,9 @@ class Replica:
             self.con.close()
         except duckdb.Error:
             pass
+        self._stop_keepalive()
+
+    def _stop_keepalive(self) -> None:
         if self._keepalive is not None:
             try:
                 if self._keepalive.stdin:
@@ -261,6 +281,32 @@ class Replica:
             except (OSError, subprocess.TimeoutExpired):
                 self._keepalive.kill()
             self._keepalive = None
+
+    def _catalog_identity(self) -> Optional[tuple[int, int]]:
+        try:
+            info = os.stat(catalog_path(self.db))
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def _recreate_if_deleted(self) -> None:
+        """Re-creates the replica when its catalog was deleted or replaced under the writer.
+
+        The writer's keep-alive connection holds the old catalog open, so publishing could go on
+        "succeeding" into a file no reader can find (or fail on every batch forever while promising
+        a retry). A new replica is built from the database instead, with one warning.
+        """
+        if self._catalog_identity() == self._attached_catalog:
+            return
+        log.warning("replica %s was deleted or replaced while the pipeline ran: re-creating it from %s",
+                    lake_dir(self.db), self.db)
+        try:
+            self.con.execute(f"DETACH {LAKE_ALIAS}")
+        except duckdb.Error:
+            pass
+        self._stop_keepalive()
+        self._caught_up = False
+        self._open()
 
     # ------------------------------------------------------------------ state
 
@@ -317,12 +363,13 @@ class Replica:
     def after_land(self) -> Optional[PublishResult]:
         """Catch-up/publish that never fails the caller: a failed publish is retried next time."""
         try:
+            self._recreate_if_deleted()
             if not self._caught_up:
                 result = self.catch_up()
                 self._caught_up = True
             else:
                 result = self.publish()
-        except (duckdb.Error, OSError) as exc:
+        except (duckdb.Error, OSError, ReplicaError) as exc:
             log.warning("replica %s: publish failed, will retry after the next batch: %s",
                         lake_dir(self.db), str(exc).splitlines()[0])
             return None

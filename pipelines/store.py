@@ -8,6 +8,7 @@ can change without touching the pipeline.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,39 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 class StoreError(RuntimeError):
     """A one-line, user-facing problem with the database file."""
+
+
+# Failures of the database itself (a full disk, an I/O error, a constraint the data breaks, a
+# database invalidated by an earlier failed write): a database problem, exit 2. Other DuckDB errors
+# (e.g. a binder error) are pipeline bugs and keep their own type (exit 4).
+STORAGE_FAILURES = (duckdb.IOException, duckdb.ConstraintException, duckdb.TransactionException,
+                    duckdb.FatalException, duckdb.PermissionException)
+
+
+def _file_identity(path: Path) -> Optional[tuple[int, int]]:
+    """(device, inode) of the file at ``path`` now; None when nothing is there."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.close()
+    except duckdb.Error:
+        pass
+
+
+def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    """Rolls back if a transaction is still open. A failed write can end the transaction itself
+    (or invalidate the database); the ROLLBACK's own "no transaction is active" error would then
+    replace the real cause in the user's one line, so it is swallowed here."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def sql_literal(text: str) -> str:
@@ -89,16 +123,43 @@ class Store:
             raise StoreError(f"cannot open {self.path}: {message}") from None
         except (duckdb.Error, OSError) as exc:
             raise StoreError(f"cannot open {self.path}: {str(exc).splitlines()[0]}") from None
+        # The file we opened: DuckDB keeps writing to it through its descriptor even after it was
+        # deleted or replaced, so every landing first checks the path still names this file.
+        self.identity = _file_identity(self.path) if self.path.name != ":memory:" else None
         self.con.execute("SET TimeZone = 'UTC'")
         self.replica = None  # DuckLake read replica, published after every landed batch (pipelines/replica.py)
         if not read_only:
-            self.apply_schema()
+            try:
+                self.apply_schema()
+            except (duckdb.Error, OSError) as exc:  # e.g. a full disk: the views are written at every start
+                _close_quietly(self.con)
+                raise StoreError(f"cannot prepare the tables and views in {self.path}: {str(exc).splitlines()[0]}") from None
             self.replica = open_writer_replica(self.con, self.path)
 
     def close(self) -> None:
         if self.replica is not None:
             self.replica.close()
-        self.con.close()
+        try:
+            self.con.close()
+        except duckdb.Error:  # e.g. a database invalidated by a failed write: the cause was reported already
+            pass
+
+    def verify_file(self, batch_id: Optional[int] = None) -> None:
+        """Raises StoreError when the path no longer names the file this store writes into.
+
+        Without this check a deleted database keeps "landing" batches into an unlinked file that
+        vanishes when the process exits, and the run reports success.
+        """
+        if self.identity is None:
+            return
+        now = _file_identity(self.path)
+        if now == self.identity:
+            return
+        what = "deleted" if now is None else "replaced by another file"
+        lost = f"; batch {batch_id} went into the {'deleted' if now is None else 'old'} file and is not kept" \
+            if batch_id is not None else ""
+        raise StoreError(f"the database file {self.path} was {what} while this run had it open{lost}; "
+                         "stopping so that nothing more is landed where no one can read it")
 
     def __enter__(self) -> "Store":
         return self
@@ -171,6 +232,7 @@ class Store:
         journey_source = _parquet(staging, "journeys")
         link_source = _parquet(staging, "links")
         con = self.con
+        self.verify_file()
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(
@@ -222,9 +284,14 @@ class Store:
                 ],
             )
             con.execute("COMMIT")
+        except STORAGE_FAILURES as exc:
+            _rollback_quietly(con)
+            raise StoreError(f"landing batch {facts.batch_id} into {self.path} failed, nothing of it was kept "
+                             f"(offsets unchanged): {str(exc).splitlines()[0]}") from exc
         except BaseException:
-            con.execute("ROLLBACK")
+            _rollback_quietly(con)
             raise
+        self.verify_file(facts.batch_id)  # deleted between the check above and the commit
         if self.replica is not None:
             self.replica.after_land()  # publish to readers; never fails the batch (retried next time)
         return LandedBatch(
@@ -250,7 +317,7 @@ class Store:
                 )
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            _rollback_quietly(self.con)
             raise
 
     def _advance_offsets(self, facts: BatchFacts) -> None:
