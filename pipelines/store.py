@@ -170,10 +170,19 @@ class Store:
     # ---------------------------------------------------------------- schema
 
     def apply_schema(self) -> None:
+        """Landing tables (sql/schema.sql), then the model views of sql/models and the column
+        comments from their YAML docs (pipelines/models.py), in one transaction."""
+        from pipelines.models import catalog_statements
+
         self.con.execute((SQL_DIR / "schema.sql").read_text())
-        for layer in ("staging", "core", "marts"):
-            for view in sorted((SQL_DIR / layer).glob("*.sql")):
-                self.con.execute(view.read_text())
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in catalog_statements():
+                self.con.execute(statement)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     # ---------------------------------------------------------------- reads
 

@@ -187,13 +187,13 @@ def test_open_backlog(marts_db):
     assert len(got) == 1  # only J3 is open; as_of = the latest event (c4's survey, 2025-03-04 13:00)
     assert_row(got[0], dict(as_of=utc("2025-03-04T13:00:00"), age_bucket="4-24h", bucket_order=3, channel="phone",
                             open_journeys=1, median_age_h=5.0, max_age_h=5.0, oldest_started_at=utc("2025-03-04T08:00:00"),
-                            median_idle_h=220 / 60, with_handoffs=1, with_reopens=0))
+                            median_idle_h=3.67, with_handoffs=1, with_reopens=0))
 
 
 def test_csat_by_friction(marts_db):
     got = {(r["handoff_bucket"], r["hop_bucket"]): r for r in rows(marts_db, "SELECT * FROM mart_csat_by_friction")}
     assert sorted(got) == [("0", "0"), ("2", "1"), ("3+", "2")]
-    assert_row(got[("0", "0")], dict(journeys=3, csat_responses=2, response_rate=2 / 3, csat_sum=9, avg_csat=4.5,
+    assert_row(got[("0", "0")], dict(journeys=3, csat_responses=2, response_rate=0.6667, csat_sum=9, avg_csat=4.5,
                                      satisfied_responses=2, csat_satisfied_rate=1.0, nps_responses=1, avg_nps=3.0))
     assert_row(got[("3+", "2")], dict(journeys=1, csat_responses=1, csat_sum=2, avg_csat=2.0, csat_satisfied_rate=0.0))
     assert_row(got[("2", "1")], dict(journeys=1, csat_responses=0, response_rate=0.0, csat_sum=None, avg_csat=None,
