@@ -73,7 +73,7 @@ def render(text: str, path: Path | str = "<model>") -> tuple[str, set[str], set[
         )
     sql = sql.strip().rstrip(";").rstrip()
     if ";" in _strip_comments_and_strings(sql):
-        raise ModelError(f"{path}: a model is one SELECT statement (found ';')")
+        raise ModelError(f"{path}: a model is one statement (found ';')")
     return sql, refs, sources
 
 
