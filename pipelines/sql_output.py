@@ -179,8 +179,12 @@ class Result:
 
     @classmethod
     def of(cls, cursor: Any) -> Optional["Result"]:
+        """None for a statement without a result (SET, BEGIN, USE ...: DuckDB answers those
+        with a single BOOLEAN column named Success)."""
         description = cursor.description
         if not description:
+            return None
+        if len(description) == 1 and description[0][0] == "Success" and str(description[0][1]) == "BOOLEAN":
             return None
         return cls([str(d[0]) for d in description], [str(d[1]) for d in description], cursor)
 
@@ -220,6 +224,7 @@ class Sink:
     terminal_width: int = 0
     path: Optional[Path] = None
     _temp: Optional[Path] = field(default=None, repr=False)
+    parquet_results: int = 0  # a Parquet file holds one table: a second result is refused
 
     @classmethod
     def stdout(cls, stream: TextIO) -> "Sink":
@@ -343,6 +348,9 @@ def _parquet(result: Result, sink: Sink, max_rows: int) -> int:
 
     if sink.binary is None or sink.is_terminal:
         raise OutputError("parquet is binary: write it with --output FILE (or .output FILE), or redirect stdout")
+    if sink.parquet_results:
+        raise OutputError("parquet holds one result per file: this statement's result was not written")
+    sink.parquet_results += 1
     reader = result.cursor.fetch_record_batch(FETCH_ROWS * 16)
     sink.text.flush()
     schema = _parquet_schema(reader.schema)

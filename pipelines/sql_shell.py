@@ -152,6 +152,15 @@ class Shell:
             self._output_sink = Sink(handle, handle.buffer, False, 0, None)
         return self._output_sink
 
+    def _write_parquet_file(self, result: Result) -> None:
+        self.close()
+        target = Sink.file(self.output)  # type: ignore[arg-type]
+        try:
+            write(result, "parquet", target)
+            target.commit()
+        finally:
+            target.discard()
+
     def close(self) -> None:
         if self._output_sink is not None:
             self._output_sink.text.close()
@@ -171,7 +180,9 @@ class Shell:
             try:
                 cursor = self.con.execute(statement)
                 result = Result.of(cursor)
-                if result is not None:
+                if result is not None and sink is None and self.output is not None and self.fmt == "parquet":
+                    self._write_parquet_file(result)  # .output FILE + parquet: the file holds this result
+                elif result is not None:
                     write(result, self.fmt, sink or self._sink(), self.max_rows)
             except duckdb.Error as exc:
                 self._error(label + error_line(exc))

@@ -459,3 +459,20 @@ def test_reads_the_replica_while_a_writer_holds_the_database(small_db):
     finally:
         writer.stdin.close()
         writer.wait(timeout=30)
+
+
+def test_parquet_holds_one_result_per_file(small_db, tmp_path, capsys):
+    target = tmp_path / "two.parquet"
+    assert cxj("--db", str(small_db), "--format", "parquet", "-o", str(target), "SELECT 1 AS a; SELECT 2 AS b") == 1
+    assert not target.exists() and "one result per file" in capsys.readouterr().err
+    assert cxj("--db", str(small_db), "--format", "parquet", "-o", str(target), "SET threads = 1; SELECT 2 AS b") == 0
+    assert pq.read_table(target).to_pylist() == [{"b": 2}]  # statements without a result do not count
+    scripted = tmp_path / "dot.parquet"
+    done = cxj_process(small_db, stdin=f".mode parquet\n.output {scripted}\nSELECT 1 AS a;\nSELECT [3] AS c;\n")
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(scripted).to_pylist() == [{"c": [3]}]  # like the DuckDB CLI: each result replaces the file
+
+
+def test_statements_without_a_result_print_nothing(small_db, capsys):
+    assert cxj("--db", str(small_db), "--format", "csv", "SET threads = 1; BEGIN; SELECT 5 AS five; COMMIT") == 0
+    assert capsys.readouterr().out.split() == ["five", "5"]
