@@ -30,10 +30,12 @@ CHARTS = 12
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and os.environ.get("CI") != "true",
-    reason="needs /usr/bin/chromium: `make test` installs it (infra/install-chromium.sh)",
-)  # in CI a missing browser is a failure, never a skip (the Makefile installs it first)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_installed() -> None:
+    """A missing browser fails these tests (never a skip): `make test` installs it first."""
+    assert CHROMIUM.exists(), "no /usr/bin/chromium: run `bash infra/install-chromium.sh` (make test does)"
 
 
 @pytest.fixture(scope="module")
