@@ -47,6 +47,8 @@ REVIEWED = {
     "table", "t", "name", "column", "cap", "ids",  # from fixed tuples / code call sites / ints read back
     # analyst tools: model SQL comes from the repository's sql/models files; names and text are quoted
     "_ident", "_literal", "m.select", "kind", "self._relations", "self._like",
+    # report.py: WHERE clauses of `?` placeholders (values are bound parameters) and bucket CASEs from constants
+    "journeys", "where", "landed_where", "landed_where.replace", "label", "order",
 }
 # Reported: CXJ_REPLICA_RETENTION (environment) is pasted into INTERVAL '...' unquoted.
 KNOWN_UNQUOTED = {"replica.py: RETENTION"}
