@@ -53,18 +53,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import duckdb
 
-    from pipelines.reader import open_reader
+    from pipelines.reader import connect, published_batch
     from pipelines.report import Filters, ReportError, build, write
     from pipelines.store import StoreError
 
     filters = Filters(args.since, args.until, args.days, list(args.channel), list(args.team))
     try:
-        con, source = open_reader(args.db)
+        con = connect(args.db)  # read-only; the replica while the pipeline holds the file
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE
     try:
-        label = f"{args.db}" + (" (live read replica)" if source == "replica" else "")
+        batch = published_batch(con)
+        label = f"{args.db}" + (f" (live read replica, batch {batch})" if batch is not None else "")
         page = build(con, filters, label)
     except duckdb.Error as exc:
         log.error("cannot read the journeys from %s: %s", args.db, str(exc).strip().splitlines()[0])

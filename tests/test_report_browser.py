@@ -207,3 +207,33 @@ def test_report_errors_are_one_line(tmp_path, demo_db):
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "cannot write" in done.stderr
     done = cxj_report(demo_db, tmp_path / "r.html", "--from", "yesterday")
     assert done.returncode != 0 and "not a date" in done.stderr
+
+
+WRITER = """
+import sys
+from pipelines.store import Store
+store = Store(sys.argv[1])          # holds the file, as a running pipeline does, and publishes the replica
+print("ready", flush=True)
+sys.stdin.read()
+store.close()
+"""
+
+
+def test_report_reads_the_replica_while_the_pipeline_holds_the_database(tmp_path, monkeypatch):
+    db = tmp_path / "journeys.duckdb"
+    monkeypatch.setenv("CXJ_REPLICA", "0")
+    with Store(db) as store:
+        store.con.execute(HOSTILE)
+    monkeypatch.delenv("CXJ_REPLICA")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert writer.stdout.readline().strip() == "ready", writer.stderr.read()
+        page_file = tmp_path / "live.html"
+        done = cxj_report(db, page_file)
+        assert done.returncode == 0, done.stderr
+        text = page_file.read_text(encoding="utf-8")
+        assert "live read replica" in text and '<div class="v">2</div><div class="k">journeys</div>' in text
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)
