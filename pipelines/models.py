@@ -127,25 +127,35 @@ def _text(node: dict[str, Any]) -> str:
 def load_docs(models_dir: Path = MODELS_DIR) -> Docs:
     import yaml
 
-    _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
     relations: dict[str, str] = {}
     columns: dict[tuple[str, str], str] = {}
     tables: set[str] = set()
     for path in sorted(models_dir.rglob("*.yml")):
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER) or {}
-        entries: list[tuple[dict[str, Any], bool]] = [(m, False) for m in doc.get("models") or []]
-        for source in doc.get("sources") or []:
-            if source.get("name") == SOURCE_NAME:
-                entries.extend((t, True) for t in source.get("tables") or [])
-        for node, is_table in entries:
-            name = str(node["name"])
-            relations[name] = _text(node)
-            if is_table:
-                tables.add(name)
-            for column in node.get("columns") or []:
-                columns[(name, str(column["name"]))] = _text(column)
+        try:
+            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
+            _read_docs(doc, relations, columns, tables)
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+            reason = " ".join(str(exc).split()) if not isinstance(exc, KeyError) else f"an entry without {exc}"
+            raise ModelError(f"{path}: not a valid dbt YAML file ({reason})") from None
     return Docs(relations, columns, frozenset(tables))
+
+
+def _read_docs(doc: dict[str, Any], relations: dict[str, str], columns: dict[tuple[str, str], str],
+               tables: set[str]) -> None:
+    """Adds one YAML document's model and source-table descriptions (dbt's schema-file layout)."""
+    entries: list[tuple[dict[str, Any], bool]] = [(m, False) for m in doc.get("models") or []]
+    for source in doc.get("sources") or []:
+        if source.get("name") == SOURCE_NAME:
+            entries.extend((t, True) for t in source.get("tables") or [])
+    for node, is_table in entries:
+        name = str(node["name"])
+        relations[name] = _text(node)
+        if is_table:
+            tables.add(name)
+        for column in node.get("columns") or []:
+            columns[(name, str(column["name"]))] = _text(column)
 
 
 def _literal(text: str) -> str:

@@ -112,3 +112,30 @@ def test_unknown_refs_and_cycles_are_refused(tmp_path):
     (tmp_path / "m" / "b.sql").write_text("SELECT * FROM {{ ref('nope') }}")
     with pytest.raises(ModelError, match="unknown model"):
         load_models(tmp_path)
+
+
+def test_a_broken_model_or_yaml_stops_the_store_with_one_line(tmp_path, monkeypatch):
+    """A typo in sql/models must not half-apply the views or end in a traceback."""
+    import shutil
+
+    import pipelines.models as models
+    from pipelines.store import StoreError
+
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, copy)
+    real = models.catalog_statements
+    monkeypatch.setattr(models, "catalog_statements", lambda view_columns=True: real(copy, view_columns))
+    (copy / "marts" / "_marts.yml").write_text("models:\n  - name: x\n    columns: [{description: no name}]\n")
+    with pytest.raises(StoreError, match=r"_marts\.yml: not a valid dbt YAML file \(an entry without 'name'\)"):
+        Store(tmp_path / "a.duckdb")
+    (copy / "marts" / "_marts.yml").write_text("models: [unclosed\n")
+    with pytest.raises(StoreError, match=r"_marts\.yml: not a valid dbt YAML file"):
+        Store(tmp_path / "b.duckdb")
+    shutil.copy(MODELS_DIR / "marts" / "_marts.yml", copy / "marts" / "_marts.yml")
+    (copy / "marts" / "mart_bad.sql").write_text("SELECT * FROM {{ ref('core_jouneys') }}")
+    with pytest.raises(StoreError, match=r"mart_bad\.sql: ref\(\) to unknown model\(s\) core_jouneys"):
+        Store(tmp_path / "c.duckdb")
+    (copy / "marts" / "mart_bad.sql").unlink()
+    Store(tmp_path / "d.duckdb").close()  # and the fixed copy applies again
+    with duckdb.connect(str(tmp_path / "c.duckdb"), read_only=True) as con:  # nothing was half-applied
+        assert con.execute("SELECT count(*) FROM duckdb_views() WHERE NOT internal").fetchone()[0] == 0
