@@ -188,8 +188,11 @@ class Store:
                 self.con.execute(statement)
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:  # the failed statement (e.g. disk full) already ended the transaction
+                pass
+            raise  # the original cause, not the rollback's
 
     # ---------------------------------------------------------------- reads
 
