@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install broker-start broker-stop bench clean lint explore
+.PHONY: demo test install browser broker-start broker-stop bench clean lint explore report dbt-build
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cxj demo
 
-test: $(STAMP)
+# Debian's chromium for the report's browser test (installed only when /usr/bin/chromium is missing).
+browser:
+	@bash infra/install-chromium.sh
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+report: $(STAMP)
+	$(BIN)/cxj report -o report.html
+
+# the marts' dbt project against the landed database (stop the pipeline first: DuckDB has one writer)
+dbt-build: $(STAMP)
+	cd sql && CXJ_DB=../data/journeys.duckdb ../$(BIN)/dbt build --profiles-dir .
 
 broker-start: $(STAMP)
 	$(BIN)/cxj broker start
@@ -31,7 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) .cxj data .pytest_cache .hypothesis
+	rm -rf $(VENV) .cxj data .pytest_cache .hypothesis sql/target sql/logs test-artifacts
 
 # Property tests with fresh random examples, 50x as many (CXJ_HYPOTHESIS_SCALE); failures are
 # kept in .hypothesis/ and replayed first. CI runs the derandomized "ci" profile instead.

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("pipelines.cmd_broker", "start/stop/inspect the local Kafka-compatible broker (Tansu)"),
     "produce": ("pipelines.cmd_produce", "replay a JSONL(.gz) export of contract events into Kafka (backfill)"),
     "sql": ("pipelines.cmd_sql", "query the journey tables and marts (also while the pipeline runs)"),
+    "report": ("pipelines.cmd_report", "write a self-contained HTML report of charts (journeys, friction, backlog, pipeline health)"),
     "check": ("pipelines.cmd_check", "run the data-quality suite over the landed tables"),
     "status": ("pipelines.cmd_status", "offsets, lag and freshness for ops; exit codes for alerting"),
 }

@@ -39,8 +39,6 @@ import duckdb
 
 log = logging.getLogger("cxj.replica")
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-VIEW_LAYERS = ("staging", "core", "marts")
 
 LAKE_ALIAS = "lake"
 # Tables copied from the database file, and how each is published.
@@ -175,8 +173,12 @@ def attach_sql(db: Path | str, alias: str = LAKE_ALIAS, read_only: bool = False)
     return f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS {ident(alias)} ({', '.join(options)})"
 
 
-def view_files() -> list[Path]:
-    return [f for layer in VIEW_LAYERS for f in sorted((SQL_DIR / layer).glob("*.sql"))]
+def view_statements() -> list[str]:
+    """The model views of sql/models and the comments of the tables and views (DuckLake keeps
+    no comments on a view's columns), rendered by pipelines/models.py exactly as in the store."""
+    from pipelines.models import catalog_statements
+
+    return catalog_statements(view_columns=False)
 
 
 # What readers query to see how current the replica is.
@@ -321,8 +323,8 @@ class Replica:
     def _views_fingerprint() -> str:
         """Changes when a view file in sql/ changes: then the views are replaced."""
         digest = hashlib.sha256(STATE_VIEW.encode())
-        for view in view_files():
-            digest.update(view.name.encode() + b"\0" + view.read_bytes())
+        for statement in view_statements():
+            digest.update(statement.encode() + b"\0")
         return digest.hexdigest()[:16]
 
     def _state(self) -> Optional[tuple[int, Optional[datetime], str, str]]:
@@ -395,8 +397,8 @@ class Replica:
         self.con.execute(f"USE {LAKE_ALIAS}")
         try:
             self.con.execute(STATE_VIEW)
-            for view in view_files():
-                self.con.execute(view.read_text())
+            for statement in view_statements():
+                self.con.execute(statement)
         finally:
             self.con.execute(f"USE {self.source}")
 

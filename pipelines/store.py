@@ -131,6 +131,9 @@ class Store:
         if not read_only:
             try:
                 self.apply_schema()
+            except StoreError:  # a broken model file (pipelines/models.py): already one line
+                _close_quietly(self.con)
+                raise
             except (duckdb.Error, OSError) as exc:  # e.g. a full disk: the views are written at every start
                 _close_quietly(self.con)
                 raise StoreError(f"cannot prepare the tables and views in {self.path}: {str(exc).splitlines()[0]}") from None
@@ -170,10 +173,26 @@ class Store:
     # ---------------------------------------------------------------- schema
 
     def apply_schema(self) -> None:
+        """Landing tables (sql/schema.sql), then the model views of sql/models and the column
+        comments from their YAML docs (pipelines/models.py), in one transaction."""
+        from pipelines.models import ModelError, catalog_statements
+
+        try:
+            statements = catalog_statements()
+        except ModelError as exc:  # a broken model or YAML file: one line naming it, nothing applied
+            raise StoreError(f"cannot create the views from sql/models: {exc}") from None
         self.con.execute((SQL_DIR / "schema.sql").read_text())
-        for layer in ("staging", "core", "marts"):
-            for view in sorted((SQL_DIR / layer).glob("*.sql")):
-                self.con.execute(view.read_text())
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                self.con.execute(statement)
+            self.con.execute("COMMIT")
+        except BaseException:
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:  # the failed statement (e.g. disk full) already ended the transaction
+                pass
+            raise  # the original cause, not the rollback's
 
     # ---------------------------------------------------------------- reads
 

@@ -187,13 +187,13 @@ def test_open_backlog(marts_db):
     assert len(got) == 1  # only J3 is open; as_of = the latest event (c4's survey, 2025-03-04 13:00)
     assert_row(got[0], dict(as_of=utc("2025-03-04T13:00:00"), age_bucket="4-24h", bucket_order=3, channel="phone",
                             open_journeys=1, median_age_h=5.0, max_age_h=5.0, oldest_started_at=utc("2025-03-04T08:00:00"),
-                            median_idle_h=220 / 60, with_handoffs=1, with_reopens=0))
+                            median_idle_h=3.67, with_handoffs=1, with_reopens=0))
 
 
 def test_csat_by_friction(marts_db):
     got = {(r["handoff_bucket"], r["hop_bucket"]): r for r in rows(marts_db, "SELECT * FROM mart_csat_by_friction")}
     assert sorted(got) == [("0", "0"), ("2", "1"), ("3+", "2")]
-    assert_row(got[("0", "0")], dict(journeys=3, csat_responses=2, response_rate=2 / 3, csat_sum=9, avg_csat=4.5,
+    assert_row(got[("0", "0")], dict(journeys=3, csat_responses=2, response_rate=0.6667, csat_sum=9, avg_csat=4.5,
                                      satisfied_responses=2, csat_satisfied_rate=1.0, nps_responses=1, avg_nps=3.0))
     assert_row(got[("3+", "2")], dict(journeys=1, csat_responses=1, csat_sum=2, avg_csat=2.0, csat_satisfied_rate=0.0))
     assert_row(got[("2", "1")], dict(journeys=1, csat_responses=0, response_rate=0.0, csat_sum=None, avg_csat=None,
@@ -205,3 +205,42 @@ def test_marts_do_not_depend_on_the_session_time_zone(marts_db):
         con.execute("SET TimeZone = 'Pacific/Kiritimati'")  # UTC+14: local days differ from UTC days
         days = sorted({str(r[0]) for r in con.execute("SELECT day FROM mart_daily_kpis").fetchall()})
     assert days == ["2025-03-03", "2025-03-04"]
+
+
+def test_journey_paths_and_open_journeys(marts_db):
+    paths = {r["journey_id"]: r for r in rows(marts_db, "SELECT p.*, j.customer_id, j.channel_hops FROM core_journey_paths p "
+                                                      "JOIN core_journeys j USING (journey_id)")}
+    by_customer = {r["customer_id"]: (r["path"], r["path_length"], r["path_hops"]) for r in paths.values()}
+    assert by_customer == {"c1": ("email", 1, 0), "c2": ("chat -> email -> phone", 3, 2), "c3": ("phone -> email", 2, 1),
+                           "c4": ("messaging", 1, 0), "c5": ("email", 1, 0)}
+    assert all(r["path_hops"] == r["channel_hops"] for r in paths.values())
+    (open_j,) = rows(marts_db, "SELECT * FROM core_open_journeys")
+    assert_row(open_j, dict(customer_id="c3", entry_channel="phone", team="tech", as_of=utc("2025-03-04T13:00:00"),
+                            age_h=5.0, idle_h=220 / 60, bucket_order=3, age_bucket="4-24h", handoff_count=2, reopen_count=0))
+
+
+def test_sums_roll_up_exactly(marts_db):
+    got = {(str(r["day"]), r["channel"], r["team"]): r for r in rows(marts_db, "SELECT * FROM mart_daily_kpis")}
+    assert_row(got[("2025-03-03", "email", "billing")], dict(handoff_sum=0, channel_hop_sum=0, csat_sum=9, satisfied_responses=2))
+    assert_row(got[("2025-03-03", "chat", "billing")], dict(handoff_sum=4, channel_hop_sum=2, csat_sum=2, satisfied_responses=0))
+    # the docs' roll-ups (sum / count) equal the same figures computed from the journeys
+    rolled = rows(marts_db, """SELECT sum(csat_sum) / sum(csat_responses) AS csat, sum(handoff_sum) / sum(journeys) AS handoffs
+                               FROM mart_daily_kpis""")[0]
+    direct = rows(marts_db, "SELECT avg(csat) AS csat, avg(handoff_count) AS handoffs FROM core_journeys")[0]
+    assert_row(rolled, direct)
+    friction = rows(marts_db, "SELECT sum(nps_sum) AS n, sum(nps_responses) AS r FROM mart_csat_by_friction")[0]
+    assert friction == {"n": 3, "r": 1}
+    paths = rows(marts_db, "SELECT sum(csat_sum) AS s FROM mart_channel_paths")[0]
+    assert paths == {"s": 11}
+
+
+def test_mart_floats_are_rounded(marts_db):
+    """Every DOUBLE of every mart has at most 4 decimals (hours and means 2, rates 4)."""
+    with duckdb.connect(str(marts_db), read_only=True) as con:
+        doubles = con.execute("""SELECT table_name, column_name FROM duckdb_columns()
+                                 WHERE table_name LIKE 'mart_%' AND data_type IN ('DOUBLE', 'FLOAT')""").fetchall()
+        assert len(doubles) >= 20
+        for table, column in doubles:
+            decimals = 2 if column.endswith(("_h", "_min")) or column.startswith("avg_") else 4
+            bad = con.execute(f'SELECT count(*) FROM {table} WHERE "{column}" <> round("{column}", {decimals})').fetchone()[0]
+            assert bad == 0, f"{table}.{column} is not rounded to {decimals} decimals"

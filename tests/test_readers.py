@@ -303,10 +303,9 @@ def test_changed_view_files_replace_the_replicas_views_without_a_rebuild(db, tmp
     replica = connect_replica(db)
     rebuilt_at = replica.execute("SELECT rebuilt_at FROM replica_state").fetchone()[0]
     replica.close()
-    extra = tmp_path / "zz_extra.sql"
-    extra.write_text("CREATE OR REPLACE VIEW zz_extra AS SELECT count(*) AS journeys FROM core_journeys;\n")
-    files = replica_module.view_files()
-    monkeypatch.setattr(replica_module, "view_files", lambda: files + [extra])
+    statements = replica_module.view_statements()
+    extra = "CREATE OR REPLACE VIEW zz_extra AS SELECT count(*) AS journeys FROM core_journeys"
+    monkeypatch.setattr(replica_module, "view_statements", lambda: statements + [extra])
     Store(db).close()
     replica = connect_replica(db)
     try:

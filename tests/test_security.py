@@ -45,6 +45,10 @@ REVIEWED = {
     "columns", "source", "dead_source", "journey_source", "link_source", "partitioned", "query", "touched",
     "window", "lake", "self.source",  # fragments built from the above (source: read_parquet([sql_literal...]))
     "table", "t", "name", "column", "cap", "ids",  # from fixed tuples / code call sites / ints read back
+    # analyst tools: model SQL comes from the repository's sql/models files; names and text are quoted
+    "_ident", "_literal", "m.select", "kind", "self._relations", "self._like",
+    # report.py: WHERE clauses of `?` placeholders (values are bound parameters) and bucket CASEs from constants
+    "journeys", "where", "landed_where", "landed_where.replace", "label", "order",
 }
 # Reported: CXJ_REPLICA_RETENTION (environment) is pasted into INTERVAL '...' unquoted.
 KNOWN_UNQUOTED = {"replica.py: RETENTION"}

@@ -1,25 +1,13 @@
--- core_touchpoints: the customer's touchpoints of each journey, in event order.
--- Layer: core. Grain: one row per touchpoint (journey_id, seq).
+-- core_touchpoints: the customer's touchpoints of each journey, in event order (docs: _core.yml).
 -- A touchpoint is a thread start (the first ticket.created / chat.started of a thread) or a
 -- customer-authored message; a chat message takes its chat's channel. Touchpoints without a
 -- known channel are left out, exactly as journeys.channel_hops counts them, so per journey
 -- count(*) = touchpoint_count and sum(is_hop::INT) = channel_hops. Surveys are not touchpoints.
---   journey_id        the journey
---   customer_id       its customer
---   seq               1, 2, ... in event order (occurred_at, type_rank, event_id)
---   occurred_at       event time of the touchpoint
---   event_id          the event that is the touchpoint
---   kind              thread_start | customer_message
---   thread_key        'ticket:<id>' / 'chat:<id>'
---   channel           channel of the touchpoint
---   previous_channel  channel of the journey's previous touchpoint (NULL for the first)
---   is_hop            channel differs from previous_channel (a channel hop)
-CREATE OR REPLACE VIEW core_touchpoints AS
 WITH ev AS (
     SELECT e.event_id, e.event_type, e.type_rank, e.occurred_at, e.customer_id, e.thread_type,
            e.thread_id, e.thread_key, e.chat_id, e.channel, e.author, je.journey_id
-    FROM stg_events e
-    JOIN stg_journey_events je ON je.event_id = e.event_id
+    FROM {{ ref('stg_events') }} e
+    JOIN {{ ref('stg_journey_events') }} je ON je.event_id = e.event_id
 ),
 starts AS (
     SELECT *, row_number() OVER (
@@ -52,4 +40,4 @@ ordered AS (
 )
 SELECT journey_id, customer_id, seq, occurred_at, event_id, kind, thread_key, channel, previous_channel,
        coalesce(channel <> previous_channel, false) AS is_hop
-FROM ordered;
+FROM ordered

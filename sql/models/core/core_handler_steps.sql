@@ -1,26 +1,12 @@
 -- core_handler_steps: who held each thread, step by step, at two levels: the assigned agent
--- (humans and bots) and the assigned team. Consecutive assignments to the same handler are one
--- step, so a step is a change of handler; assignments that do not name the level are skipped
--- (a team-only assignment is no agent step). The base of the ping-pong mart.
--- Layer: core. Grain: (level, customer_id, thread_key, step).
---   level                    agent | team
---   journey_id               journey of the thread
---   customer_id              customer
---   thread_key               'ticket:<id>' / 'chat:<id>'
---   step                     1, 2, ... in event order within the thread and level
---   occurred_at              time of the assignment that started the step
---   event_id                 that assignment event
---   handler                  agent_id (level agent) or team (level team)
---   handler_type             agent | bot (level agent; NULL for level team)
---   previous_handler         handler of the step before (NULL at step 1)
---   handler_before_previous  handler two steps before (NULL at steps 1-2)
---   is_bounce                handler = handler_before_previous: work came back (A -> B -> A)
-CREATE OR REPLACE VIEW core_handler_steps AS
+-- (humans and bots) and the assigned team (docs: _core.yml). Consecutive assignments to the
+-- same handler are one step, so a step is a change of handler; assignments that do not name the
+-- level are skipped (a team-only assignment is no agent step). The base of the ping-pong mart.
 WITH assignments AS (
     SELECT e.event_id, e.occurred_at, e.type_rank, e.customer_id, e.thread_key, e.agent_id, e.team,
            e.handler_type, je.journey_id
-    FROM stg_events e
-    LEFT JOIN stg_journey_events je ON je.event_id = e.event_id
+    FROM {{ ref('stg_events') }} e
+    LEFT JOIN {{ ref('stg_journey_events') }} je ON je.event_id = e.event_id
     WHERE e.event_type IN ('ticket.assigned', 'chat.assigned')
 ),
 levels AS (
@@ -48,4 +34,4 @@ steps AS (
 SELECT level, journey_id, customer_id, thread_key, step, occurred_at, event_id, handler, handler_type,
        previous_handler, handler_before_previous,
        coalesce(handler = handler_before_previous, false) AS is_bounce
-FROM steps;
+FROM steps

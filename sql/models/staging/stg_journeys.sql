@@ -1,0 +1,30 @@
+-- stg_journeys: one row per journey, with UTC calendar days added (docs: _staging.yml).
+-- Days are UTC days of event time, independent of the session time zone.
+SELECT
+    journey_id,
+    customer_id,
+    status,
+    started_at,
+    CAST(timezone('UTC', started_at) AS DATE) AS started_date,
+    resolved_at,
+    CAST(timezone('UTC', resolved_at) AS DATE) AS resolved_date,
+    last_event_at,
+    time_to_resolution_s,
+    first_response_s,
+    handoff_count,
+    team_handoff_count,
+    channel_hops,
+    touchpoint_count,
+    contact_count,
+    reopen_count,
+    csat,
+    nps,
+    fcr,
+    channels,
+    agents,
+    teams,
+    threads,
+    event_count,
+    updated_at,
+    batch_id
+FROM {{ source('cxj', 'journeys') }}
