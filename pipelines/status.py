@@ -23,7 +23,9 @@ class PartitionStatus:
     landed_offset: int
     end_offset: Optional[int]
     lag: Optional[int]
-    state: str = "ok"  # ok | gone (landed from, but no longer on the broker) | unknown (broker unreachable)
+    # ok | gone (landed from, but no longer on the broker) | unknown (broker unreachable) |
+    # recreated / retention (the log changed since it was landed; the pipeline has not run since)
+    state: str = "ok"
 
 
 @dataclass
@@ -59,8 +61,9 @@ def _iso(value: Optional[datetime]) -> Optional[str]:
     return value.astimezone(timezone.utc).isoformat() if value is not None else None
 
 
-def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, int], int]]:
-    """Everything status needs from the database, in one read-only connection."""
+def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, int], int], dict[tuple[str, int], Any]]:
+    """Everything status needs from the database, in one read-only connection: the report so
+    far, the landed offsets and the fingerprints of the last landed records."""
     from pipelines.reader import open_reader
 
     con, source = open_reader(db)
@@ -78,6 +81,7 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
             [now],
         ).fetchall()
         resets = _recent_source_resets(con, now)
+        fingerprints = _fingerprints(con)
     finally:
         con.close()
     report.source_resets = resets
@@ -92,7 +96,20 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
             "consumed": consumed, "landed": landed_n, "duplicates": duplicates, "dead_letters": dead_n,
         }
     report.dead_letters_last_hour = {reason: n for reason, n in dead}
-    return report, landed
+    return report, landed, fingerprints
+
+
+def _fingerprints(con: Any) -> dict:  # type: ignore[type-arg]
+    """The stored fingerprints of the last landed records (none in an older database)."""
+    import duckdb
+
+    from pipelines.source_log import Fingerprint
+
+    try:
+        rows = con.execute('SELECT topic, "partition", record_offset, kafka_timestamp_ms, digest FROM source_fingerprints').fetchall()
+    except duckdb.CatalogException:
+        return {}
+    return {(t, p): Fingerprint(o, ts, d) for t, p, o, ts, d in rows}
 
 
 def _recent_source_resets(con: Any, now: datetime) -> list[dict[str, Any]]:
@@ -126,15 +143,24 @@ def describe_reset(reset: dict[str, Any]) -> str:
             f"instead of {reset['from_offset']}, detected {when}")
 
 
-def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int], settings: Any, topics: list[str]) -> None:
-    """Fills per-partition end offsets and lag; on failure records why instead."""
+def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int], settings: Any, topics: list[str],
+                         fingerprints: Optional[dict[tuple[str, int], Any]] = None) -> None:
+    """Fills per-partition end offsets, lag and state; on failure records why instead."""
     from pipelines.kafka_offsets import BrokerUnavailable, OffsetReader
 
+    from pipelines.source_log import offsets_to_verify, source_changes
+
+    fingerprints = fingerprints or {}
     try:
         reader = OffsetReader(settings, connect_timeout_s=5.0)
         try:
             partitions, missing = reader.partitions(topics)
-            _, ends = reader.bounds(partitions)
+            beginnings, ends = reader.bounds(partitions)
+            # the same check the pipeline makes before every batch, read-only: a log that changed
+            # while the pipeline was stopped must not look caught up here
+            wanted = offsets_to_verify(landed, fingerprints, partitions, beginnings, ends)
+            observed = reader.records_at(wanted, ends) if wanted else {}
+            changes = {c.key: c for c in source_changes(landed, fingerprints, partitions, missing, beginnings, ends, observed)}
         finally:
             reader.close()
     except BrokerUnavailable as exc:
@@ -142,12 +168,15 @@ def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int
         report.partitions = [PartitionStatus(t, p, o, None, None, "unknown") for (t, p), o in sorted(landed.items())]
         return
     keys = sorted(set(ends) | set(landed))
-    report.partitions = [
-        PartitionStatus(t, p, landed.get((t, p), 0), ends.get((t, p)),
-                        max(0, ends[(t, p)] - landed.get((t, p), 0)) if (t, p) in ends else None,
-                        "ok" if (t, p) in ends else "gone")
-        for t, p in keys
-    ]
+    report.partitions = []
+    for key in keys:
+        change = changes.get(key)
+        resume = change.to_offset if change is not None and change.to_offset is not None else landed.get(key, 0)
+        state = "gone" if key not in ends else (change.kind if change is not None else "ok")
+        report.partitions.append(PartitionStatus(key[0], key[1], landed.get(key, 0), ends.get(key),
+                                                 max(0, ends[key] - resume) if key in ends else None, state))
+        if change is not None and key in ends:
+            report.reasons.append(f"changed since the last landed batch: {change.message()}")
     report.total_lag = sum(ps.lag or 0 for ps in report.partitions)
     if missing:
         report.reasons.append(f"topics missing on the broker: {', '.join(missing)}")
@@ -161,6 +190,8 @@ def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Opti
         level = WARN
         report.reasons.append("partitions landed from but no longer on the broker: " + ", ".join(
             f"{p.topic}[{p.partition}] (landed up to offset {p.landed_offset})" for p in gone))
+    if any(p.state not in ("ok", "gone", "unknown") for p in report.partitions):
+        level = WARN
     for reset in report.source_resets:
         level = WARN
         report.reasons.append(describe_reset(reset))
@@ -187,8 +218,8 @@ def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Opti
 def collect(db: Path, settings: Any, topics: list[str], max_lag: Optional[int], max_staleness_s: Optional[float],
             now: Optional[datetime] = None) -> StatusReport:
     now = now or datetime.now(timezone.utc)
-    report, landed = read_tables(db, now)
-    add_broker_positions(report, landed, settings, topics)
+    report, landed, fingerprints = read_tables(db, now)
+    add_broker_positions(report, landed, settings, topics, fingerprints)
     evaluate(report, max_lag, max_staleness_s)
     return report
 

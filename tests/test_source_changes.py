@@ -115,7 +115,7 @@ class Round:
 def land(db: Path, own: OwnBroker, topics: dict[str, str]) -> dict[str, int]:
     """One `run --once` in-process; returns what the batches of this run consumed and counted."""
     before = table(db, "SELECT coalesce(max(batch_id), 0) FROM pipeline_batches")[0][0] if db.exists() else 0
-    run_once(db, own.settings, topics, max_batch_events=40, poll_interval_s=0.1)
+    run_once(db, own.settings, topics, max_batch_events=100, poll_interval_s=0.1)
     consumed, landed, dups, dead = table(
         db, f"""SELECT coalesce(sum(consumed), 0), coalesce(sum(landed), 0), coalesce(sum(duplicates), 0),
                        coalesce(sum(dead_letters), 0) FROM pipeline_batches WHERE batch_id > {before}""")[0]
@@ -195,6 +195,11 @@ def test_broker_restart_while_stopped_then_fewer_equal_or_more_messages(own, tmp
          "more": rng.randint(len(first.events) + 20, 3 * len(first.events))}[relation]
     second = Round("r2", n, resend=rng.sample(first.events, 7), malformed=3)
     send(own.settings, topics, second.messages())
+    # before the pipeline runs again, status already sees the new log and counts all of it as lag
+    code, report = status(db, own, topics)
+    states = {(p["topic"], p["partition"]): p["state"] for p in report["partitions"]}
+    assert code == 1 and report["total_lag"] == second.size, report
+    assert {k: states[k] for k in stored_before} == {k: "recreated" for k in stored_before}, report
     caplog.set_level(logging.WARNING, logger="cxj")
     landed_before = {r[0] for r in table(db, "SELECT event_id FROM events")}
     got = land(db, own, topics)
