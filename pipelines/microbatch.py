@@ -22,8 +22,8 @@ from pipelines.batch_stages import run_assemble, run_ingest
 from pipelines.kafka_config import DEFAULT_TOPICS, KafkaSettings
 from pipelines.kafka_offsets import BrokerUnavailable, OffsetReader, PartitionKey
 from pipelines.planner import plan_ranges, start_offsets
-from pipelines.source_log import SourceChange, offsets_to_verify, source_changes
 from pipelines.run_config import RunConfig, Stopper
+from pipelines.source_log import SourceChange, offsets_to_verify, source_changes
 from pipelines.store import BatchFacts, LandedBatch, Store
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
 from transforms.kafka_source import OffsetRange
@@ -188,6 +188,11 @@ class MicroBatchRunner:
             }
             return starts, ends, ranges
         raise BrokerUnavailable("the broker's logs kept changing while a batch was planned (5 attempts)")
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning(message)
 
     # ------------------------------------------------------------------ batches
 

@@ -76,6 +76,11 @@ def create(own: OwnBroker, topics: dict[str, str], partitions: int) -> None:
 
 def recreate(own: OwnBroker, topics: dict[str, str], partitions: int) -> None:
     """Deletes the topics and creates them again (Tansu supports DeleteTopics)."""
+    delete(own, topics)
+    create(own, topics, partitions)
+
+
+def delete(own: OwnBroker, topics: dict[str, str]) -> None:
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(**own.settings.client_kwargs())
@@ -87,7 +92,6 @@ def recreate(own: OwnBroker, topics: dict[str, str], partitions: int) -> None:
             time.sleep(0.05)
     finally:
         admin.close()
-    create(own, topics, partitions)
 
 
 class Round:
@@ -266,6 +270,35 @@ def test_topic_recreated_with_fewer_or_more_partitions(own, tmp_path, before, af
     assert not any(p["state"] == "gone" for p in report["partitions"])  # dropped from the offsets
     for t, p, kind, *_ in expected:
         assert any(r.startswith(f"{t}[{p}]: ") for r in report["reasons"]), report
+
+
+def test_topics_missing_for_a_while_then_back_with_new_data(own, tmp_path, caplog):
+    """Topics deleted while landed from: the run warns, skips nothing and status names every
+    landed partition as gone; when they come back with new data, all of it is read."""
+    db = tmp_path / "j.duckdb"
+    topics = topic_names()
+    create(own, topics, 3)
+    first = Round("m1", 70)
+    send(own.settings, topics, first.messages())
+    land(db, own, topics)
+    stored_before = dict(((t, p), o) for t, p, o in table(db, 'SELECT topic, "partition", next_offset FROM pipeline_offsets'))
+    delete(own, topics)
+    caplog.set_level(logging.WARNING, logger="cxj")
+    assert land(db, own, topics)["consumed"] == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sorted(w for w in warnings if "does not exist" in w) == sorted(
+        f"topic {t!r} does not exist on {own.settings.bootstrap_servers} (yet)" for t in topics.values()), warnings
+    code, report = status(db, own, topics)
+    gone = {(p["topic"], p["partition"]) for p in report["partitions"] if p["state"] == "gone"}
+    assert code == 1 and gone == set(stored_before), report
+    assert resets(db) == []  # nothing decided while the topics are away
+
+    create(own, topics, 3)
+    second = Round("m2", 45)
+    send(own.settings, topics, second.messages())
+    got = land(db, own, topics)
+    assert_current_log_read_whole(db, own, topics, second, got, set())
+    assert {r[2] for r in resets(db)} == {"recreated"} and len(resets(db)) == len(stored_before)
 
 
 def test_broker_restart_during_follow(own, tmp_path):
