@@ -368,8 +368,12 @@ class Store:
                     [c.topic, c.partition, c.kind, c.from_offset, c.to_offset, c.records, c.detail, batch_id],
                 )
             self.con.execute("COMMIT")
+        except duckdb.Error as exc:
+            _rollback_quietly(self.con)
+            raise StoreError(f"recording a change of the broker's log in {self.path} failed (offsets unchanged): "
+                             f"{str(exc).splitlines()[0]}") from exc
         except BaseException:
-            self.con.execute("ROLLBACK")
+            _rollback_quietly(self.con)
             raise
 
     def _advance_offsets(self, facts: BatchFacts) -> None:
