@@ -23,8 +23,10 @@ from pipelines.kafka_config import DEFAULT_TOPICS, KafkaSettings
 from pipelines.kafka_offsets import BrokerUnavailable, OffsetReader, PartitionKey
 from pipelines.planner import plan_ranges, start_offsets
 from pipelines.run_config import RunConfig, Stopper
+from pipelines.source_log import SourceChange, offsets_to_verify, source_changes
 from pipelines.store import BatchFacts, LandedBatch, Store
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
+from transforms.kafka_source import OffsetRange
 from transforms.parse import ParseLimits
 from transforms.staging import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, JOURNEY_SCHEMA, LINK_SCHEMA
 
@@ -102,8 +104,9 @@ class MicroBatchRunner:
         self.store = store
         self.offsets: Optional[OffsetReader] = None
         self._warned: set[str] = set()
-        self._unseen_topics: set[str] = set()  # missing at the last look, or the broker was unreachable
-        self._last_ends: dict[PartitionKey, int] = {}
+        self._last_ends: dict[PartitionKey, int] = {}  # confirmed ends at the last look
+        self._seen_ends: dict[PartitionKey, int] = {}  # newest end seen of every partition ever seen in this run
+        self.changed_partitions: set[PartitionKey] = set()  # partitions whose log changed during this run
         self.listeners: list[RunListener] = []
 
     # ------------------------------------------------------------------ broker
@@ -117,38 +120,74 @@ class MicroBatchRunner:
         if self.offsets is not None:
             self.offsets.close()
         self.offsets = None
-        self._unseen_topics.update(self.config.topics.values())  # the broker may come back without them
 
     def broker_positions(self) -> tuple[list[PartitionKey], dict[PartitionKey, int], dict[PartitionKey, int]]:
+        """Partitions, earliest and confirmed end offsets, after checking that every partition's
+        log is still the one we landed from (and recording what changed if not)."""
         reader = self._reader()
         partitions, missing = reader.partitions(self.config.topics.values())
         for topic in missing:
             self._warn_once(f"topic {topic!r} does not exist on {self.config.settings.bootstrap_servers} (yet)")
         beginnings, ends = reader.bounds(partitions)
         self._last_ends = ends
-        self._rewind_recreated_topics(partitions, beginnings, ends, set(missing))
+        self._verify_source_logs(partitions, set(missing), beginnings, ends)
+        self._seen_ends.update(ends)
         return partitions, beginnings, ends
 
-    def _rewind_recreated_topics(self, partitions: list[PartitionKey], beginnings: dict[PartitionKey, int],
-                                 ends: dict[PartitionKey, int], missing: set[str]) -> None:
-        """Re-reads a topic from its earliest offset when its log is not the one we landed from.
+    def _verify_source_logs(self, partitions: list[PartitionKey], missing: set[str],
+                            beginnings: dict[PartitionKey, int], ends: dict[PartitionKey, int],
+                            only: Optional[set[PartitionKey]] = None) -> list[SourceChange]:
+        """Fetches the last landed record of every partition again and compares its fingerprint.
 
-        A topic that came back after being missing or after the broker was away (the local
-        broker keeps data in memory only), or whose end lies before an offset we landed, was
-        recreated: its offsets start over and our stored ones mean nothing. Rewinding is always
-        safe because events are de-duplicated by event_id; the rewind is stored at once so that
-        a budget-limited catch-up does not rewind again.
+        A different record or none at all means the broker's log is not the one we landed from
+        (a recreated topic: the local broker keeps data in memory only), whether that happened
+        while we ran or while we were stopped. Such a partition is re-read from its earliest
+        offset: safe, because events are de-duplicated by event_id. Records deleted unread
+        (retention) and removed partitions are counted. Every change is logged and stored in
+        source_resets, with the new resume offset, in one transaction.
         """
-        landed = self.store.landed_offsets()
-        suspects = {t for t in self._unseen_topics if t not in missing}
-        suspects |= {t for (t, p) in partitions if landed.get((t, p), 0) > ends.get((t, p), 0)}
-        for topic in sorted(suspects):
-            keys = [k for k in partitions if k[0] == topic]
-            if any(landed.get(k, beginnings.get(k, 0)) != beginnings.get(k, 0) for k in keys):
-                log.warning("topic %s was recreated or truncated on the broker: re-reading it from the earliest offset "
-                            "(re-delivered events are dropped as duplicates)", topic)
-                self.store.rewind_offsets({k: beginnings.get(k, 0) for k in keys})
-        self._unseen_topics = set(missing)
+        stored = self.store.landed_offsets()
+        fingerprints = self.store.source_fingerprints()
+        if only is not None:
+            stored = {k: o for k, o in stored.items() if k in only}
+        wanted = offsets_to_verify(stored, fingerprints, partitions, beginnings, ends)
+        observed = self._reader().records_at(wanted, ends) if wanted else {}
+        changes = source_changes(stored, fingerprints, partitions, missing, beginnings, ends, observed, self._seen_ends)
+        if changes:
+            for change in changes:
+                log.warning("%s", change.message())
+            self.store.record_source_changes(changes, self.store.next_batch_id())
+            self.changed_partitions.update(c.key for c in changes)
+        return changes
+
+    def plan_batch(self, targets: Optional[dict[PartitionKey, int]] = None
+                   ) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int], list[OffsetRange]]:
+        """(resume offsets, confirmed ends, ranges to read) for the next batch.
+
+        The fingerprints of the records at the ends of the ranges are fetched before the
+        stored ones are verified once more: if the log changed at any moment before that
+        last check, the check fails and the batch is planned again; if it changes after it,
+        the fingerprints landed belong to the old log and the next batch's check catches it.
+        """
+        self.store.pending_fingerprints = {}
+        for _ in range(5):
+            partitions, beginnings, ends = self.broker_positions()
+            starts, warnings = start_offsets(partitions, self.store.landed_offsets(), beginnings, ends)
+            for w in warnings:
+                self._warn_once(w)
+            goal = {k: min(ends[k], targets.get(k, ends[k])) if targets else ends[k] for k in partitions}
+            ranges = plan_ranges(starts, goal, self.config.max_batch_events)
+            if not ranges:
+                return starts, ends, ranges
+            reader = self._reader()
+            lasts = reader.records_at({(r.topic, r.partition): r.stop - 1 for r in ranges}, ends)
+            if self._verify_source_logs(partitions, set(), beginnings, ends, only={(r.topic, r.partition) for r in ranges}):
+                continue  # the log changed while planning: plan again from the new positions
+            self.store.pending_fingerprints = {
+                (r.topic, r.partition, r.stop): fp for r in ranges if (fp := lasts.get((r.topic, r.partition))) is not None
+            }
+            return starts, ends, ranges
+        raise BrokerUnavailable("the broker's logs kept changing while a batch was planned (5 attempts)")
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -159,12 +198,7 @@ class MicroBatchRunner:
 
     def run_batch(self, targets: Optional[dict[PartitionKey, int]] = None) -> Optional[LandedBatch]:
         """Lands one batch toward ``targets`` (default: the broker's end offsets now)."""
-        partitions, beginnings, ends = self.broker_positions()
-        starts, warnings = start_offsets(partitions, self.store.landed_offsets(), beginnings, ends)
-        for w in warnings:
-            self._warn_once(w)
-        goal = {k: min(ends[k], targets.get(k, ends[k])) if targets else ends[k] for k in partitions}
-        ranges = plan_ranges(starts, goal, self.config.max_batch_events)
+        starts, ends, ranges = self.plan_batch(targets)
         if not ranges:
             for listener in self.listeners:
                 listener.idle(Positions(starts, ends))
@@ -229,7 +263,12 @@ class MicroBatchRunner:
     # ------------------------------------------------------------------ loops
 
     def run_once(self) -> list[LandedBatch]:
-        """Lands everything up to the end offsets seen at start, then returns."""
+        """Lands everything up to the confirmed end offsets seen at start, then returns.
+
+        After the last batch the end offsets are confirmed once more and compared with what
+        landed: records below the start's end offsets that are still unread (an end offset
+        under-reported during the run) are landed before returning, so "caught up" is true.
+        """
         deadline = time.monotonic() + self.config.broker_timeout_s
         while True:
             try:
@@ -241,17 +280,47 @@ class MicroBatchRunner:
                     raise BrokerUnavailable(f"{exc} (gave up after {self.config.broker_timeout_s:.0f}s)") from None
                 log.warning("%s; retrying", exc)
                 time.sleep(1.0)
+        targets = dict(targets)
+        self.changed_partitions.clear()
         batches: list[LandedBatch] = []
         started = time.monotonic()
+        rechecks = 0
         while True:
             batch = self.run_batch(targets)
-            if batch is None:
+            self._retarget_changed(targets)
+            if batch is not None:
+                batches.append(batch)
+                done = sum(b.consumed for b in batches)
+                remaining = batch.extra.get("lag", 0)
+                log.info("progress: %d records done (%.0f records/s), about %d to go until the end offsets seen at start",
+                         done, done / max(time.monotonic() - started, 1e-9), max(0, remaining - self._arrived_since(targets)))
+                continue
+            short = self._unread_below(targets)
+            self._retarget_changed(targets)
+            if not short:
                 return batches
-            batches.append(batch)
-            done = sum(b.consumed for b in batches)
-            remaining = batch.extra.get("lag", 0)
-            log.info("progress: %d records done (%.0f records/s), about %d to go until the end offsets seen at start",
-                     done, done / max(time.monotonic() - started, 1e-9), max(0, remaining - self._arrived_since(targets)))
+            rechecks += 1
+            if rechecks > 5:
+                where = ", ".join(f"{t}[{p}] {n}" for (t, p), n in sorted(short.items()))
+                raise BrokerUnavailable(f"could not read up to the end offsets seen at start: still unread {where}")
+            log.warning("%d records below the end offsets seen at start are still unread (%s): reading on",
+                        sum(short.values()), ", ".join(f"{t}[{p}]" for t, p in sorted(short)))
+
+    def _retarget_changed(self, targets: dict[PartitionKey, int]) -> None:
+        """A partition whose log changed during --once is read to its new log's end."""
+        for key in self.changed_partitions:
+            if key in self._last_ends:
+                targets[key] = self._last_ends[key]
+            else:
+                targets.pop(key, None)
+        self.changed_partitions.clear()
+
+    def _unread_below(self, targets: dict[PartitionKey, int]) -> dict[PartitionKey, int]:
+        """Per partition, records below min(target, confirmed end now) not landed yet."""
+        partitions, beginnings, ends = self.broker_positions()
+        landed = self.store.landed_offsets()
+        short = {k: min(targets[k], ends[k]) - landed.get(k, beginnings.get(k, 0)) for k in partitions if k in targets}
+        return {k: n for k, n in short.items() if n > 0}
 
     def _arrived_since(self, targets: dict[PartitionKey, int]) -> int:
         """Messages that arrived after the run started (not part of --once's work)."""

@@ -43,7 +43,7 @@ log = logging.getLogger("cxj.replica")
 LAKE_ALIAS = "lake"
 # Tables copied from the database file, and how each is published.
 APPENDED = ("events", "dead_letters", "pipeline_batches")  # new rows carry the batch_id that landed them
-REPLACED = ("pipeline_offsets",)  # small: replaced whole
+REPLACED = ("pipeline_offsets", "source_resets", "source_fingerprints")  # small: replaced whole
 PER_CUSTOMER = ("journeys", "journey_events")  # rewritten for the customers a batch touched
 TABLES = APPENDED + REPLACED + PER_CUSTOMER
 META_TABLE = "replica_meta"  # one row: fingerprint (tables), views_fingerprint, rebuilt_at

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 OK, WARN, CRIT = 0, 1, 2
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", CRIT: "CRIT"}
+SOURCE_RESET_WINDOW_H = 24  # a change of the broker's log keeps status at WARN this long
 
 
 @dataclass
@@ -22,6 +23,9 @@ class PartitionStatus:
     landed_offset: int
     end_offset: Optional[int]
     lag: Optional[int]
+    # ok | gone (landed from, but no longer on the broker) | unknown (broker unreachable) |
+    # recreated / retention (the log changed since it was landed; the pipeline has not run since)
+    state: str = "ok"
 
 
 @dataclass
@@ -38,6 +42,7 @@ class StatusReport:
     staleness_s: float = 0.0  # how long landed data has been behind the broker (0 when caught up)
     last_batch: Optional[dict[str, Any]] = None
     dead_letters_last_hour: dict[str, int] = field(default_factory=dict)
+    source_resets: list[dict[str, Any]] = field(default_factory=list)  # last SOURCE_RESET_WINDOW_H hours
     broker_error: Optional[str] = None
     level: int = OK
     reasons: list[str] = field(default_factory=list)
@@ -56,8 +61,9 @@ def _iso(value: Optional[datetime]) -> Optional[str]:
     return value.astimezone(timezone.utc).isoformat() if value is not None else None
 
 
-def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, int], int]]:
-    """Everything status needs from the database, in one read-only connection."""
+def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, int], int], dict[tuple[str, int], Any]]:
+    """Everything status needs from the database, in one read-only connection: the report so
+    far, the landed offsets and the fingerprints of the last landed records."""
     from pipelines.reader import open_reader
 
     con, source = open_reader(db)
@@ -74,8 +80,11 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
                GROUP BY reason ORDER BY count(*) DESC""",
             [now],
         ).fetchall()
+        resets = _recent_source_resets(con, now)
+        fingerprints = _fingerprints(con)
     finally:
         con.close()
+    report.source_resets = resets
     report.newest_occurred_at = _iso(newest)
     report.event_freshness_s = (now - newest).total_seconds() if newest is not None else None
     if last is not None:
@@ -87,30 +96,87 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
             "consumed": consumed, "landed": landed_n, "duplicates": duplicates, "dead_letters": dead_n,
         }
     report.dead_letters_last_hour = {reason: n for reason, n in dead}
-    return report, landed
+    return report, landed, fingerprints
 
 
-def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int], settings: Any, topics: list[str]) -> None:
-    """Fills per-partition end offsets and lag; on failure records why instead."""
+def _fingerprints(con: Any) -> dict:  # type: ignore[type-arg]
+    """The stored fingerprints of the last landed records (none in an older database)."""
+    import duckdb
+
+    from pipelines.source_log import Fingerprint
+
+    try:
+        rows = con.execute('SELECT topic, "partition", record_offset, kafka_timestamp_ms, digest FROM source_fingerprints').fetchall()
+    except duckdb.CatalogException:
+        return {}
+    return {(t, p): Fingerprint(o, ts, d) for t, p, o, ts, d in rows}
+
+
+def _recent_source_resets(con: Any, now: datetime) -> list[dict[str, Any]]:
+    """source_resets rows of the last SOURCE_RESET_WINDOW_H hours (none in an older database)."""
+    import duckdb
+
+    try:
+        cursor = con.execute(
+            f"""SELECT topic, "partition", kind, from_offset, to_offset, records, detail, detected_at, batch_id
+                FROM source_resets WHERE detected_at >= ? - INTERVAL {SOURCE_RESET_WINDOW_H} HOUR
+                ORDER BY detected_at, topic, 2""",
+            [now],
+        )
+    except duckdb.CatalogException:
+        return []
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row), detected_at=_iso(row[7])) for row in cursor.fetchall()]
+
+
+def describe_reset(reset: dict[str, Any]) -> str:
+    """One line per change of the broker's log, as status shows it."""
+    where = f"{reset['topic']}[{reset['partition']}]"
+    when = reset["detected_at"]
+    if reset["kind"] == "retention":
+        return (f"{where}: {reset['records']} records lost to retention (offsets {reset['from_offset']}.."
+                f"{reset['to_offset'] - 1}), detected {when}")
+    if reset["kind"] == "partition_removed":
+        lost = "an unknown number of" if reset["records"] is None else str(reset["records"])
+        return f"{where}: partition removed from the broker, {lost} records after offset {reset['from_offset']} never landed, detected {when}"
+    return (f"{where}: topic recreated on the broker ({reset['detail']}); re-read from offset {reset['to_offset']} "
+            f"instead of {reset['from_offset']}, detected {when}")
+
+
+def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int], settings: Any, topics: list[str],
+                         fingerprints: Optional[dict[tuple[str, int], Any]] = None) -> None:
+    """Fills per-partition end offsets, lag and state; on failure records why instead."""
     from pipelines.kafka_offsets import BrokerUnavailable, OffsetReader
 
+    from pipelines.source_log import offsets_to_verify, source_changes
+
+    fingerprints = fingerprints or {}
     try:
         reader = OffsetReader(settings, connect_timeout_s=5.0)
         try:
             partitions, missing = reader.partitions(topics)
-            _, ends = reader.bounds(partitions)
+            beginnings, ends = reader.bounds(partitions)
+            # the same check the pipeline makes before every batch, read-only: a log that changed
+            # while the pipeline was stopped must not look caught up here
+            wanted = offsets_to_verify(landed, fingerprints, partitions, beginnings, ends)
+            observed = reader.records_at(wanted, ends) if wanted else {}
+            changes = {c.key: c for c in source_changes(landed, fingerprints, partitions, missing, beginnings, ends, observed)}
         finally:
             reader.close()
     except BrokerUnavailable as exc:
         report.broker_error = str(exc)
-        report.partitions = [PartitionStatus(t, p, o, None, None) for (t, p), o in sorted(landed.items())]
+        report.partitions = [PartitionStatus(t, p, o, None, None, "unknown") for (t, p), o in sorted(landed.items())]
         return
     keys = sorted(set(ends) | set(landed))
-    report.partitions = [
-        PartitionStatus(t, p, landed.get((t, p), 0), ends.get((t, p)),
-                        max(0, ends[(t, p)] - landed.get((t, p), 0)) if (t, p) in ends else None)
-        for t, p in keys
-    ]
+    report.partitions = []
+    for key in keys:
+        change = changes.get(key)
+        resume = change.to_offset if change is not None and change.to_offset is not None else landed.get(key, 0)
+        state = "gone" if key not in ends else (change.kind if change is not None else "ok")
+        report.partitions.append(PartitionStatus(key[0], key[1], landed.get(key, 0), ends.get(key),
+                                                 max(0, ends[key] - resume) if key in ends else None, state))
+        if change is not None and key in ends:
+            report.reasons.append(f"changed since the last landed batch: {change.message()}")
     report.total_lag = sum(ps.lag or 0 for ps in report.partitions)
     if missing:
         report.reasons.append(f"topics missing on the broker: {', '.join(missing)}")
@@ -119,6 +185,16 @@ def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int
 def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Optional[float]) -> None:
     """Sets level and reasons: CRIT past a threshold, WARN past half of one."""
     level = OK
+    gone = [p for p in report.partitions if p.state == "gone"]
+    if gone:
+        level = WARN
+        report.reasons.append("partitions landed from but no longer on the broker: " + ", ".join(
+            f"{p.topic}[{p.partition}] (landed up to offset {p.landed_offset})" for p in gone))
+    if any(p.state not in ("ok", "gone", "unknown") for p in report.partitions):
+        level = WARN
+    for reset in report.source_resets:
+        level = WARN
+        report.reasons.append(describe_reset(reset))
     if report.broker_error:
         level = CRIT
         report.reasons.append(f"broker unreachable: {report.broker_error}")
@@ -142,8 +218,8 @@ def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Opti
 def collect(db: Path, settings: Any, topics: list[str], max_lag: Optional[int], max_staleness_s: Optional[float],
             now: Optional[datetime] = None) -> StatusReport:
     now = now or datetime.now(timezone.utc)
-    report, landed = read_tables(db, now)
-    add_broker_positions(report, landed, settings, topics)
+    report, landed, fingerprints = read_tables(db, now)
+    add_broker_positions(report, landed, settings, topics, fingerprints)
     evaluate(report, max_lag, max_staleness_s)
     return report
 
@@ -164,9 +240,9 @@ def render(report: StatusReport) -> str:
     for reason in report.reasons:
         lines.append(f"  - {reason}")
     lines.append("")
-    header = ("topic", "partition", "landed offset", "end offset", "lag")
+    header = ("topic", "partition", "landed offset", "end offset", "lag", "state")
     rows = [(p.topic, str(p.partition), str(p.landed_offset), "?" if p.end_offset is None else str(p.end_offset),
-             "?" if p.lag is None else str(p.lag)) for p in report.partitions]
+             "?" if p.lag is None else str(p.lag), p.state) for p in report.partitions]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)

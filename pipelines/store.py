@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 import duckdb
 
 from pipelines.replica import open_writer_replica
+from pipelines.source_log import PARTITION_REMOVED, Fingerprint, SourceChange
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
@@ -127,6 +128,9 @@ class Store:
         # deleted or replaced, so every landing first checks the path still names this file.
         self.identity = _file_identity(self.path) if self.path.name != ":memory:" else None
         self.con.execute("SET TimeZone = 'UTC'")
+        # fingerprints of the records at the ends of the planned ranges, keyed by
+        # (topic, partition, end of range); landed with the offsets (see _advance_offsets)
+        self.pending_fingerprints: dict[tuple[str, int, int], Fingerprint] = {}
         self.replica = None  # DuckLake read replica, published after every landed batch (pipelines/replica.py)
         if not read_only:
             try:
@@ -199,6 +203,13 @@ class Store:
     def landed_offsets(self) -> dict[tuple[str, int], int]:
         rows = self.con.execute('SELECT topic, "partition", next_offset FROM pipeline_offsets').fetchall()
         return {(t, p): o for t, p, o in rows}
+
+    def source_fingerprints(self) -> dict[tuple[str, int], Fingerprint]:
+        """The last landed record of each partition, as stored with its offset."""
+        rows = self.con.execute(
+            'SELECT topic, "partition", record_offset, kafka_timestamp_ms, digest FROM source_fingerprints'
+        ).fetchall()
+        return {(t, p): Fingerprint(offset=o, timestamp_ms=ts, digest=d) for t, p, o, ts, d in rows}
 
     def next_batch_id(self) -> int:
         return int(self.con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM pipeline_batches").fetchone()[0])
@@ -339,15 +350,48 @@ class Store:
             _rollback_quietly(self.con)
             raise
 
+    def record_source_changes(self, changes: list[SourceChange], batch_id: int) -> None:
+        """One transaction: the new resume offsets (rewound, past deleted records, or dropped
+        for a removed partition), their fingerprints cleared, and a source_resets row each."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for c in changes:
+                where = 'WHERE topic = ? AND "partition" = ?'
+                self.con.execute(f"DELETE FROM source_fingerprints {where}", [c.topic, c.partition])
+                if c.kind == PARTITION_REMOVED or c.to_offset is None:
+                    self.con.execute(f"DELETE FROM pipeline_offsets {where}", [c.topic, c.partition])
+                else:
+                    self.con.execute(f"UPDATE pipeline_offsets SET next_offset = ?, updated_at = now() {where}",
+                                     [c.to_offset, c.topic, c.partition])
+                self.con.execute(
+                    "INSERT INTO source_resets VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?)",
+                    [c.topic, c.partition, c.kind, c.from_offset, c.to_offset, c.records, c.detail, batch_id],
+                )
+            self.con.execute("COMMIT")
+        except duckdb.Error as exc:
+            _rollback_quietly(self.con)
+            raise StoreError(f"recording a change of the broker's log in {self.path} failed (offsets unchanged): "
+                             f"{str(exc).splitlines()[0]}") from exc
+        except BaseException:
+            _rollback_quietly(self.con)
+            raise
+
     def _advance_offsets(self, facts: BatchFacts) -> None:
+        """Inside the landing transaction: next offsets and the fingerprint of each range's last record."""
         for r in facts.ranges:
-            self.con.execute(
-                'DELETE FROM pipeline_offsets WHERE topic = ? AND "partition" = ?', [r["topic"], r["partition"]]
-            )
+            key = [r["topic"], r["partition"]]
+            self.con.execute('DELETE FROM pipeline_offsets WHERE topic = ? AND "partition" = ?', key)
             self.con.execute(
                 "INSERT INTO pipeline_offsets VALUES (?, ?, ?, ?, now())",
                 [r["topic"], r["partition"], r["to"], facts.batch_id],
             )
+            self.con.execute('DELETE FROM source_fingerprints WHERE topic = ? AND "partition" = ?', key)
+            fp = self.pending_fingerprints.get((r["topic"], r["partition"], r["to"]))
+            if fp is not None:  # none: the range's last offset held no record (a transaction marker)
+                self.con.execute(
+                    "INSERT INTO source_fingerprints VALUES (?, ?, ?, ?, ?, ?, now())",
+                    [*key, fp.offset, fp.timestamp_ms, fp.digest, facts.batch_id],
+                )
 
 
 def rows(con: duckdb.DuckDBPyConnection, query: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:

@@ -108,3 +108,32 @@ CREATE TABLE IF NOT EXISTS pipeline_batches (
     max_kafka_timestamp  TIMESTAMPTZ,
     offsets              JSON NOT NULL      -- [{topic, partition, from, to}]
 );
+
+-- Per partition: the last record landed from it (its offset, Kafka timestamp and a digest of its
+-- key and value), written in the same transaction as pipeline_offsets. Before every batch the
+-- pipeline fetches that record again: a different record, or none, means the broker's log is
+-- not the one landed from (a recreated topic). See docs/reliability.md.
+CREATE TABLE IF NOT EXISTS source_fingerprints (
+    topic               VARCHAR NOT NULL,
+    "partition"         INTEGER NOT NULL,
+    record_offset       BIGINT NOT NULL,   -- offset of the fingerprinted record (next_offset - 1)
+    kafka_timestamp_ms  BIGINT,            -- its Kafka timestamp
+    digest              VARCHAR NOT NULL,  -- sha256 of its length-prefixed key and value (first 32 hex)
+    batch_id            BIGINT NOT NULL,
+    updated_at          TIMESTAMPTZ NOT NULL
+);
+
+-- Every time the broker's log did not match what was landed, and what the pipeline did.
+CREATE TABLE IF NOT EXISTS source_resets (
+    topic        VARCHAR NOT NULL,
+    "partition"  INTEGER NOT NULL,
+    kind         VARCHAR NOT NULL,  -- recreated | retention | partition_removed
+    from_offset  BIGINT NOT NULL,   -- the stored next offset when it was detected
+    to_offset    BIGINT,            -- where reading resumes (null: partition_removed)
+    records      BIGINT,            -- recreated: records of the new log re-read instead of skipped;
+                                    -- retention: records deleted unread (lost);
+                                    -- partition_removed: records known unread (null: unknown)
+    detail       VARCHAR NOT NULL,  -- the cause, as logged
+    detected_at  TIMESTAMPTZ NOT NULL,
+    batch_id     BIGINT NOT NULL    -- the next batch, which resumes from to_offset
+);

@@ -13,7 +13,8 @@ from pipelines.models import MODELS_DIR, ModelError, load_docs, load_models, ren
 from pipelines.reader import connect_replica
 from pipelines.store import Store
 
-LANDING_TABLES = {"events", "journeys", "journey_events", "dead_letters", "pipeline_offsets", "pipeline_batches"}
+LANDING_TABLES = {"events", "journeys", "journey_events", "dead_letters", "pipeline_offsets", "pipeline_batches",
+                  "source_fingerprints", "source_resets"}
 
 
 @pytest.fixture(scope="module")
