@@ -8,6 +8,7 @@ event_id de-duplication, so re-delivered events are counted once.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -284,3 +285,50 @@ def test_once_reports_a_broker_error_from_inside_a_stage_in_one_line(broker, top
     assert len(errors) == 1 and errors[0].exc_info is None
     assert re.match(r"reading from Kafka failed: .*reading stalled", errors[0].getMessage())
     assert table(db, "SELECT (SELECT count(*) FROM pipeline_batches), (SELECT count(*) FROM events)") == [(0, 0)]
+
+
+@pytest.mark.slow  # ~15 s: its own broker, which it freezes for a second
+def test_end_offsets_are_confirmed_even_when_the_broker_answers_slowly(tmp_path):
+    """docs/reliability.md: the local broker reports a partition's end as the base offset of its
+    last record batch, and the pipeline confirms the end by fetching from there. That must hold
+    when the broker is slow to answer (a loaded machine): here it is frozen (SIGSTOP) for one
+    second while the confirming fetch of an already connected reader runs. The records past the
+    reported end are there, so the confirmed end must be the true one (10), not the reported (2).
+
+    Found by tests/test_repeat_window_pipeline.py on a loaded machine: `run --once` landed 1 of 10
+    records sent before it started, because the confirming poll gives up after 100 ms and then
+    trusts the reported end (pipelines/kafka_offsets.py, OffsetReader._true_ends). Fails until fixed.
+    """
+    from infra.broker import _pid_path
+    from pipelines.kafka_offsets import OffsetReader
+
+    port = free_port()
+    state = tmp_path / "broker"
+    start_broker(port=port, topics=[], state_dir=state)
+    try:
+        settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
+        ensure_topics(settings, TOPICS.values(), 1)
+        send_events(settings, TOPICS, events("a", 1))  # one record batch: offset 0
+        pid = int(_pid_path(port, state).read_text())
+        frozen = threading.Event()
+
+        class FrozenWhileConfirming(OffsetReader):
+            def _true_ends(self, reported):
+                if frozen.is_set():
+                    os.kill(pid, signal.SIGSTOP)
+                    threading.Timer(1.0, os.kill, (pid, signal.SIGCONT)).start()
+                return super()._true_ends(reported)
+
+        reader = FrozenWhileConfirming(settings, connect_timeout_s=5)
+        try:
+            partitions, _ = reader.partitions([TOPICS["tickets"]])
+            assert reader.bounds(partitions)[1] == {(TOPICS["tickets"], 0): 1}  # connected, probe open
+            send_events(settings, TOPICS, events("b", 9))  # more record batches: offsets 1..9
+            frozen.set()
+            _, ends = reader.bounds(partitions)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            reader.close()
+    finally:
+        stop_broker(port=port, state_dir=state)
+    assert ends == {(TOPICS["tickets"], 0): 10}
