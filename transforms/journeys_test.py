@@ -372,3 +372,36 @@ def test_thread_starting_at_the_instant_another_ends_joins_with_zero_window():
     assert len(rows) == 1
     rows = assemble_journeys("c1", [ticket("T1", 0), status("T1", 100, "solved"), ticket("T2", 101)], repeat_window_s=0)
     assert len(rows) == 2
+
+
+# docs/metrics.md "Order of events": at the same instant, by type in this order, then by event_id.
+DOCUMENTED_TYPE_ORDER = [
+    ("ticket.created", "chat.started"),
+    ("ticket.assigned", "chat.assigned"),
+    ("ticket.message", "chat.message"),
+    ("ticket.status_changed",),
+    ("chat.ended",),
+    ("survey.responded",),
+]
+
+
+@pytest.mark.parametrize("family", ["ticket", "chat"])
+def test_event_order_at_one_instant_is_the_documented_type_order(family):
+    """Event ids run against the type order, so only the type ranks can put them in order."""
+    types = [t for group in DOCUMENTED_TYPE_ORDER for t in group if t.startswith(family) or t.startswith("survey")]
+    events = [ev(0, t, event_id=f"id-{9 - i}") for i, t in enumerate(types)]
+    assert [e.event_type for e in sorted(reversed(events), key=lambda e: e.sort_key)] == types
+    # within one rank the event_id decides
+    same = [ev(0, "ticket.created", event_id="b"), ev(0, "chat.started", event_id="a")]
+    assert [e.event_id for e in sorted(same, key=lambda e: e.sort_key)] == ["a", "b"]
+
+
+def test_created_sorts_before_an_assignment_at_the_same_instant():
+    """Through the journey: an assignment at the ticket's creation instant, with a smaller
+    event_id, is still after the creation: the thread starts with its created event, so the
+    journey's first touchpoint carries the ticket's channel and the assignment is the first one."""
+    j = one([ev(0, "ticket.assigned", event_id="a", ticket_id="T", handler_type="agent", agent_id="a1", team="t1"),
+             ev(0, "ticket.created", event_id="b", ticket_id="T", channel="phone"),
+             ev(0, "ticket.assigned", event_id="c", ticket_id="T", handler_type="agent", agent_id="a2", team="t1")])
+    assert j["agents"] == ["a1", "a2"] and j["handoff_count"] == 1
+    assert j["channels"] == ["phone"] and j["touchpoint_count"] == 1
