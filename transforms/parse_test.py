@@ -93,3 +93,14 @@ def test_poison_values_are_contained():
     assert (kind, row["reason"]) == ("dead", "not_utf8")
     kind, row = parse(json.dumps(event(extra="caf\u00e9 \U0001F600")).encode())
     assert kind == "event"
+
+
+def test_default_size_limit_is_one_mebibyte():
+    """docs/security.md: oversized messages (--max-message-bytes, default 1 MiB) are rejected:
+    1,048,576 bytes pass, one byte more is too_large."""
+    bare = len(json.dumps(event(subject="")).encode())
+    at_limit = json.dumps(event(subject="x" * (1_048_576 - bare))).encode()
+    assert len(at_limit) == 1_048_576
+    assert parse(at_limit)[0] == "event"
+    kind, row = parse(at_limit[:-1] + b' }')
+    assert (kind, row["reason"]) == ("dead", "too_large")
