@@ -405,3 +405,13 @@ def test_created_sorts_before_an_assignment_at_the_same_instant():
              ev(0, "ticket.assigned", event_id="c", ticket_id="T", handler_type="agent", agent_id="a2", team="t1")])
     assert j["agents"] == ["a1", "a2"] and j["handoff_count"] == 1
     assert j["channels"] == ["phone"] and j["touchpoint_count"] == 1
+
+
+def test_a_repeated_escalation_to_the_same_ticket_is_one_escalation_handoff():
+    """docs/metrics.md: a chat ends once (a repeated chat.ended changes nothing, its ticket_id
+    still links), and each chat linked to a ticket adds at most one escalation handoff."""
+    j = one([chat("C", 0), assign("chat:C", 1, "a1", "chat-team"), ended("C", 10, "escalated", ticket_id="T"),
+             ended("C", 20, "escalated", ticket_id="T"), ticket("T", 30), assign("ticket:T", 31, "a2", "tier2"),
+             status("T", 40, "solved")])
+    assert j["threads"] == ["chat:C", "ticket:T"]
+    assert (j["handoff_count"], j["team_handoff_count"]) == (1, 1)

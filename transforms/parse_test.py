@@ -104,3 +104,20 @@ def test_default_size_limit_is_one_mebibyte():
     assert parse(at_limit)[0] == "event"
     kind, row = parse(at_limit[:-1] + b' }')
     assert (kind, row["reason"]) == ("dead", "too_large")
+
+
+def test_accepted_time_range_boundaries():
+    """docs/architecture.md: occurred_at must not lie before 2000-01-01 or more than
+    --max-future-skew (default 1 day) ahead of the batch's processing time; the bounds themselves
+    are inside."""
+    def at(us: int) -> str:
+        from datetime import datetime, timezone
+        return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat(timespec="microseconds")
+
+    y2k = 946_684_800_000_000
+    assert parse(event(occurred_at="2000-01-01T00:00:00Z"))[0] == "event"
+    assert parse(event(occurred_at="1999-12-31T23:59:59.999999Z"))[1]["reason"] == "timestamp_out_of_range"
+    assert at(y2k) == "2000-01-01T00:00:00.000000+00:00"
+    day_ahead = NOW_US + 86_400 * 1_000_000
+    assert parse(event(occurred_at=at(day_ahead)))[0] == "event"
+    assert parse(event(occurred_at=at(day_ahead + 1)))[1]["reason"] == "timestamp_out_of_range"
