@@ -121,3 +121,14 @@ def test_accepted_time_range_boundaries():
     day_ahead = NOW_US + 86_400 * 1_000_000
     assert parse(event(occurred_at=at(day_ahead)))[0] == "event"
     assert parse(event(occurred_at=at(day_ahead + 1)))[1]["reason"] == "timestamp_out_of_range"
+
+
+def test_nesting_limit_counts_levels_not_brackets():
+    """docs/security.md: JSON nested deeper than 32 levels is rejected (the top-level object is
+    level 1). Many shallow lists are not deep, and exactly 32 levels pass however many brackets
+    the message holds."""
+    assert parse(event(extra=[[] for _ in range(40)]))[0] == "event"  # 42 brackets, 3 levels
+    nested_31 = json.loads("[" * 31 + "]" * 31)
+    assert parse(event(extra=nested_31, other=[[], []]))[0] == "event"  # 32 levels, 35 brackets
+    kind, row = parse(event(extra=json.loads("[" * 32 + "]" * 32)))
+    assert (kind, row["reason"]) == ("dead", "too_deep")  # 33 levels
