@@ -132,3 +132,10 @@ def test_nesting_limit_counts_levels_not_brackets():
     assert parse(event(extra=nested_31, other=[[], []]))[0] == "event"  # 32 levels, 35 brackets
     kind, row = parse(event(extra=json.loads("[" * 32 + "]" * 32)))
     assert (kind, row["reason"]) == ("dead", "too_deep")  # 33 levels
+
+
+def test_an_integral_float_score_on_a_survey_is_that_score():
+    """Scores are read from surveys when integral: 4.0 is csat 4, and 9.0 is nps 9."""
+    base = event(event_type="survey.responded", channel=..., ticket_id="T", survey_id="S")
+    kind, row = parse({**base, "csat": 4.0, "nps": 9.0}, stream="surveys")
+    assert (kind, row["csat"], row["nps"]) == ("event", 4, 9)
