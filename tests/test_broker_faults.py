@@ -297,7 +297,7 @@ def test_end_offsets_are_confirmed_even_when_the_broker_answers_slowly(tmp_path)
 
     Found by tests/test_repeat_window_pipeline.py on a loaded machine: `run --once` landed 1 of 10
     records sent before it started, because the confirming poll gives up after 100 ms and then
-    trusts the reported end (pipelines/kafka_offsets.py, OffsetReader._true_ends). Fails until fixed.
+    trusted the reported end (pipelines/kafka_offsets.py, OffsetReader._true_ends; fixed since).
     """
     from infra.broker import _pid_path
     from pipelines.kafka_offsets import OffsetReader
