@@ -296,7 +296,7 @@ def test_end_offsets_are_confirmed_even_when_the_broker_answers_slowly(tmp_path)
     reported end are there, so the confirmed end must be the true one (10), not the reported (2).
 
     Found by tests/test_repeat_window_pipeline.py on a loaded machine: `run --once` landed 1 of 10
-    records sent before it started, because the confirming poll gives up after 100 ms and then
+    records sent before it started, because the confirming poll gave up after 100 ms and then
     trusted the reported end (pipelines/kafka_offsets.py, OffsetReader._true_ends; fixed since).
     """
     from infra.broker import _pid_path
