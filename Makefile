@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser broker-start broker-stop bench clean lint explore report dbt-build
+.PHONY: demo test install browser broker-start broker-stop bench clean lint explore report dbt-build mutate
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,14 @@ broker-stop: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
+# Mutation check of the pure journey and parsing logic (tests/mutation/run_mutants.py): one
+# mutant at a time against the fast pure tests. Not part of `make test` or CI: it takes an hour
+# or more on two busy cores. Smoke run: `$(BIN)/python tests/mutation/run_mutants.py --limit 5`.
+mutate: $(STAMP)
+	$(BIN)/python tests/mutation/run_mutants.py
+
 clean:
-	rm -rf $(VENV) .cxj data .pytest_cache .hypothesis sql/target sql/logs test-artifacts
+	rm -rf $(VENV) .cxj data .pytest_cache .hypothesis sql/target sql/logs test-artifacts .mutants*
 
 # Property tests with fresh random examples, 50x as many (CXJ_HYPOTHESIS_SCALE); failures are
 # kept in .hypothesis/ and replayed first. CI runs the derandomized "ci" profile instead.

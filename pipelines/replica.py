@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -65,7 +66,24 @@ MERGE_SMALL = 16 * 1024 * 1024
 MERGE_LARGE = 256 * 1024 * 1024
 # Snapshots older than this are expired at compaction; files only they used are deleted a day
 # or two later (see compact()). A reader query may run this long.
-RETENTION = os.environ.get("CXJ_REPLICA_RETENTION", "10 minutes")
+DEFAULT_RETENTION_S = 600.0
+_RETENTION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:(second|minute|hour|day)s?|([smhd]?))\s*", re.IGNORECASE)
+_SECONDS_PER = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
+
+
+def retention_seconds(text: Optional[str] = None) -> float:
+    """CXJ_REPLICA_RETENTION in seconds: `10 minutes`, `2 hours`, `90s`, `10m` or a bare number.
+
+    Why a parser: the setting comes from the environment, and it reaches SQL only as a bound
+    number, never as text pasted into an INTERVAL literal. Anything else raises ValueError.
+    """
+    text = os.environ.get("CXJ_REPLICA_RETENTION", "") if text is None else text
+    if not text.strip():
+        return DEFAULT_RETENTION_S
+    match = _RETENTION.fullmatch(text)
+    if not match:
+        raise ValueError(f"CXJ_REPLICA_RETENTION={text[:40]!r} is not a duration like '10 minutes' or 10m")
+    return float(match.group(1)) * _SECONDS_PER[(match.group(2) or match.group(3) or "").lower()]
 SLOW_PUBLISH_S = 5.0
 
 # Keeps one SQLite connection open for the life of the writer. In WAL mode the last connection
@@ -529,7 +547,7 @@ class Replica:
         return seconds
 
     def _expire(self) -> int:
-        """Expires snapshots older than RETENTION and deletes files unused since before yesterday.
+        """Expires snapshots older than CXJ_REPLICA_RETENTION and deletes files unused since before yesterday.
 
         Workaround for DuckLake 1.5.5 on SQLite: ``older_than`` compares only the calendar day
         there (a snapshot from a second ago counts as older than now() - 10 minutes), so the
@@ -537,11 +555,17 @@ class Replica:
         """
         lake = sql_literal(LAKE_ALIAS)
         try:
+            retention_s = retention_seconds()
+        except ValueError as exc:
+            log.warning("%s; using %.0f s", exc, DEFAULT_RETENTION_S)
+            retention_s = DEFAULT_RETENTION_S
+        try:
             ids = [int(r[0]) for r in self.con.execute(
                 f"""SELECT snapshot_id FROM ducklake_snapshots({lake})
-                    WHERE snapshot_time < now() - INTERVAL '{RETENTION}'
+                    WHERE snapshot_time < now() - to_microseconds(?)
                       AND snapshot_id < (SELECT max(snapshot_id) FROM ducklake_snapshots({lake}))
-                    ORDER BY snapshot_id"""
+                    ORDER BY snapshot_id""",
+                [int(retention_s * 1_000_000)],
             ).fetchall()]
             if ids:
                 self.con.execute(f"CALL ducklake_expire_snapshots({lake}, versions => {ids})").fetchall()

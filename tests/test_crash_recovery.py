@@ -1,12 +1,13 @@
 """Exactly-once effect: SIGKILL `cxj run --follow` at random moments while events keep coming.
 
-Kills land in every phase of a run: during start-up (imports, opening the database, creating
-the schema), at random moments (reading, assembling, idle polling) and right when a batch
-starts its landing transaction (the process logs "batch N: landing ..." at debug level just
-before the transaction; the test kills as soon as it sees that line and then checks that
-batch N is either wholly there or wholly absent). After every kill the database is checked;
-at the end every table equals the one of an uninterrupted run over the same topic contents:
-no event lost, none counted twice, no journey twice.
+Kills land in every phase of a run: while the schema is being created, inside a batch's landing
+transaction, right after a batch committed, and at random moments (start-up, reading,
+assembling, idle polling). The phase kills do not depend on who wins a race: the real `cxj`
+runs with a small test hook (HOOK below) that, when armed, pauses the process at that exact
+point and says so on stderr; the test kills it there. So a kill inside the transaction must
+leave batch N wholly absent and a kill after the commit wholly there, every time. After every
+kill the database is checked; at the end every table equals the one of an uninterrupted run
+over the same topic contents: no event lost, none counted twice, no journey twice.
 
 Longer soak: `CXJ_CRASH_KILLS=100 pytest -m slow tests/test_crash_recovery.py` (CI runs 10 kills).
 """
@@ -30,51 +31,96 @@ from pipelines.simulate import generate_customer_events, to_messages
 from tests.support import JOURNEY_COLUMNS, run_once, send, table
 
 KILLS = int(os.environ.get("CXJ_CRASH_KILLS", "10"))
-LANDING = re.compile(r"batch (\d+): landing")
+
+
+# Runs the real CLI with pause points. The test arms one by writing "<phase> <spare>" to the file
+# named by CXJ_TEST_ARM: at the (spare+1)-th time the process reaches that phase it prints
+# "cxj-test-hook: paused at <phase> of batch N" and waits to be killed.
+HOOK = r"""
+import os, sys, time
+from pipelines import store
+
+def pause(phase, batch):
+    arm = os.environ["CXJ_TEST_ARM"]
+    try:
+        wanted, spare = open(arm).read().split()
+    except (OSError, ValueError):
+        return
+    if wanted != phase:
+        return
+    if int(spare) > 0:
+        open(arm, "w").write(f"{phase} {int(spare) - 1}")
+        return
+    os.remove(arm)
+    print(f"cxj-test-hook: paused at {phase} of batch {batch}", file=sys.stderr, flush=True)
+    time.sleep(3600)
+
+advance, land, schema = store.Store._advance_offsets, store.Store.land, store.Store.apply_schema
+
+def advance_and_pause(self, facts):
+    advance(self, facts)
+    pause("in_transaction", facts.batch_id)  # offsets written, COMMIT not yet reached
+
+def land_and_pause(self, facts, *args, **kwargs):
+    landed = land(self, facts, *args, **kwargs)
+    pause("after_commit", facts.batch_id)
+    return landed
+
+def schema_and_pause(self):
+    self.con.execute((store.SQL_DIR / "schema.sql").read_text())
+    pause("schema", 0)  # tables created, views not yet
+    schema(self)
+
+store.Store._advance_offsets, store.Store.land, store.Store.apply_schema = advance_and_pause, land_and_pause, schema_and_pause
+from pipelines.cli import main
+sys.argv = ["cxj", *sys.argv[1:]]
+sys.exit(main())
+"""
+PAUSED = re.compile(r"cxj-test-hook: paused at (\w+) of batch (\d+)")
 
 
 class Follower:
-    """One `cxj run --follow` process; a thread reads its log and can SIGKILL it the moment a
-    landing starts (from the reading thread itself, so the kill follows within a millisecond)."""
+    """One `cxj run --follow` process (with HOOK); a thread collects its log lines."""
 
-    def __init__(self, db: Path, broker, topics: dict[str, str]) -> None:
-        cmd = [sys.executable, "-m", "pipelines.cli", "run", "--follow", "--verbose", "--db", str(db),
+    def __init__(self, db: Path, broker, topics: dict[str, str], arm: Path) -> None:
+        cmd = [sys.executable, "-c", HOOK, "run", "--follow", "--verbose", "--db", str(db),
                "--max-batch-events", "50", "--poll-interval", "0.1s", "--bootstrap-servers", broker.bootstrap_servers,
                "--topic-tickets", topics["tickets"], "--topic-chats", topics["chats"], "--topic-surveys", topics["surveys"]]
-        env = dict(os.environ, CXJ_REPLICA="off")  # the read replica is not under test here; keep restarts fast
+        env = dict(os.environ, CXJ_REPLICA="off", CXJ_TEST_ARM=str(arm))  # no read replica: keeps restarts fast
+        self.arm = arm
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
-        self.kill_at_landing = threading.Event()
-        self.spare_landings = 0  # landings to let through before the armed kill
-        self.killed_at_batch: int | None = None
-        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
         self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            match = LANDING.search(line)
-            if match and self.kill_at_landing.is_set() and self.killed_at_batch is None:
-                if self.spare_landings > 0:
-                    self.spare_landings -= 1
-                else:
-                    self.proc.send_signal(signal.SIGKILL)
-                    self.killed_at_batch = int(match.group(1))
-            self.lines.append(line)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.reader.join(10)
 
-    def kill_when_landing(self, timeout: float, spare: int = 0) -> int | None:
-        """Kills at the start of the landing transaction after ``spare`` batches landed whole."""
-        self.spare_landings = spare
-        self.kill_at_landing.set()
+    def kill_when_paused(self, phase: str, timeout: float, spare: int = 0, armed: bool = False) -> int:
+        """Arms the hook, waits (with a deadline) until the process pauses there, kills it; the batch id."""
+        if not armed:
+            self.arm.write_text(f"{phase} {spare}")
         deadline = time.monotonic() + timeout
-        while self.killed_at_batch is None and time.monotonic() < deadline and self.proc.poll() is None:
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            paused = [PAUSED.search(line) for line in self.lines]
+            hits = [m for m in paused if m and m.group(1) == phase]
+            if hits:
+                self.kill()
+                return int(hits[-1].group(2))
             time.sleep(0.02)
         self.kill()
-        return self.killed_at_batch
+        self.arm.unlink(missing_ok=True)
+        raise AssertionError(f"never paused at {phase} within {timeout}s:\n" + "".join(self.lines[-30:]))
+
+    def wait_for(self, pattern: str, timeout: float, after: int = 0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if any(re.search(pattern, line) for line in self.lines[after:]):
+                return True
+            time.sleep(0.05)
+        return any(re.search(pattern, line) for line in self.lines[after:])
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)
@@ -138,44 +184,57 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, topics, tmp
     events = generate_customer_events(120, 99, datetime(2026, 8, 1, tzinfo=timezone.utc))
     messages = to_messages(events, 99, out_of_order=0.05, duplicates=0.05, malformed=0.02)
     db = tmp_path / "crashy.duckdb"
-    modes = ["landing"] * (KILLS // 2) + ["random"] * (KILLS - KILLS // 2 - KILLS // 6) + ["startup"] * (KILLS // 6)
+    arm = tmp_path / "arm"
+    phases = ["in_transaction"] * (KILLS // 3) + ["after_commit"] * (KILLS // 6) + ["schema"] * (KILLS // 6)
+    modes = phases + ["random"] * (KILLS - len(phases))
     rng.shuffle(modes)
     rounds = [messages[i::KILLS + 1] for i in range(KILLS + 1)]
     sending = Producer(broker, topics)
-    kills = {"landing": 0, "random": 0, "startup": 0}
-    rolled_back = committed = 0
-    proc = Follower(db, broker, topics)
+    kills = {"in_transaction": 0, "after_commit": 0, "schema": 0, "random": 0}
+    known_landed = 0  # batches the test knows committed: let through before a phase kill, or killed after commit
+    if modes[0] == "schema":
+        arm.write_text("schema 0")
+    proc = Follower(db, broker, topics, arm)
     try:
-        for mode, round_messages in zip(modes, rounds):
+        for index, (mode, round_messages) in enumerate(zip(modes, rounds)):
             sending.rounds.put(round_messages)
-            if mode == "startup":
-                time.sleep(rng.uniform(0.0, 1.5))  # imports, opening the database, creating the schema
+            if mode == "random":
+                # the kill moment is the test's random choice (start-up, reading, assembling,
+                # landing or idle), not a wait for something; whatever it hits must be consistent
+                time.sleep(rng.uniform(0.0, 6.0))
                 proc.kill()
-            elif mode == "random":
-                time.sleep(rng.uniform(1.5, 6.0))  # start-up takes ~2 s; then reading, assembling or landing
-                proc.kill()
+            elif mode == "schema":  # armed before this process started (below), so it cannot pass the point first
+                proc.kill_when_paused("schema", timeout=120, armed=True)
             else:
-                batch = proc.kill_when_landing(timeout=30, spare=rng.randint(0, 1))
-                assert batch is not None, "no batch started landing within 30 s:\n" + "".join(proc.lines[-30:])
-                landed = table(db, f"SELECT count(*) FROM pipeline_batches WHERE batch_id = {batch}")[0][0]
-                rolled_back += landed == 0  # killed inside the transaction: none of it is there
-                committed += landed == 1  # the commit won the race: all of it is there
+                spare = rng.randint(0, 1)
+                batch = proc.kill_when_paused(mode, timeout=120, spare=spare)
+                there = table(db, f"SELECT count(*) FROM pipeline_batches WHERE batch_id = {batch}")[0][0]
+                events_of_batch = table(db, f"SELECT count(*) FROM events WHERE batch_id = {batch}")[0][0]
+                if mode == "in_transaction":  # killed before COMMIT: none of the batch is there
+                    assert (there, events_of_batch) == (0, 0), f"batch {batch} partly landed"
+                else:  # killed after COMMIT: all of it is there
+                    assert there == 1, f"batch {batch} committed but is missing"
+                    assert table(db, f"SELECT landed FROM pipeline_batches WHERE batch_id = {batch}") == [(events_of_batch,)]
+                known_landed += spare + (mode == "after_commit")
             kills[mode] += 1
             consistent(db)
-            proc = Follower(db, broker, topics)
+            if modes[index + 1:index + 2] == ["schema"]:
+                arm.write_text("schema 0")
+            proc = Follower(db, broker, topics, arm)
         sending.rounds.put(rounds[-1])
         sending.close()
-        time.sleep(2)
+        # the last restart lands part of the stream before it is stopped cleanly
+        assert proc.wait_for(r"INFO +batch \d+: ", 120), "".join(proc.lines[-30:])
     finally:
         sending.close()
-        log = proc.stop()  # the last restart stops cleanly, mid-stream
+        log = proc.stop()
     assert proc.proc.returncode == 0, log[-3000:]
     assert "Traceback" not in log
     landed_by_killed_runs = table(db, "SELECT count(*) FROM pipeline_batches")[0][0]
     run_once(db, broker, topics)  # one more restart lands whatever is left
     assert sum(kills.values()) == KILLS >= 10
-    assert rolled_back >= 1, f"no kill hit a landing transaction ({committed} landed before the kill)"
-    assert landed_by_killed_runs >= KILLS // 4  # the killed runs really made progress between kills
+    assert kills["in_transaction"] == KILLS // 3 and kills["after_commit"] == KILLS // 6 and kills["schema"] == KILLS // 6
+    assert landed_by_killed_runs >= known_landed + 1  # + the clean last run's batch
 
     reference = tmp_path / "reference.duckdb"
     run_once(reference, broker, topics)
@@ -184,6 +243,4 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, topics, tmp
         assert crashed[name] == clean[name], f"{name} differs after {KILLS} kills ({kills})"
     consistent(db)
     assert table(db, "SELECT sum(consumed) FROM pipeline_batches") == [(len(messages),)]
-    print(f"kills {kills}; at landing: {rolled_back} rolled back, {committed} committed first; "
-          f"{landed_by_killed_runs} batches landed by killed runs")
-
+    print(f"kills {kills}; {landed_by_killed_runs} batches landed by killed runs ({known_landed} known to the test)")

@@ -14,6 +14,7 @@ Every scenario runs twice:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ import pytest
 from pipelines.store import sql_literal
 from tests.support import JOURNEY_COLUMNS, run_once, send_events, table
 from transforms.events import STREAM_OF_TYPE, Event
-from transforms.journeys import assemble_journeys, journey_id_for
-from transforms.parse import SourceRef, parse_record, parse_timestamp_us
+from transforms.journeys import assemble_journeys
+from transforms.parse import SourceRef, parse_record
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -69,12 +70,22 @@ SCENARIOS = load_scenarios()
 # ---------------------------------------------------------------------------------- normal form
 
 
+def doc_journey_id(customer_id: str, thread_type: str, thread_id: str) -> str:
+    """journey_id as docs/metrics.md defines it, written here from the doc, not imported: `j_` +
+    the hex of BLAKE2b with a 10-byte digest of UTF-8 `customer_id`, U+001F, thread type,
+    U+001F, thread id. The golden rows' ids come from here, so the code's formula is checked."""
+    data = f"{customer_id}\x1f{thread_type}\x1f{thread_id}".encode("utf-8")
+    return "j_" + hashlib.blake2b(data, digest_size=10).hexdigest()
+
+
 def _us(value: Any) -> Optional[int]:
-    """A timestamp (RFC 3339 text, aware datetime, epoch us or None) -> epoch microseconds."""
+    """A timestamp (expected RFC 3339 text, a landed aware datetime, epoch us or None) -> epoch
+    microseconds. Expected texts are read with the standard library, not the parser under test."""
     if value is None or isinstance(value, int):
         return value
     if isinstance(value, str):
-        return parse_timestamp_us(value)
+        value = datetime.fromisoformat(value)
+        assert value.tzinfo is not None, "expected timestamps carry an offset"
     return (value - EPOCH) // timedelta(microseconds=1)
 
 
@@ -83,7 +94,7 @@ def expected_row(row: dict[str, Any], customer_prefix: str = "") -> dict[str, An
     kind, thread_id = row["threads"][0].split(":", 1)
     out = {k: v for k, v in row.items() if k != "event_ids"}
     out["customer_id"] = customer
-    out["journey_id"] = journey_id_for(customer, (kind, thread_id))
+    out["journey_id"] = doc_journey_id(customer, kind, thread_id)
     for name in TIMESTAMPS:
         out[name] = _us(row[name])
     return out
@@ -153,6 +164,31 @@ def check(actual_rows: list[dict[str, Any]], expected: list[dict[str, Any]], whe
             if "event_ids" in raw:
                 journey_id = expected_row(raw, customer_prefix)["journey_id"]
                 assert sorted(event_links.get(journey_id, [])) == sorted(event_prefix + e for e in raw["event_ids"]), where
+
+
+# Worked out by hand from the formula in docs/metrics.md (hashlib in a REPL, not the code):
+# (customer_id, thread type, thread id) -> journey_id. A change of the formula changes every
+# landed id, which breaks analysts' saved queries and links: it must show up here.
+PINNED_JOURNEY_IDS = {
+    ("c1", "ticket", "T1"): "j_e3d471551310168681a4",
+    ("c1", "chat", "C1"): "j_294c149977dff4c9ab20",
+    ("cust-42", "ticket", "T-9"): "j_edcc87c8165f59fb5260",
+    ("\u00fc/\u00df", "chat", "C\u00e9"): "j_cd87a5641baee908f1a4",  # non-ASCII: hashed as UTF-8
+}
+
+
+@pytest.mark.parametrize("key", PINNED_JOURNEY_IDS, ids=[":".join(k) for k in PINNED_JOURNEY_IDS])
+def test_journey_id_formula_is_pinned(key: tuple[str, str, str]) -> None:
+    """The assembled journey of a one-thread customer carries the hand-computed id, and the
+    test's own implementation of the documented formula agrees with it."""
+    customer, kind, thread_id = key
+    start = {"ticket": {"event_type": "ticket.created", "ticket_id": thread_id, "channel": "email"},
+             "chat": {"event_type": "chat.started", "chat_id": thread_id, "channel": "chat"}}[kind]
+    line = json.dumps({"event_id": "pin-1", "customer_id": customer, "schema_version": 1,
+                       "occurred_at": "2026-03-02T09:00:00Z", **start})
+    rows = assemble_all(parse_lines([line]))
+    assert [r["journey_id"] for r in rows] == [PINNED_JOURNEY_IDS[key]]
+    assert doc_journey_id(*key) == PINNED_JOURNEY_IDS[key]
 
 
 def test_there_are_enough_scenarios():

@@ -1,14 +1,18 @@
 """Secrets never reach logs or output; SQL text is never built from unchecked input."""
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipelines.kafka_config import KafkaSettings
-from tests.support import send_events
+from tests.support import send_events, table
 
 SECRET = "s3cret-Value-42"
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,48 +26,241 @@ def test_describe_hides_passwords():
 
 
 def test_commands_never_print_the_sasl_password(tmp_path, broker):
+    """Secrets stay out of every output, and a SASL connection the broker cannot serve fails with
+    the documented exit code and exactly one line.
+
+    What could not be exercised here: an *authenticated* connection. The local broker (Tansu
+    0.6) supports SCRAM only with `--authentication` and users kept in its storage; with its
+    memory storage (the only one available without Postgres or S3) a user can be created only
+    over an already authenticated connection, so no client can ever authenticate. What runs is
+    the full secure-connection path up to the SASL handshake, which the plain local broker
+    refuses (kafka-python: UnsupportedSaslMechanismError).
+    """
     env = dict(os.environ, CXJ_SASL_PASSWORD=SECRET, CXJ_SSL_PASSWORD=SECRET, CXJ_REPLICA="off")
-    sasl = ["--bootstrap-servers", broker.bootstrap_servers, "--security-protocol", "SASL_PLAINTEXT",
+    servers = broker.bootstrap_servers
+    sasl = ["--bootstrap-servers", servers, "--security-protocol", "SASL_PLAINTEXT",
             "--sasl-mechanism", "PLAIN", "--sasl-username", "cxj"]
     db = str(tmp_path / "s.duckdb")
+    failure = f"cannot reach Kafka at {servers}: KafkaTimeoutError: Unable to bootstrap from ['{servers}'] (gave up after 1s)"
     for command in (["run", "--once", "--broker-timeout", "1s"], ["run", "--once", "--verbose", "--broker-timeout", "1s"],
                     ["run", "--once", "--log-format", "json", "--broker-timeout", "1s"], ["status"]):
         result = subprocess.run([sys.executable, "-m", "pipelines.cli", *command, "--db", db, *sasl],
                                 capture_output=True, text=True, env=env, timeout=120)
-        assert SECRET not in result.stdout + result.stderr, command
-        assert result.returncode != 0, command  # the local broker does not speak SASL: a clear failure, not a hang
-        assert "Traceback" not in result.stderr, command
+        output = result.stdout + result.stderr
+        assert SECRET not in output, command
+        assert "Traceback" not in output, command
+        if command[0] == "status":  # CRIT: the broker cannot be read
+            assert result.returncode == 2, output
+            assert f"  - broker unreachable: {failure.removesuffix(' (gave up after 1s)')}" in result.stdout.splitlines(), output
+            continue
+        assert result.returncode == 3, (command, output)  # 3 = broker unreachable
+        if "--log-format" in command:
+            records = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+            assert [(r["level"], r["logger"], r["message"]) for r in records if r["level"] == "error"] == [
+                ("error", "cxj.run", failure)], output
+            assert "credentials=***" in records[0]["message"] and "sasl_plain_username=cxj" in records[0]["message"]
+            continue
+        cxj_errors = [line for line in result.stderr.splitlines() if " ERROR " in line and "cannot reach Kafka" in line]
+        assert [line.split(" ERROR ", 1)[1].strip() for line in cxj_errors] == [failure], output
+        if "--verbose" in command:  # the client's own log names the handshake failure
+            assert "UnsupportedSaslMechanismError" in result.stderr, output
+        else:
+            assert len([line for line in result.stderr.splitlines() if " ERROR " in line]) == 1, output
 
 
-# Names that may appear inside {...} of an f-string holding SQL in pipelines/: constants, values the
-# code computed (ints, names from fixed tuples, SQL fragments built the same way) and the quoting
-# helpers. A new name here needs a reason. Identifiers from users (the --db file name becomes the
-# database name) go through ident(); paths and other text through sql_literal().
+# What may stand inside {...} of an f-string holding SQL in pipelines/, checked on the syntax tree:
+# - calls of the quoting helpers (sql_literal, ident) and int(): safe whatever their argument;
+# - _ts()/_ms_ts() of a literal column name; module constants bound to a literal;
+#   a conditional choosing between such values;
+# - anything else only where it is reviewed: file, function AND expression, with the reason it is
+#   safe. The same name in a new place, or a new expression, fails until someone reviews it, and
+#   a reviewed place that no longer exists fails too (the list cannot rot).
+QUOTING = {"sql_literal", "ident", "int", "_ident", "_literal", "self._like"}  # models.py, sql_shell.py: doubling quotes
 REVIEWED = {
-    "LAKE_ALIAS", "META_TABLE", "STATE_TABLE", "MERGE_LARGE",  # module constants
-    "_ts", "_ms_ts", "sql_literal", "ident", "int",  # quoting and casting helpers
-    "columns", "source", "dead_source", "journey_source", "link_source", "partitioned", "query", "touched",
-    "window", "lake", "self.source",  # fragments built from the above (source: read_parquet([sql_literal...]))
-    "table", "t", "name", "column", "cap", "ids",  # from fixed tuples / code call sites / ints read back
-    # analyst tools: model SQL comes from the repository's sql/models files; names and text are quoted
-    "_ident", "_literal", "m.select", "kind", "self._relations", "self._like",
-    # report.py: WHERE clauses of `?` placeholders (values are bound parameters) and bucket CASEs from constants
-    "journeys", "where", "landed_where", "landed_where.replace", "label", "order",
+    "replica.py:attach_sql": {"', '.join(options)": "options are literals and a DATA_PATH built with sql_literal"},
+    "replica.py:publish": {
+        "self.source": "ident() of current_database(), set in __init__",
+        "window": "SQL text built in publish() from int batch ids",
+        "table": "loop over the module tuples APPENDED/REPLACED/PER_CUSTOMER",
+        "touched": "SQL text built in publish() from self.source and int batch ids",
+    },
+    "replica.py:compact": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
+    "replica.py:_create_views": {"self.source": "ident() of current_database(), set in __init__"},
+    "replica.py:_rebuild": {
+        "table": "loop over the module tuple TABLES",
+        "self.source": "ident() of current_database(), set in __init__",
+    },
+    "replica.py:_needs_rebuild": {"self.source": "ident() of current_database(), set in __init__"},
+    "replica.py:_last_landed": {"self.source": "ident() of current_database(), set in __init__"},
+    "replica.py:_fingerprint": {
+        "self.source": "ident() of current_database(), set in __init__",
+        "t": "loop over the module tuple TABLES",
+    },
+    "replica.py:_expire": {
+        "lake": "sql_literal(LAKE_ALIAS) in the same function",
+        "ids": "list of int() snapshot ids read back from the catalog",
+    },
+    "store.py:select_new_events": {"source": "_parquet(): read_parquet([...]) of sql_literal() paths"},
+    "store.py:export_history": {
+        "columns": "literal column list in the same function",
+        "query": "f-string in the same function built from columns",
+        "partitioned": "literal PARTITION_BY clause with int(partitions)",
+    },
+    "store.py:land": {
+        "dead_source": "_parquet(): read_parquet([...]) of sql_literal() paths",
+        "journey_source": "_parquet(): read_parquet([...]) of sql_literal() paths",
+        "link_source": "_parquet(): read_parquet([...]) of sql_literal() paths",
+        "touched": "literal subquery in the same function",
+    },
+    "store.py:count": {"table": "checked against a fixed set of table names just before"},
+    "store.py:record_source_changes": {"where": "literal WHERE of ? placeholders in the same loop"},
+    "summary.py:_histogram": {
+        "column": "literal column names at the two call sites in summarize()",
+        "cap": "int literals at the two call sites in summarize()",
+    },
+    "summary.py:summarize": {"db_path": "printed as a hint for the user to copy, never executed"},
+    "models.py:catalog_statements": {"m.select": "model SQL read from the repository's sql/models files"},
+    "replica.py:_load_installed_only": {"name": "literal extension names from load_extensions()"},
+    "report.py:collect": {
+        "where": "Filters.where(): clauses of ? placeholders, values bound as parameters",
+        "journeys": "subquery built in collect() from where",
+        "label": "_bucket_sql(): CASE text from the module's constant buckets",
+        "order": "_bucket_sql(): CASE text from the module's constant buckets",
+        "landed_where": "Filters: clauses of ? placeholders, values bound as parameters",
+        "landed_where.replace('landed_at', 'b.finished_at')": "the same clauses with a column renamed",
+    },
+    "sql_shell.py:_tables": {"self._relations()": "literal catalog query"},
+    "sql_shell.py:_schema": {"self._relations()": "literal catalog query"},
+    "sql_shell.py:_describe": {"name": "quoted in _describe() by doubling '"},
 }
-# Reported: CXJ_REPLICA_RETENTION (environment) is pasted into INTERVAL '...' unquoted.
-KNOWN_UNQUOTED = {"replica.py: RETENTION"}
-SQL = re.compile(r"\b(SELECT|INSERT|DELETE|COPY|FROM|ATTACH|CREATE|DROP|UPDATE|USE|LOAD|CALL|DESCRIBE|INTERVAL|WHERE)\b")
+SQL = re.compile(r"\b(SELECT|INSERT|DELETE|COPY|FROM|ATTACH|DETACH|CREATE|DROP|ALTER|UPDATE|USE|LOAD|INSTALL|CALL|"
+                 r"DESCRIBE|INTERVAL|WHERE|PRAGMA|SET)\b")
 
 
-def test_sql_text_is_built_only_from_reviewed_names():
-    """Every f-string with SQL in the pipeline interpolates only reviewed names."""
-    found = set()
+def _module_constants() -> set[str]:
+    """UPPER_CASE names bound at module level to a literal (or arithmetic on literals), in any
+    pipelines/ module."""
+    constants = set()
+    for path in (ROOT / "pipelines").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                    and node.targets[0].id.isupper()
+                    and all(isinstance(n, (ast.Constant, ast.BinOp, ast.operator)) for n in ast.walk(node.value))):
+                constants.add(node.targets[0].id)
+    return constants
+
+
+def _safe_by_construction(expr: ast.expr, constants: set[str]) -> bool:
+    if isinstance(expr, ast.Constant):
+        return True
+    if isinstance(expr, ast.Name):
+        return expr.id in constants
+    if isinstance(expr, ast.IfExp):
+        return _safe_by_construction(expr.body, constants) and _safe_by_construction(expr.orelse, constants)
+    if isinstance(expr, ast.Call):
+        if ast.unparse(expr.func) in QUOTING:
+            return True
+        if ast.unparse(expr.func) in {"_ts", "_ms_ts"}:
+            return all(isinstance(a, ast.Constant) for a in expr.args)
+    return False
+
+
+def sql_interpolations() -> list[tuple[str, str, int]]:
+    """(file:function, expression, line) for every {...} in an f-string that holds SQL keywords;
+    the function is the innermost one around the f-string."""
+    found = []
     for path in sorted((ROOT / "pipelines").glob("*.py")):
-        for match in re.finditer(r'''\bf("""[\s\S]*?"""|"[^"\n]*"|'[^'\n]*')''', path.read_text()):
-            if SQL.search(match.group(1)):
-                found |= {f"{path.name}: {n}" for n in re.findall(r"\{([A-Za-z_][A-Za-z_0-9.]*)", match.group(1))}
-    unreviewed = {f for f in found if f.split(": ")[1] not in REVIEWED} - KNOWN_UNQUOTED
-    assert unreviewed == set()
+        tree = ast.parse(path.read_text())
+        enclosing: dict[ast.AST, str] = {}
+
+        def visit(node: ast.AST, function: str) -> None:
+            for child in ast.iter_child_nodes(node):
+                inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+                enclosing[child] = inner
+                visit(child, inner)
+
+        visit(tree, "<module>")
+        for node, function in enclosing.items():
+            if not isinstance(node, ast.JoinedStr):
+                continue
+            text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+            if SQL.search(text):
+                found += [(f"{path.name}:{function}", ast.unparse(v.value), node.lineno)
+                          for v in node.values if isinstance(v, ast.FormattedValue)]
+    return found
+
+
+def test_sql_text_is_built_only_from_quoted_or_reviewed_values():
+    """Every value interpolated into SQL text in pipelines/ is quoted, a constant, or reviewed in
+    its place. There is no permanent exemption: the retention setting is a bound parameter now."""
+    constants = _module_constants()
+    unreviewed, used = [], set()
+    for where, expr, line in sql_interpolations():
+        if _safe_by_construction(ast.parse(expr, mode="eval").body, constants):
+            continue
+        if expr in REVIEWED.get(where, {}):
+            used.add((where, expr))
+            continue
+        unreviewed.append(f"{where} line {line}: {{{expr}}}")
+    assert unreviewed == [], "SQL text interpolates unreviewed values"
+    stale = [f"{w}: {e}" for w, entries in REVIEWED.items() for e in entries if (w, e) not in used]
+    assert stale == [], "reviewed interpolations that no longer exist: remove them"
+
+
+def test_the_checker_catches_unquoted_interpolation(tmp_path, monkeypatch):
+    """The checker itself fails on the kind of line it exists for (the old INTERVAL '{RETENTION}')."""
+    bad = "RETENTION = os.environ.get('X', '10 minutes')\ndef _expire(con):\n    con.execute(f\"SELECT 1 WHERE t < now() - INTERVAL '{RETENTION}'\")\n"
+    fake = tmp_path / "pipelines"
+    fake.mkdir()
+    (fake / "replica.py").write_text(bad)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert [(w, e) for w, e, _ in sql_interpolations()] == [("replica.py:_expire", "RETENTION")]
+    assert not _safe_by_construction(ast.parse("RETENTION", mode="eval").body, _module_constants())
+
+
+def test_replica_retention_is_parsed_and_bound_not_pasted(monkeypatch):
+    from pipelines.replica import DEFAULT_RETENTION_S, retention_seconds
+
+    assert retention_seconds("") == DEFAULT_RETENTION_S == 600
+    cases = {"10 minutes": 600, "1 minute": 60, "2 hours": 7200, "1 day": 86400, "30 seconds": 30, "90s": 90,
+             "10m": 600, "3h": 10800, "2d": 172800, "45": 45, " 1.5 HOURS ": 5400}
+    assert {text: retention_seconds(text) for text in cases} == cases
+    for hostile in ["10 minutes'; DROP TABLE events; --", "1 second' OR '1'='1", "ten minutes", "-5 minutes", "5 weeks", "1e9"]:
+        with pytest.raises(ValueError, match="CXJ_REPLICA_RETENTION"):
+            retention_seconds(hostile)
+    monkeypatch.setenv("CXJ_REPLICA_RETENTION", "7 minutes")
+    assert retention_seconds() == 420
+
+
+def test_replica_snapshot_expiry_runs_with_the_bound_retention(broker, topics, tmp_path, monkeypatch, caplog):
+    """The expiry query for real: a 0 s retention expires every snapshot but the newest, a day
+    keeps them all, and a hostile value is refused with one warning and changes nothing."""
+    import logging
+
+    from pipelines.store import Store
+    from tests.support import run_once
+
+    db = tmp_path / "r.duckdb"
+    for i in range(3):  # three batches: three publishes, each a snapshot
+        send_events(broker, topics, [{"event_id": f"r{i}", "event_type": "ticket.created", "customer_id": f"c{i}",
+                                      "schema_version": 1, "occurred_at": "2026-10-01T10:00:00Z", "ticket_id": f"T{i}",
+                                      "channel": "web"}])
+        run_once(db, broker, topics)
+    caplog.set_level(logging.WARNING, logger="cxj")
+    with Store(db) as store:
+        snapshots = lambda: store.replica.con.execute("SELECT count(*) FROM ducklake_snapshots('lake')").fetchone()[0]  # noqa: E731
+        before = snapshots()
+        assert before >= 4
+        monkeypatch.setenv("CXJ_REPLICA_RETENTION", "10 minutes'; DROP TABLE events; --")
+        assert store.replica._expire() == 0
+        assert [r.getMessage() for r in caplog.records if "CXJ_REPLICA_RETENTION" in r.getMessage()] == [
+            "CXJ_REPLICA_RETENTION=\"10 minutes'; DROP TABLE events; --\" is not a duration like '10 minutes' or 10m; using 600 s"]
+        monkeypatch.setenv("CXJ_REPLICA_RETENTION", "1 day")
+        assert store.replica._expire() == 0
+        monkeypatch.setenv("CXJ_REPLICA_RETENTION", "0s")
+        assert store.replica._expire() == before - 1
+        assert snapshots() == 1
+    assert table(db, "SELECT count(*) FROM events") == [(3,)]
 
 
 def test_a_hostile_database_path_is_quoted_everywhere(broker, topics, tmp_path):

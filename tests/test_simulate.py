@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -71,3 +72,45 @@ def test_mess_fractions():
     deduped = list(dict.fromkeys(messy_clean))
     assert deduped != clean_order  # some arrived late
     assert sorted(deduped) == sorted(clean_order)
+
+
+def test_rate_is_respected_measured_from_kafka_record_timestamps(broker, topics):
+    """`cxj simulate --rate R` (README): the producer's record timestamps (CreateTime, stamped when
+    each message is handed to the client) span (N - 1) / R seconds within 10 %, and every quarter
+    of the run keeps the pace within 25 % (no burst-then-wait)."""
+    import os
+    import subprocess
+    import sys
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    rate = 40.0
+    cmd = [sys.executable, "-m", "pipelines.cli", "simulate", "--customers", "12", "--seed", "5", "--rate", str(rate),
+           "--bootstrap-servers", broker.bootstrap_servers, "--topic-tickets", topics["tickets"],
+           "--topic-chats", topics["chats"], "--topic-surveys", topics["surveys"]]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = len(to_messages(generate_customer_events(12, 5, START), 5, 0.0, 0.0, 0.0))
+    assert f"sent {expected} messages" in result.stderr
+
+    consumer = KafkaConsumer(**broker.client_kwargs(), enable_auto_commit=False, group_id=None)
+    tps = [TopicPartition(t, p) for t in topics.values() for p in consumer.partitions_for_topic(t) or ()]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    stamps: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(stamps) < expected and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            stamps += [r.timestamp for r in records]
+    consumer.close()
+    assert len(stamps) == expected
+    stamps.sort()
+    span_s = (stamps[-1] - stamps[0]) / 1000
+    achieved = (expected - 1) / span_s
+    print(f"{expected} messages over {span_s:.2f}s: {achieved:.1f}/s for --rate {rate:.0f}")
+    assert abs(achieved - rate) <= 0.10 * rate, achieved
+    quarter = expected // 4
+    for q in range(4):
+        part = stamps[q * quarter:(q + 1) * quarter]
+        part_rate = (len(part) - 1) / max((part[-1] - part[0]) / 1000, 1e-3)
+        assert abs(part_rate - rate) <= 0.25 * rate, (q, part_rate)

@@ -372,3 +372,48 @@ def test_thread_starting_at_the_instant_another_ends_joins_with_zero_window():
     assert len(rows) == 1
     rows = assemble_journeys("c1", [ticket("T1", 0), status("T1", 100, "solved"), ticket("T2", 101)], repeat_window_s=0)
     assert len(rows) == 2
+
+
+# docs/metrics.md "Order of events": at the same instant, by type in this order, then by event_id.
+DOCUMENTED_TYPE_ORDER = [
+    ("ticket.created", "chat.started"),
+    ("ticket.assigned", "chat.assigned"),
+    ("ticket.message", "chat.message"),
+    ("ticket.status_changed",),
+    ("chat.ended",),
+    ("survey.responded",),
+]
+
+
+def test_event_order_at_one_instant_is_the_documented_type_order():
+    """All nine types at one instant, event ids running against the documented order (tickets
+    and chats mixed): only the type ranks can put them in order; within a rank the id decides."""
+    types = [t for group in DOCUMENTED_TYPE_ORDER for t in group]
+    events = [ev(0, t, event_id=f"id-{20 - i:02d}") for i, t in enumerate(types)]
+    ordered = sorted(reversed(events), key=lambda e: e.sort_key)
+    rank = {t: i for i, group in enumerate(DOCUMENTED_TYPE_ORDER) for t in group}
+    assert [rank[e.event_type] for e in ordered] == sorted(rank[t] for t in types)
+    for group in DOCUMENTED_TYPE_ORDER:  # same rank: by event_id
+        ids = [e.event_id for e in ordered if e.event_type in group]
+        assert ids == sorted(ids)
+
+
+def test_created_sorts_before_an_assignment_at_the_same_instant():
+    """Through the journey: an assignment at the ticket's creation instant, with a smaller
+    event_id, is still after the creation: the thread starts with its created event, so the
+    journey's first touchpoint carries the ticket's channel and the assignment is the first one."""
+    j = one([ev(0, "ticket.assigned", event_id="a", ticket_id="T", handler_type="agent", agent_id="a1", team="t1"),
+             ev(0, "ticket.created", event_id="b", ticket_id="T", channel="phone"),
+             ev(0, "ticket.assigned", event_id="c", ticket_id="T", handler_type="agent", agent_id="a2", team="t1")])
+    assert j["agents"] == ["a1", "a2"] and j["handoff_count"] == 1
+    assert j["channels"] == ["phone"] and j["touchpoint_count"] == 1
+
+
+def test_a_repeated_escalation_to_the_same_ticket_is_one_escalation_handoff():
+    """docs/metrics.md: a chat ends once (a repeated chat.ended changes nothing, its ticket_id
+    still links), and each chat linked to a ticket adds at most one escalation handoff."""
+    j = one([chat("C", 0), assign("chat:C", 1, "a1", "chat-team"), ended("C", 10, "escalated", ticket_id="T"),
+             ended("C", 20, "escalated", ticket_id="T"), ticket("T", 30), assign("ticket:T", 31, "a2", "tier2"),
+             status("T", 40, "solved")])
+    assert j["threads"] == ["chat:C", "ticket:T"]
+    assert (j["handoff_count"], j["team_handoff_count"]) == (1, 1)

@@ -93,3 +93,49 @@ def test_poison_values_are_contained():
     assert (kind, row["reason"]) == ("dead", "not_utf8")
     kind, row = parse(json.dumps(event(extra="caf\u00e9 \U0001F600")).encode())
     assert kind == "event"
+
+
+def test_default_size_limit_is_one_mebibyte():
+    """docs/security.md: oversized messages (--max-message-bytes, default 1 MiB) are rejected:
+    1,048,576 bytes pass, one byte more is too_large."""
+    bare = len(json.dumps(event(subject="")).encode())
+    at_limit = json.dumps(event(subject="x" * (1_048_576 - bare))).encode()
+    assert len(at_limit) == 1_048_576
+    assert parse(at_limit)[0] == "event"
+    kind, row = parse(at_limit[:-1] + b' }')
+    assert (kind, row["reason"]) == ("dead", "too_large")
+
+
+def test_accepted_time_range_boundaries():
+    """docs/architecture.md: occurred_at must not lie before 2000-01-01 or more than
+    --max-future-skew (default 1 day) ahead of the batch's processing time; the bounds themselves
+    are inside."""
+    def at(us: int) -> str:
+        from datetime import datetime, timezone
+        return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat(timespec="microseconds")
+
+    y2k = 946_684_800_000_000
+    assert parse(event(occurred_at="2000-01-01T00:00:00Z"))[0] == "event"
+    assert parse(event(occurred_at="1999-12-31T23:59:59.999999Z"))[1]["reason"] == "timestamp_out_of_range"
+    assert at(y2k) == "2000-01-01T00:00:00.000000+00:00"
+    day_ahead = NOW_US + 86_400 * 1_000_000
+    assert parse(event(occurred_at=at(day_ahead)))[0] == "event"
+    assert parse(event(occurred_at=at(day_ahead + 1)))[1]["reason"] == "timestamp_out_of_range"
+
+
+def test_nesting_limit_counts_levels_not_brackets():
+    """docs/security.md: JSON nested deeper than 32 levels is rejected (the top-level object is
+    level 1). Many shallow lists are not deep, and exactly 32 levels pass however many brackets
+    the message holds."""
+    assert parse(event(extra=[[] for _ in range(40)]))[0] == "event"  # 42 brackets, 3 levels
+    nested_31 = json.loads("[" * 31 + "]" * 31)
+    assert parse(event(extra=nested_31, other=[[], []]))[0] == "event"  # 32 levels, 35 brackets
+    kind, row = parse(event(extra=json.loads("[" * 32 + "]" * 32)))
+    assert (kind, row["reason"]) == ("dead", "too_deep")  # 33 levels
+
+
+def test_an_integral_float_score_on_a_survey_is_that_score():
+    """Scores are read from surveys when integral: 4.0 is csat 4, and 9.0 is nps 9."""
+    base = event(event_type="survey.responded", channel=..., ticket_id="T", survey_id="S")
+    kind, row = parse({**base, "csat": 4.0, "nps": 9.0}, stream="surveys")
+    assert (kind, row["csat"], row["nps"]) == ("event", 4, 9)

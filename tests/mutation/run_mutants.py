@@ -1,0 +1,268 @@
+"""Mutation check of the pure journey and parsing logic: do the fast tests notice a wrong rule?
+
+Enumerates mutation points in the TARGETS on the syntax tree (comparison operators, and/or,
+`not`, if-conditions, + and -, min/max, integer and boolean constants: ordering ranks, window
+checks, handoff conditions, limits), applies ONE at a time and runs the fast pure test
+selection (TESTS, below: the one place that says which tests count) with `-x`. A mutant is
+*killed* when some test fails (or it hangs past the timeout), *survived* when all pass.
+Prints a table per file and every survivor with its line, so each survivor gets a test that
+encodes the documented rule (docs/metrics.md) or is shown to be equivalent.
+
+Each mutant runs in a forked child of a process that has already imported the heavy
+third-party libraries, with the mutated module put into sys.modules before pytest imports
+the tests: nothing is written to the source tree.
+
+    .venv/bin/python tests/mutation/run_mutants.py                 # all targets (tens of minutes)
+    .venv/bin/python tests/mutation/run_mutants.py --target transforms/parse.py --limit 20
+    make mutate
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import os
+import signal
+import sys
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = ["transforms/journeys.py", "transforms/events.py", "transforms/parse.py"]
+# The fast selection that must kill mutants. Pure tests only (no broker, no Beam run); fast ones
+# first, so most mutants die within seconds. Re-check the survivor count whenever this changes.
+TESTS = [
+    "transforms/journeys_test.py",
+    "transforms/parse_test.py",
+    "tests/test_golden.py::test_journey_id_formula_is_pinned",
+    "tests/test_golden.py::test_golden_pure",
+    "tests/test_golden.py::test_golden_arrival_order_is_irrelevant",
+    "tests/test_fuzz.py::test_poison_values_are_contained",
+    "tests/test_fuzz.py::test_each_message_alone_gets_its_written_down_outcome",
+    "tests/test_properties.py::test_oracle_matches_the_golden_scenarios",
+    "tests/test_properties.py::test_pure_invariants",
+    "tests/test_properties.py::test_pure_results_ignore_arrival_order_duplicates_and_batching",
+]
+PRELOAD = ["pytest", "hypothesis", "duckdb", "pyarrow", "pyarrow.parquet", "fastjsonschema", "apache_beam", "kafka",
+           "polars", "schemas"]
+
+SWAP_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+                ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add}
+
+
+@dataclass
+class Mutant:
+    index: int  # position in the enumeration order of its file
+    line: int
+    description: str
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def _skipped(tree: ast.AST) -> set[int]:
+    """Nodes never mutated: docstrings, annotations, and anything inside raise/log calls."""
+    skip = _docstrings(tree)
+    for node in ast.walk(tree):
+        roots: list[ast.AST] = []
+        if isinstance(node, (ast.AnnAssign, ast.arg)) and node.annotation is not None:
+            roots.append(node.annotation)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+            roots.append(node.returns)
+        if isinstance(node, ast.Raise):
+            roots.append(node)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in {
+                "debug", "info", "warning", "error", "exception"}:
+            roots.append(node)
+        for root in roots:
+            skip |= {id(n) for n in ast.walk(root)}
+    return skip
+
+
+def points(tree: ast.AST) -> Iterator[tuple[ast.AST, str, Callable[[ast.AST], None]]]:
+    """Every mutation point in a deterministic order: (node, description, apply)."""
+    skip = _skipped(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Compare):
+            for i, op in enumerate(node.ops):
+                if type(op) in SWAP_COMPARE:
+                    new = SWAP_COMPARE[type(op)]
+
+                    def apply(n, i=i, new=new):
+                        n.ops[i] = new()
+                    yield node, f"{type(op).__name__} -> {new.__name__}", apply
+        elif isinstance(node, ast.BoolOp):
+            new = ast.Or if isinstance(node.op, ast.And) else ast.And
+
+            def apply(n, new=new):
+                n.op = new()
+            yield node, f"{type(node.op).__name__} -> {new.__name__}", apply
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            def apply(n):
+                n.operand = ast.UnaryOp(op=ast.Not(), operand=n.operand)  # not not x: the truth of x
+            yield node, "not x -> x", apply
+        elif isinstance(node, ast.BinOp) and type(node.op) in SWAP_BINOP:
+            new = SWAP_BINOP[type(node.op)]
+
+            def apply(n, new=new):
+                n.op = new()
+            yield node, f"{type(node.op).__name__} -> {new.__name__}", apply
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {"min", "max"}:
+            other = "max" if node.func.id == "min" else "min"
+
+            def apply(n, other=other):
+                n.func.id = other
+            yield node, f"{node.func.id}() -> {other}()", apply
+        elif isinstance(node, ast.Constant) and type(node.value) is bool:
+            def apply(n):
+                n.value = not n.value
+            yield node, f"{node.value} -> {not node.value}", apply
+        elif isinstance(node, ast.Constant) and type(node.value) is int:
+            def apply(n):
+                n.value = n.value + 1
+            yield node, f"{node.value} -> {node.value + 1}", apply
+        if isinstance(node, (ast.If, ast.IfExp, ast.While)) and id(node.test) not in skip:
+            def apply(n):
+                n.test = ast.UnaryOp(op=ast.Not(), operand=n.test)
+            yield node, f"{type(node).__name__} condition negated", apply
+
+
+def enumerate_mutants(source: str) -> list[Mutant]:
+    tree = ast.parse(source)
+    return [Mutant(i, getattr(node, "lineno", 0), text) for i, (node, text, _) in enumerate(points(tree))]
+
+
+def mutated_source(source: str, index: int) -> str:
+    tree = ast.parse(source)
+    for i, (node, _, apply) in enumerate(points(tree)):
+        if i == index:
+            apply(node)
+            return ast.unparse(ast.fix_missing_locations(tree))
+    raise IndexError(index)
+
+
+def _run_tests_in_child(module_name: Optional[str], path: Optional[Path], source: Optional[str], log: Path) -> int:
+    """In a forked child: install the mutated module, run the selection, exit with pytest's code."""
+    fd = os.open(str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.chdir(ROOT)
+    if module_name is not None:
+        import transforms
+
+        module = types.ModuleType(module_name)
+        module.__file__ = str(path)
+        module.__package__ = "transforms"
+        sys.modules[module_name] = module
+        setattr(transforms, module_name.rsplit(".", 1)[1], module)
+        exec(compile(source, str(path), "exec"), module.__dict__)
+    import pytest
+
+    return int(pytest.main([*TESTS, "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", "-o", "addopts="]))
+
+
+def run_one(module_name: Optional[str], path: Optional[Path], source: Optional[str], timeout_s: float, log: Path) -> str:
+    """'killed', 'survived' or 'timeout' (a hang counts as killed: the tests did not pass)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _run_tests_in_child(module_name, path, source, log)
+        except BaseException:  # a mutant that does not even import is killed
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "timeout"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", action="append", help="file to mutate (default: all TARGETS)")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many mutants per file (smoke run)")
+    parser.add_argument("--only", type=int, action="append", help="mutant index to run (with one --target)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--log-dir", type=Path, default=ROOT / ".mutants", help="per-mutant test output")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    targets = args.target or TARGETS
+
+    if args.list:
+        for target in targets:
+            for m in enumerate_mutants((ROOT / target).read_text()):
+                print(f"{target}:{m.line}  #{m.index}  {m.description}")
+        return 0
+    for name in PRELOAD:  # shared by every forked child: each mutant then costs only its tests
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    args.log_dir.mkdir(exist_ok=True)
+    started = time.monotonic()
+    baseline = run_one(None, None, None, 900, args.log_dir / "baseline.log")
+    baseline_s = time.monotonic() - started
+    if baseline != "survived":
+        print(f"the test selection fails without any mutation ({baseline}); see {args.log_dir / 'baseline.log'}")
+        return 2
+    timeout_s = max(60.0, 4 * baseline_s)
+    print(f"baseline: the selection passes in {baseline_s:.1f}s; timeout per mutant {timeout_s:.0f}s", flush=True)
+
+    totals: dict[str, dict[str, int]] = {}
+    survivors: list[str] = []
+    for target in targets:
+        path = ROOT / target
+        source = path.read_text()
+        module_name = target.removesuffix(".py").replace("/", ".")
+        mutants = enumerate_mutants(source)
+        if args.only:
+            mutants = [m for m in mutants if m.index in args.only]
+        if args.limit:
+            mutants = mutants[: args.limit]
+        counts = totals.setdefault(target, {"killed": 0, "timeout": 0, "survived": 0})
+        for m in mutants:
+            log = args.log_dir / f"{path.stem}-{m.index}.log"
+            result = run_one(module_name, path, mutated_source(source, m.index), timeout_s, log)
+            counts[result] += 1
+            line = f"{target}:{m.line}  #{m.index}  {m.description}"
+            print(f"  {result:8s} {line}", flush=True)
+            if result == "survived":
+                survivors.append(line)
+            else:
+                log.unlink(missing_ok=True)
+
+    print("\nfile                         killed  timeout  survived  total")
+    for target, c in totals.items():
+        print(f"{target:28s} {c['killed']:6d} {c['timeout']:8d} {c['survived']:9d} {sum(c.values()):6d}")
+    killed = sum(c["killed"] + c["timeout"] for c in totals.values())
+    total = sum(sum(c.values()) for c in totals.values())
+    print(f"{'all':28s} killed {killed}/{total} in {time.monotonic() - started:.0f}s")
+    print("\nsurvivors:" if survivors else "\nno survivors")
+    for line in survivors:
+        print("  " + line)
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
