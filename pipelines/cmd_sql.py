@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the results to FILE instead of stdout")
     parser.add_argument("--max-rows", type=int, default=100, metavar="N",
                         help="table format: rows shown at most (default %(default)s; 0 = all)")
+    parser.add_argument("--allow-read", type=Path, action="append", default=[], metavar="DIR",
+                        help="also let the query read files under DIR, read-only (repeatable; env CXJ_SQL_ALLOW_READ); "
+                             "off by default: queries read only the journey data (docs/security.md)")
 
 
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -59,7 +62,8 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
             log.error("no query given (argument or stdin)")
             return EXIT_SQL
     try:
-        con, source = open_reader(args.db)
+        con, source = open_reader(args.db, one_shot=not interactive, allow_read=args.allow_read,
+                                  outputs=[args.output] if args.output else [])
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE

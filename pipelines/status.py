@@ -66,7 +66,7 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
     far, the landed offsets and the fingerprints of the last landed records."""
     from pipelines.reader import open_reader
 
-    con, source = open_reader(db)
+    con, source = open_reader(db, one_shot=True)
     try:
         report = StatusReport(checked_at=_iso(now) or "", db=str(db), source=source)
         landed = {(t, p): o for t, p, o in con.execute('SELECT topic, "partition", next_offset FROM pipeline_offsets').fetchall()}
