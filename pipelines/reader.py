@@ -195,3 +195,44 @@ def query(sql: str, db: Path | str = DEFAULT_DB, allow_read: Sequence[Path | str
         return relation.pl()
     finally:
         con.close()
+
+
+def replica_disagreement(con: ReaderConnection, db: Path | str, attempts: int = 4) -> Optional[str]:
+    """Why the replica ``con`` reads does not show what the database landed; None if it does.
+
+    Compared with the database itself when no process holds it (a read-only look of a few
+    milliseconds; a pipeline starting meanwhile waits for it), else with the summary the writer
+    recorded at its last verified publish (``<db>.lake/published.json``). A publish landing
+    between the two reads is re-read, not reported.
+    """
+    from pipelines.replica import read_sidecar, read_summary, summary_differences
+
+    path = Path(db)
+    differences: list[str] = []
+    for attempt in range(attempts):
+        replica = read_summary(con)
+        if path.is_file() and lock_holder(path) is None:
+            try:
+                database_con = _open_database(path, (), ())
+            except duckdb.Error:
+                database = None  # a writer got there first: use what it recorded
+            else:
+                try:
+                    database = read_summary(database_con)
+                finally:
+                    database_con.close()
+            against = "the database"
+        else:
+            database = None
+        if database is None:
+            database = read_sidecar(path)
+            against = "the database as of the last publish"
+            if database is None:
+                return None  # a writer that records no summary (older version): nothing to compare
+        differences = summary_differences(replica, database)
+        if not differences:
+            return None
+        if attempt + 1 < attempts:
+            time.sleep(0.3)
+    return (f"the read replica {lake_dir(path)} disagrees with {against}: {'; '.join(differences)} "
+            "(readers see wrong data; the pipeline rebuilds it at its next start or batch)")

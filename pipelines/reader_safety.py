@@ -232,6 +232,12 @@ def _explained() -> Iterator[None]:
                 f"{ALLOW_READ_ENV}=DIR lets them read files of yours, read-only)"
             ) from None
         raise
+    except duckdb.Error as exc:
+        lines = [line.strip() for line in str(exc).splitlines()
+                 if line.strip() and not line.strip().startswith("LINE ") and set(line.strip()) != {"^"}]
+        if len(lines) <= 1:
+            raise
+        raise type(exc)(" ".join(lines)) from None  # one line, same kind of error
 
 
 def _wrap(value: Any, outputs: frozenset[str]) -> Any:
