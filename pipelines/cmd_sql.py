@@ -17,10 +17,13 @@ Tables: events, journeys, journey_events, dead_letters, pipeline_offsets, pipeli
 Views: stg_*, core_*, v_freshness and the marts mart_daily_kpis, mart_channel_paths,
 mart_handoff_pingpong, mart_open_backlog, mart_csat_by_friction (docs/marts.md).
 
-When the pipeline is not running this reads the --db file itself; while it runs, the read
-replica it publishes after every batch (docs/storage.md). Either way, read-only.
+Reads the read replica the pipeline publishes after every batch (docs/storage.md), running or
+not, so it never keeps the pipeline from starting; a database without a replica is read
+directly, for one-shot queries only. Only queries run, and no other file is read unless
+--allow-read names its folder (docs/security.md "Readers cannot write").
 
-Exit codes: 0 ok, 1 SQL error (any statement), 2 database problem or output not writable.
+Exit codes: 0 ok, 1 SQL error or a refused statement (readers cannot write), 2 database problem or
+output not writable.
 """
 from __future__ import annotations
 
