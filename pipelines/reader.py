@@ -210,7 +210,11 @@ def replica_disagreement(con: ReaderConnection, db: Path | str, attempts: int = 
     path = Path(db)
     differences: list[str] = []
     for attempt in range(attempts):
-        replica = read_summary(con)
+        con.execute("BEGIN TRANSACTION")  # one snapshot of the replica for all the figures
+        try:
+            replica = read_summary(con)
+        finally:
+            con.execute("COMMIT")
         if path.is_file() and lock_holder(path) is None:
             try:
                 database_con = _open_database(path, (), ())

@@ -201,9 +201,10 @@ class ReaderRelation:
 
     def _file_writer(self, name: str, method: Any) -> Any:
         def write(path: Any, *args: Any, **kwargs: Any) -> Any:
-            if str(Path(str(path)).resolve()) not in self._outputs:
+            target = str(Path(str(path)).resolve())  # the form allowed_paths holds
+            if target not in self._outputs:
                 raise ReaderRefused(f"read-only: readers do not write files ({name} {path})")
-            return method(str(path), *args, **kwargs)
+            return method(target, *args, **kwargs)
 
         return write
 
