@@ -15,7 +15,6 @@ and a replica tampered with out of band makes `cxj status` WARN until the writer
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
 import shutil
@@ -32,7 +31,6 @@ import pytest
 from pipelines import cmd_sql
 from pipelines.cli import main as cli_main
 from pipelines.reader import connect, open_reader, query
-from pipelines.reader_safety import ReaderRefused
 from pipelines.replica import TABLES, catalog_path, data_path, lake_dir, read_summary
 from pipelines.simulate import generate_customer_events, to_messages
 from tests.support import new_topics, send
