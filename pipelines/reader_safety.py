@@ -112,19 +112,30 @@ def _check_select(text: str) -> None:
         raise ReaderRefused(f"read-only: the function {bad[0]}() is not allowed for readers (it can change data or run other SQL)")
 
 
+def _split(sql: str) -> list[Any]:
+    """The statements of ``sql`` as DuckDB's parser sees them, on our private connection (never
+    the process-wide default one, whose state other code may change)."""
+    with _parser_lock:
+        return _serializer().extract_statements(sql)
+
+
 def check_sql(sql: str) -> None:
-    """Raises ReaderRefused unless every statement in ``sql`` is a plain read."""
+    """Raises ReaderRefused unless every statement in ``sql`` is a plain read. Fails closed: SQL
+    the parser cannot classify is refused, except plain syntax errors, which DuckDB's own parser
+    reports identically when the statement runs (nothing runs)."""
     try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error:
-        return  # not valid SQL: DuckDB reports the syntax error itself when it runs
+        statements = _split(sql)
+    except duckdb.ParserException:
+        return
+    except duckdb.Error as exc:
+        raise ReaderRefused(f"read-only: this statement cannot be checked, so it is not run ({str(exc).splitlines()[0]})") from None
     for statement in statements:
         kind = statement.type
         text = statement.query
         if kind == duckdb.StatementType.EXPLAIN:
             inner = _EXPLAIN.sub("", text, count=1)
             try:
-                parts = duckdb.extract_statements(inner)
+                parts = _split(inner)
             except duckdb.Error:
                 parts = []
             if len(parts) != 1 or parts[0].type != duckdb.StatementType.SELECT:
