@@ -136,7 +136,7 @@ def _open_database(path: Path, read_dirs: Sequence[Path], outputs: Sequence[Path
     except duckdb.Error:
         con.close()
         raise
-    return ReaderConnection(con, "database", outputs)
+    return ReaderConnection(con, "database", outputs, protected=lambda target: _protected(path, target))
 
 
 def connect(db: Path | str = DEFAULT_DB, wait_s: float = 10.0, allow_read: Sequence[Path | str] = ()) -> ReaderConnection:
@@ -174,7 +174,7 @@ def connect_replica(db: Path | str = DEFAULT_DB, read_dirs: Sequence[Path] = (),
         if "creating a new ducklake is explicitly disabled" in str(exc).lower():  # catalog file, no lake yet
             raise ReplicaNotReady(f"the read replica {catalog} is being created; try again in a moment") from None
         raise StoreError(f"cannot open the read replica {catalog}: {str(exc).splitlines()[0]}") from None
-    return ReaderConnection(con, "replica", outputs)
+    return ReaderConnection(con, "replica", outputs, protected=lambda target: _protected(Path(db), target))
 
 
 def published_batch(con: ReaderConnection | duckdb.DuckDBPyConnection) -> Optional[int]:

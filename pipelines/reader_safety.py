@@ -264,10 +264,19 @@ class ReaderConnection:
     and friends raise ReaderRefused; the engine settings (see `harden`) refuse what slips past.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, source: str, outputs: Iterable[Path] = ()) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, source: str, outputs: Iterable[Path] = (),
+                 protected: Any = None) -> None:
         self._con = con
         self.source = source  # 'replica' or 'database'
         self._outputs = frozenset(str(Path(p).resolve()) for p in outputs)
+        self._protected = protected  # Path -> bool: files no output may go to (the data itself)
+
+    def refuse_output(self, path: Path | str) -> Optional[str]:
+        """Why a command reading through this connection must not write ``path`` (None: fine).
+        For outputs chosen after opening, e.g. the prompt's `.output FILE`."""
+        if self._protected is not None and self._protected(Path(path)):
+            return f"refusing to write results to {path}: readers never overwrite the database or its replica"
+        return None
 
     # ---- SQL entry points: checked
     def execute(self, query: str, parameters: Any = None) -> "ReaderConnection":

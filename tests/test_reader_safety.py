@@ -569,3 +569,17 @@ def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 90.0
             pass
         time.sleep(0.3)
     raise AssertionError(f"condition not met in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def test_dot_output_in_scripts_and_the_prompt_never_targets_the_data(landed, tmp_path):
+    """`.output FILE` (prompt or a script on stdin) is refused for the database and its replica."""
+    db, _ = prepared(landed, tmp_path, "replica")
+    before = files_of(db)
+    a_data_file = next(data_path(db).rglob("*.parquet"))
+    targets = [db, Path(str(db) + ".wal"), catalog_path(db), a_data_file, lake_dir(db) / "new.csv"]
+    script = "".join(f".output {t}\nSELECT 1 AS x;\n" for t in targets)
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "sql", "--db", str(db)], input=script,
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    refusals = [line for line in done.stderr.splitlines() if "readers never overwrite" in line]
+    assert done.returncode == 1 and len(refusals) == len(targets), done.stderr
+    assert files_of(db) == before
