@@ -117,8 +117,8 @@ def repl(con, source: str, args: argparse.Namespace) -> int:
     except ImportError:
         pass
     if source == "replica":
-        banner = (f"cxj sql: {args.db} is being written by the pipeline; reading its live read replica "
-                  f"(published through batch {published_batch(con)}; every statement sees the latest).")
+        banner = (f"cxj sql: reading the read replica of {args.db} (published through batch "
+                  f"{published_batch(con)}; every statement sees the latest; never blocks the pipeline).")
     else:
         banner = f"cxj sql: reading {args.db} (read-only). The pipeline cannot start while this prompt is open."
     shell = Shell(con, fmt=args.format, max_rows=args.max_rows, output=args.output)
