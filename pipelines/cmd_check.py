@@ -32,7 +32,7 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from pipelines.store import StoreError
 
     try:
-        con, source = open_reader(args.db)
+        con, _source = open_reader(args.db, one_shot=True)
     except StoreError as exc:
         log.error("%s", exc)
         return 2
@@ -41,13 +41,15 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     finally:
         con.close()
     print(report.render())
-    if not args.no_store:
-        if source != "database":
-            log.warning("the pipeline holds %s: result not stored (use `cxj run --check` to record checks)", args.db)
-        else:
-            try:
-                with duckdb.connect(str(args.db)) as writer:
-                    store_report(writer, report)
-            except duckdb.Error as exc:
+    if not args.no_store and args.db.is_file():
+        # Storing is a write, done after the read connection is closed and only if no pipeline
+        # holds the file (never waits for it: the pipeline must not wait for `cxj check` either).
+        try:
+            with duckdb.connect(str(args.db)) as writer:
+                store_report(writer, report)
+        except duckdb.Error as exc:
+            if "lock" in str(exc).lower():
+                log.warning("the pipeline holds %s: result not stored (use `cxj run --check` to record checks)", args.db)
+            else:
                 log.warning("result not stored in %s: %s", args.db, str(exc).splitlines()[0])
     return 0 if report.success else 1

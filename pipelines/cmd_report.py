@@ -53,13 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import duckdb
 
-    from pipelines.reader import connect, published_batch
+    from pipelines.reader import open_reader, published_batch
     from pipelines.report import Filters, ReportError, build, write
     from pipelines.store import StoreError
 
     filters = Filters(args.since, args.until, args.days, list(args.channel), list(args.team))
     try:
-        con = connect(args.db)  # read-only; the replica while the pipeline holds the file
+        con, _source = open_reader(args.db, one_shot=True)  # read-only, locked down; the replica when there is one
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE

@@ -17,10 +17,13 @@ Tables: events, journeys, journey_events, dead_letters, pipeline_offsets, pipeli
 Views: stg_*, core_*, v_freshness and the marts mart_daily_kpis, mart_channel_paths,
 mart_handoff_pingpong, mart_open_backlog, mart_csat_by_friction (docs/marts.md).
 
-When the pipeline is not running this reads the --db file itself; while it runs, the read
-replica it publishes after every batch (docs/storage.md). Either way, read-only.
+Reads the read replica the pipeline publishes after every batch (docs/storage.md), running or
+not, so it never keeps the pipeline from starting; a database without a replica is read
+directly, for one-shot queries only. Only queries run, and no other file is read unless
+--allow-read names its folder (docs/security.md "Readers cannot write").
 
-Exit codes: 0 ok, 1 SQL error (any statement), 2 database problem or output not writable.
+Exit codes: 0 ok, 1 SQL error or a refused statement (readers cannot write), 2 database problem or
+output not writable.
 """
 from __future__ import annotations
 
@@ -44,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the results to FILE instead of stdout")
     parser.add_argument("--max-rows", type=int, default=100, metavar="N",
                         help="table format: rows shown at most (default %(default)s; 0 = all)")
+    parser.add_argument("--allow-read", type=Path, action="append", default=[], metavar="DIR",
+                        help="also let the query read files under DIR, read-only (repeatable; env CXJ_SQL_ALLOW_READ); "
+                             "off by default: queries read only the journey data (docs/security.md)")
 
 
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -59,7 +65,8 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
             log.error("no query given (argument or stdin)")
             return EXIT_SQL
     try:
-        con, source = open_reader(args.db)
+        con, source = open_reader(args.db, one_shot=not interactive, allow_read=args.allow_read,
+                                  outputs=[args.output] if args.output else [])
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE
@@ -110,8 +117,8 @@ def repl(con, source: str, args: argparse.Namespace) -> int:
     except ImportError:
         pass
     if source == "replica":
-        banner = (f"cxj sql: {args.db} is being written by the pipeline; reading its live read replica "
-                  f"(published through batch {published_batch(con)}; every statement sees the latest).")
+        banner = (f"cxj sql: reading the read replica of {args.db} (published through batch "
+                  f"{published_batch(con)}; every statement sees the latest; never blocks the pipeline).")
     else:
         banner = f"cxj sql: reading {args.db} (read-only). The pipeline cannot start while this prompt is open."
     shell = Shell(con, fmt=args.format, max_rows=args.max_rows, output=args.output)

@@ -56,6 +56,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the data-quality suite after every batch; stop with exit 5 when it fails")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (lag, freshness, counts, latency)")
+    parser.add_argument("--lock-timeout", type=parse_duration, default="10s", metavar="DURATION",
+                        help="at start, wait this long for another process to release the database file, "
+                             "then exit 2 naming it (default 10s)")
     add_kafka_arguments(parser)
 
 
@@ -73,6 +76,7 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         beam_args=list(beam_args),
         metrics_port=args.metrics_port,
         check=args.check,
+        lock_timeout_s=float(args.lock_timeout),
     )
 
 
@@ -82,7 +86,7 @@ def execute(config: RunConfig, follow: bool) -> int:
     from pipelines.store import Store
 
     try:
-        store = Store(config.db)
+        store = Store(config.db, lock_timeout_s=config.lock_timeout_s)
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -215,6 +216,46 @@ LEFT JOIN (SELECT coalesce(max(batch_id), 0) AS batch_id, max_by(started_at, bat
 """
 
 
+SIDECAR = "published.json"  # the database's summary as of the last verified publish (for `cxj status`)
+
+
+def read_summary(con: "duckdb.DuckDBPyConnection | object", prefix: str = "") -> dict[str, int]:
+    """Row counts of every table, last batch, landed total and sum of the stored offsets.
+
+    Computed the same way on the database and on the replica, so any difference means the
+    replica does not show what the database landed (a failed publish, or tampering). Small
+    separate queries: measured faster than one query of scalar subqueries on a busy machine.
+    Call it inside one transaction (or on a reader, whose statements each see one snapshot)
+    when the copy may change meanwhile.
+    """
+    summary = {t: int(con.execute(f"SELECT count(*) FROM {prefix}{t}").fetchone()[0]) for t in TABLES}
+    last, landed = con.execute(
+        f"SELECT coalesce(max(batch_id), 0), coalesce(sum(landed), 0) FROM {prefix}pipeline_batches").fetchone()
+    offsets = con.execute(f"SELECT coalesce(sum(next_offset), 0) FROM {prefix}pipeline_offsets").fetchone()[0]
+    summary.update(last_batch=int(last), landed_total=int(landed), offsets_total=int(offsets))
+    return summary
+
+
+def summary_differences(replica: dict[str, int], database: dict[str, int]) -> list[str]:
+    """Human-readable differences, e.g. ['journeys 40 (database 42)']; empty when equal."""
+    return [f"{key} {replica.get(key)} (database {value})" for key, value in database.items() if replica.get(key) != value]
+
+
+def read_sidecar(db: Path | str) -> Optional[dict[str, int]]:
+    try:
+        data = json.loads((lake_dir(db) / SIDECAR).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("summary") if isinstance(data, dict) else None
+
+
+def _write_sidecar(db: Path, summary: dict[str, int]) -> None:
+    target = lake_dir(db) / SIDECAR
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"summary": summary, "written_at": time.time()}))
+    os.replace(temporary, target)
+
+
 @dataclass
 class PublishResult:
     first_batch: int
@@ -369,6 +410,9 @@ class Replica:
         published, started_at, fingerprint, _views = state
         if fingerprint != self._fingerprint():
             return "table columns changed"
+        last = self._last_landed()
+        if published > last:
+            return f"it shows batch {published}, the database has landed only up to {last}"
         if published == 0:
             return None
         row = self.con.execute(
@@ -389,6 +433,7 @@ class Replica:
                 self._caught_up = True
             else:
                 result = self.publish()
+            result = self.verify() or result
         except (duckdb.Error, OSError, ReplicaError) as exc:
             log.warning("replica %s: publish failed, will retry after the next batch: %s",
                         lake_dir(self.db), str(exc).splitlines()[0])
@@ -409,6 +454,27 @@ class Replica:
         if state is not None and state[3] != self._views_fingerprint():
             self._replace_views()
         return self.publish()
+
+    def verify(self) -> Optional[PublishResult]:
+        """Compares the replica with the database; rebuilds it when they disagree.
+
+        Catches whatever left the replica showing something else than the database landed —
+        someone writing to its catalog or files out of band (e.g. a fake pipeline_batches row,
+        which would otherwise stop every later publish), or a publish lost half-way. Then
+        records the database's summary next to the catalog for `cxj status`.
+        """
+        database = read_summary(self.con, f"{self.source}.")
+        differences = summary_differences(read_summary(self.con, f"{LAKE_ALIAS}."), database)
+        result = None
+        if differences:
+            log.warning("replica %s disagrees with the database (%s): rebuilding it",
+                        lake_dir(self.db), "; ".join(differences))
+            result = self._rebuild("it disagreed with the database")
+            differences = summary_differences(read_summary(self.con, f"{LAKE_ALIAS}."), database)
+            if differences:
+                raise ReplicaError(f"replica still disagrees after a rebuild: {'; '.join(differences)}")
+        _write_sidecar(self.db, database)
+        return result
 
     def _create_views(self) -> None:
         """Inside the caller's transaction: the state view and every view file, in the lake."""

@@ -29,6 +29,7 @@ class RunConfig:
     beam_args: Sequence[str] = ()
     metrics_port: Optional[int] = None  # serve Prometheus metrics on this port
     check: bool = False  # run the data-quality suite after every batch
+    lock_timeout_s: float = 10.0  # wait this long for another process's lock on --db at start
 
     @property
     def stream_of_topic(self) -> dict[str, str]:

@@ -259,6 +259,11 @@ class Shell:
             self.output = None
             return
         path = Path(arg.strip("'\"")).expanduser()
+        refusal = getattr(self.con, "refuse_output", lambda _path: None)(path)  # never onto the data itself
+        if refusal:
+            self._error(refusal)
+            self.failed += 1
+            return
         try:
             with open(path, "a", encoding="utf-8"):
                 pass

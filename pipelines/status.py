@@ -44,6 +44,7 @@ class StatusReport:
     dead_letters_last_hour: dict[str, int] = field(default_factory=dict)
     source_resets: list[dict[str, Any]] = field(default_factory=list)  # last SOURCE_RESET_WINDOW_H hours
     broker_error: Optional[str] = None
+    replica_problem: Optional[str] = None  # the read replica does not match the database (WARN)
     level: int = OK
     reasons: list[str] = field(default_factory=list)
 
@@ -66,7 +67,7 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
     far, the landed offsets and the fingerprints of the last landed records."""
     from pipelines.reader import open_reader
 
-    con, source = open_reader(db)
+    con, source = open_reader(db, one_shot=True)
     try:
         report = StatusReport(checked_at=_iso(now) or "", db=str(db), source=source)
         landed = {(t, p): o for t, p, o in con.execute('SELECT topic, "partition", next_offset FROM pipeline_offsets').fetchall()}
@@ -82,6 +83,10 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
         ).fetchall()
         resets = _recent_source_resets(con, now)
         fingerprints = _fingerprints(con)
+        if source == "replica":
+            from pipelines.reader import replica_disagreement
+
+            report.replica_problem = replica_disagreement(con, db)
     finally:
         con.close()
     report.source_resets = resets
@@ -198,6 +203,9 @@ def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Opti
     if report.broker_error:
         level = CRIT
         report.reasons.append(f"broker unreachable: {report.broker_error}")
+    if report.replica_problem:
+        level = max(level, WARN)
+        report.reasons.append(report.replica_problem)
     if report.total_lag and report.processing_freshness_s is not None:
         report.staleness_s = report.processing_freshness_s
     elif report.total_lag and report.last_batch is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +59,42 @@ def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ROLLBACK")
     except duckdb.Error:
         pass
+
+
+# How long a writer waits for another process's lock on the database file to go away (a
+# one-shot reader of a database without a replica, `cxj check` storing its result, a
+# notebook): brief holders are waited out instead of failing the start (`cxj run --lock-timeout`).
+DEFAULT_LOCK_TIMEOUT_S = 10.0
+_PID = re.compile(r"\(PID (\d+)\)")
+
+
+def open_with_lock_retry(path: Path, read_only: bool, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retried while another process holds the file's lock, up to the timeout.
+
+    Gives up with one line naming the cause and, when DuckDB reports it, the holder's PID.
+    """
+    deadline = time.monotonic() + max(0.0, lock_timeout_s)
+    pause = 0.05
+    while True:
+        try:
+            if not read_only:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            message = str(exc).splitlines()[0]
+            if "lock" not in message.lower():
+                raise StoreError(f"cannot open {path}: {message}") from None
+            if time.monotonic() >= deadline:
+                pid = _PID.search(message)
+                holder = f"process {pid.group(1)}" if pid else "another process"
+                raise StoreError(
+                    f"{path} is in use by another process ({holder} holds its lock; DuckDB allows one writer), "
+                    f"gave up after {lock_timeout_s:g}s (--lock-timeout)"
+                ) from None
+        except (duckdb.Error, OSError) as exc:
+            raise StoreError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.5)
 
 
 def sql_literal(text: str) -> str:
@@ -109,21 +147,10 @@ class LandedBatch:
 class Store:
     """A writer connection to the journeys database."""
 
-    def __init__(self, path: Path | str, read_only: bool = False) -> None:
+    def __init__(self, path: Path | str, read_only: bool = False,
+                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.path = Path(path)
-        try:
-            if not read_only:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as exc:
-            message = str(exc).splitlines()[0]
-            if "lock" in message.lower():
-                raise StoreError(
-                    f"{self.path} is in use by another process (DuckDB allows one writer): {message}"
-                ) from None
-            raise StoreError(f"cannot open {self.path}: {message}") from None
-        except (duckdb.Error, OSError) as exc:
-            raise StoreError(f"cannot open {self.path}: {str(exc).splitlines()[0]}") from None
+        self.con = open_with_lock_retry(self.path, read_only, lock_timeout_s)
         # The file we opened: DuckDB keeps writing to it through its descriptor even after it was
         # deleted or replaced, so every landing first checks the path still names this file.
         self.identity = _file_identity(self.path) if self.path.name != ":memory:" else None

@@ -74,7 +74,7 @@ def landed(db: Path) -> int:
     try:
         from pipelines.reader import open_reader
 
-        con, _ = open_reader(db, wait_s=2)
+        con, _ = open_reader(db, wait_s=2, one_shot=True)
         try:
             return con.execute("SELECT count(*) FROM events").fetchone()[0]
         finally:

@@ -234,20 +234,20 @@ def test_reader_process_sees_growing_whole_batches_while_pipeline_runs(broker, t
     print(f"\n{landed_batches} batches; reader queries {len(lines)}: p50 {waits[len(waits) // 2]:.3f}s "
           f"max {waits[-1]:.3f}s (new connection each: p50 {fresh[len(fresh) // 2]:.3f}s max {fresh[-1]:.3f}s)")
     print("\n".join(line for line in text.splitlines() if "maintenance in" in line))
-    # `connect` now opens the database file itself again
+    # readers keep reading the replica when the pipeline stops: they never hold the database file
     con, source = open_reader(db)
     con.close()
-    assert source == "database"
+    assert source == "replica"
 
 
-def test_reader_without_pipeline_reads_the_database_file(broker, topics, db):
+def test_reader_without_pipeline_reads_the_replica(broker, topics, db):
     from tests.support import run_once
 
     send_events(broker, topics, [e for chunk in chunks(3) for e in chunk])
     run_once(db, broker, topics)
     con, source = open_reader(db)
     try:
-        assert source == "database"
+        assert source == "replica"
         assert con.execute("SELECT count(*) FROM journeys").fetchone()[0] == 3
     finally:
         con.close()

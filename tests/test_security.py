@@ -96,6 +96,15 @@ REVIEWED = {
         "self.source": "ident() of current_database(), set in __init__",
         "t": "loop over the module tuple TABLES",
     },
+    "reader_safety.py:check_sql": {"kind.name": "an error message, not SQL: the parser's statement type name"},
+    "reader_safety.py:harden": {
+        "_list(dirs)": "_list() quotes every path as a literal (doubling ')",
+        "_list(paths)": "_list() quotes every path as a literal (doubling ')",
+    },
+    "replica.py:read_summary": {
+        "prefix": '"" or "<self.source>." / "<LAKE_ALIAS>." from its call sites (ident()/constant)',
+        "t": "loop over the module tuple TABLES",
+    },
     "replica.py:_expire": {
         "lake": "sql_literal(LAKE_ALIAS) in the same function",
         "ids": "list of int() snapshot ids read back from the catalog",

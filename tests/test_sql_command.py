@@ -68,6 +68,7 @@ def small_db(tmp_path: Path, monkeypatch) -> Path:
     with Store(db) as store:
         store.con.execute(ROWS)
     monkeypatch.delenv("CXJ_REPLICA")
+    Store(db).close()  # publishes the read replica, which readers (the prompt too) read
     return db
 
 
@@ -465,7 +466,7 @@ def test_parquet_holds_one_result_per_file(small_db, tmp_path, capsys):
     target = tmp_path / "two.parquet"
     assert cxj("--db", str(small_db), "--format", "parquet", "-o", str(target), "SELECT 1 AS a; SELECT 2 AS b") == 1
     assert not target.exists() and "one result per file" in capsys.readouterr().err
-    assert cxj("--db", str(small_db), "--format", "parquet", "-o", str(target), "SET threads = 1; SELECT 2 AS b") == 0
+    assert cxj("--db", str(small_db), "--format", "parquet", "-o", str(target), "BEGIN; SELECT 2 AS b; COMMIT") == 0
     assert pq.read_table(target).to_pylist() == [{"b": 2}]  # statements without a result do not count
     scripted = tmp_path / "dot.parquet"
     done = cxj_process(small_db, stdin=f".mode parquet\n.output {scripted}\nSELECT 1 AS a;\nSELECT [3] AS c;\n")
@@ -474,5 +475,5 @@ def test_parquet_holds_one_result_per_file(small_db, tmp_path, capsys):
 
 
 def test_statements_without_a_result_print_nothing(small_db, capsys):
-    assert cxj("--db", str(small_db), "--format", "csv", "SET threads = 1; BEGIN; SELECT 5 AS five; COMMIT") == 0
+    assert cxj("--db", str(small_db), "--format", "csv", "BEGIN; SELECT 5 AS five; COMMIT") == 0
     assert capsys.readouterr().out.split() == ["five", "5"]
