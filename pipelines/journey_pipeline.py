@@ -55,7 +55,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="run the data-quality suite after every batch; stop with exit 5 when it fails")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (lag, freshness, counts, latency)")
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics and health on /healthz")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address the metrics endpoint binds (default %(default)s: this machine only; "
+                             "0.0.0.0 exposes it to the network, see docs/security.md)")
     add_kafka_arguments(parser)
 
 
@@ -72,6 +75,7 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         limits=ParseLimits(max_message_bytes=args.max_message_bytes, max_future_skew_s=int(args.max_future_skew)),
         beam_args=list(beam_args),
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         check=args.check,
     )
 
@@ -87,19 +91,22 @@ def execute(config: RunConfig, follow: bool) -> int:
         log.error("%s", exc)
         return EXIT_STORE
     runner = MicroBatchRunner(config, store)
+    metrics = None
     if config.metrics_port is not None:
         from pipelines.metrics import MetricsListener
 
         try:
-            runner.listeners.append(MetricsListener(store, config.metrics_port))
+            metrics = MetricsListener(store, config.metrics_port, config.metrics_host,
+                                      settings=config.settings, topics=config.topics.values())
         except OSError as exc:
-            log.error("cannot serve metrics on port %d: %s", config.metrics_port, exc)
+            log.error("cannot serve metrics on %s:%d: %s", config.metrics_host, config.metrics_port, exc.strerror or exc)
             store.close()
             return EXIT_PIPELINE
+        runner.listeners.append(metrics)
     if config.check:
         from pipelines.quality import quality_listener
 
-        runner.listeners.append(quality_listener(store))
+        runner.listeners.append(_quality_reported(quality_listener(store), metrics))
     runner.listeners.append(_FileWatch(store))
     log.info("landing into %s from %s (%s)", config.db, ", ".join(config.topics.values()), config.settings.describe())
     try:
@@ -139,6 +146,8 @@ def execute(config: RunConfig, follow: bool) -> int:
                   type(exc).__name__, failures.first_line(exc)[:300])
         return EXIT_PIPELINE
     finally:
+        if metrics is not None:
+            metrics.close()
         runner.close()
         store.close()
     return EXIT_OK
@@ -157,6 +166,22 @@ class _FileWatch:
         self.store.verify_file()
 
     def failed(self, error: BaseException) -> None: ...
+
+
+def _quality_reported(quality, metrics):  # type: ignore[no-untyped-def]
+    """Runs the quality gate and, with metrics on, exports its result (pass or fail) first."""
+    if metrics is None:
+        return quality
+    from pipelines.microbatch import RunListener
+
+    class QualityWithMetrics(RunListener):
+        def batch_landed(self, batch, positions):  # type: ignore[no-untyped-def]
+            try:
+                quality.batch_landed(batch, positions)
+            finally:
+                metrics.record_quality(counted=True)
+
+    return QualityWithMetrics()
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:

@@ -28,6 +28,7 @@ class RunConfig:
     limits: ParseLimits = field(default_factory=ParseLimits)
     beam_args: Sequence[str] = ()
     metrics_port: Optional[int] = None  # serve Prometheus metrics on this port
+    metrics_host: str = "127.0.0.1"  # bind address of the metrics endpoint: this machine unless told otherwise
     check: bool = False  # run the data-quality suite after every batch
 
     @property
