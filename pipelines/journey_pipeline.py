@@ -82,9 +82,16 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
 
 def execute(config: RunConfig, follow: bool) -> int:
     """Runs the job; returns a process exit code with a one-line reason on failure."""
+    from pipelines.beam_options import BeamOptionError, check_runner, describe_runner
     from pipelines.microbatch import MicroBatchRunner  # imports Beam: only when running
     from pipelines.store import Store
 
+    try:
+        check_runner(config.beam_args)  # before anything is created: a wrong runner leaves no database behind
+        runner_text = describe_runner(config.beam_args)
+    except BeamOptionError as exc:
+        log.error("%s", exc)
+        return EXIT_PIPELINE
     try:
         store = Store(config.db)
     except StoreError as exc:
@@ -109,6 +116,11 @@ def execute(config: RunConfig, follow: bool) -> int:
         runner.listeners.append(_quality_reported(quality_listener(store), metrics))
     runner.listeners.append(_FileWatch(store))
     log.info("landing into %s from %s (%s)", config.db, ", ".join(config.topics.values()), config.settings.describe())
+    log.info("%s with Beam runner %s; at most %d records per batch, poll every %gs, repeat window %gh%s",
+             "following" if follow else "running once", runner_text, config.max_batch_events, config.poll_interval_s,
+             config.repeat_window_s / 3600, f", Beam options {' '.join(config.beam_args)}" if config.beam_args else "",
+             extra={"fields": {"runner": runner_text, "mode": "follow" if follow else "once",
+                               "max_batch_events": config.max_batch_events, "beam_args": list(config.beam_args)}})
     try:
         if follow:
             stopper = Stopper()
@@ -185,16 +197,10 @@ def _quality_reported(quality, metrics):  # type: ignore[no-untyped-def]
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
-    """Beam-style entry point: parse known args, pass the rest to PipelineOptions."""
-    from pipelines import logs
+    """Beam-style entry point (`python -m pipelines.journey_pipeline ...`): the same strict parsing as `cxj run`."""
+    from pipelines.cli import main
 
-    parser = argparse.ArgumentParser(prog="cxj run", description=__doc__)
-    add_run_arguments(parser)
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    args, beam_args = parser.parse_known_args(argv)
-    logs.configure(args.quiet, args.log_format)
-    return execute(config_from_args(args, beam_args), args.follow)
+    return main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

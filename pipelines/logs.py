@@ -57,15 +57,32 @@ def quiet_known_noise() -> None:
     logging.getLogger().addFilter(_DropKnownNoise())
 
 
+class _LibraryNoise(logging.Filter):
+    """Beam's and kafka-python's own lines reach the console only with --verbose (or when critical).
+
+    kafka-python logs every refused connection at ERROR; our own messages say what failed,
+    with the cause taken from those lines (pipelines.kafka_config.failure_cause), so the
+    loggers stay at WARNING for that recorder while the console leaves them out.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        library = record.name.split(".", 1)[0] in ("kafka", "apache_beam")
+        return not library or record.levelno >= logging.CRITICAL
+
+
 def configure(quiet: bool = False, log_format: str = "text", verbose: bool = False) -> None:
-    """Our own loggers at INFO (WARNING with --quiet); Beam and kafka-python only when they warn."""
+    """Our own loggers at INFO (WARNING with --quiet); Beam and kafka-python only with --verbose."""
+    from pipelines.kafka_config import install_cause_recorder
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(_DropKnownNoise())
+    if not verbose:
+        handler.addFilter(_LibraryNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("cxj").setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
-    for noisy in ("apache_beam", "kafka"):
-        # kafka-python logs every refused connection at ERROR; our own messages say what failed
-        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.CRITICAL)
+    for library in ("apache_beam", "kafka"):
+        logging.getLogger(library).setLevel(logging.INFO if verbose else logging.WARNING)
+    install_cause_recorder()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
-from pipelines.kafka_config import KafkaSettings
+from pipelines.kafka_config import KafkaSettings, failure_cause
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -425,7 +425,7 @@ def produce(
     try:
         producer = KafkaProducer(**settings.client_kwargs(), linger_ms=20, batch_size=1 << 20, acks=1)
     except (KafkaError, OSError, ValueError) as exc:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}") from None
+        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
     total = len(messages)
     started = time.monotonic()
     last_report = 0.0
@@ -441,7 +441,7 @@ def produce(
                 progress(sent, total)
         producer.flush(timeout=60)
     except KafkaError as exc:
-        raise ProduceError(f"sending to {settings.bootstrap_servers} failed: {exc!r}") from None
+        raise ProduceError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
     finally:
         producer.close(timeout=5)
     if progress:
