@@ -189,6 +189,9 @@ def _main(argv: list[str]) -> int:
     parser, children = build_parser()
     at = _command_of(argv, list(children))
     if at is None:
+        stray = next((t for i, t in enumerate(argv) if not t.startswith("-") and (i == 0 or argv[i - 1] != "--config")), None)
+        if stray is not None:
+            return _usage_error("cxj", f"unknown command {stray}{config.did_you_mean(stray, list(children))}")
         args, extra = parser.parse_known_args(argv)  # --help, --version, or a usage error
         if extra:
             token = extra[0]
