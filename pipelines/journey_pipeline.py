@@ -59,6 +59,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                         help="address the metrics endpoint binds (default %(default)s: this machine only; "
                              "0.0.0.0 exposes it to the network, see docs/security.md)")
+    parser.add_argument("--commit-group", default=None, metavar="GROUP",
+                        help="also commit the landed offsets to this Kafka consumer group, so kafka-consumer-groups, "
+                             "Burrow or kafka-lag-exporter see the pipeline's position (the database stays the truth)")
     add_kafka_arguments(parser)
 
 
@@ -76,6 +79,7 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         beam_args=list(beam_args),
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        commit_group=args.commit_group,
         check=args.check,
     )
 
@@ -110,6 +114,12 @@ def execute(config: RunConfig, follow: bool) -> int:
             store.close()
             return EXIT_PIPELINE
         runner.listeners.append(metrics)
+    committer = None
+    if config.commit_group:
+        from pipelines.group_commit import GroupOffsetCommitter
+
+        committer = GroupOffsetCommitter(config.settings, config.commit_group)
+        runner.listeners.append(committer)
     if config.check:
         from pipelines.quality import quality_listener
 
@@ -160,6 +170,8 @@ def execute(config: RunConfig, follow: bool) -> int:
     finally:
         if metrics is not None:
             metrics.close()
+        if committer is not None:
+            committer.close()
         runner.close()
         store.close()
     return EXIT_OK

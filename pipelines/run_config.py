@@ -29,6 +29,7 @@ class RunConfig:
     beam_args: Sequence[str] = ()
     metrics_port: Optional[int] = None  # serve Prometheus metrics on this port
     metrics_host: str = "127.0.0.1"  # bind address of the metrics endpoint: this machine unless told otherwise
+    commit_group: Optional[str] = None  # mirror landed offsets into this consumer group for lag tools
     check: bool = False  # run the data-quality suite after every batch
 
     @property
