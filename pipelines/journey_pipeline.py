@@ -59,6 +59,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                         help="address the metrics endpoint binds (default %(default)s: this machine only; "
                              "0.0.0.0 exposes it to the network, see docs/security.md)")
+    parser.add_argument("--stall-after", type=parse_duration, default="5m", metavar="DURATION",
+                        help="/healthz answers 503 when the run loop has not finished a batch, poll or retry for this "
+                             "long (default 5m; keep it above your longest batch)")
     parser.add_argument("--commit-group", default=None, metavar="GROUP",
                         help="also commit the landed offsets to this Kafka consumer group, so kafka-consumer-groups, "
                              "Burrow or kafka-lag-exporter see the pipeline's position (the database stays the truth)")
@@ -80,6 +83,7 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         commit_group=args.commit_group,
+        stall_after_s=args.stall_after,
         check=args.check,
     )
 
@@ -108,7 +112,8 @@ def execute(config: RunConfig, follow: bool) -> int:
 
         try:
             metrics = MetricsListener(store, config.metrics_port, config.metrics_host,
-                                      settings=config.settings, topics=config.topics.values())
+                                      settings=config.settings, topics=config.topics.values(),
+                                      stall_after_s=config.stall_after_s)
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d: %s", config.metrics_host, config.metrics_port, exc.strerror or exc)
             store.close()
