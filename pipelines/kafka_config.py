@@ -69,6 +69,39 @@ _CAUSES = (
 )
 
 
+def probe_tls(settings: "KafkaSettings", timeout_s: float = 5.0) -> str | None:
+    """One TLS handshake with the first bootstrap server, bounded by ``timeout_s``.
+
+    Why: kafka-python does not time out a TLS handshake against a listener that answers in plain
+    text (the listener waits for a Kafka frame, the client for a ServerHello), so without this
+    `--security-protocol SSL` on a plaintext port hangs for ever. Returns the cause, or None
+    when the handshake works or the server is unreachable (the client reports that itself).
+    """
+    import socket
+
+    if not settings.security_protocol.endswith("SSL"):
+        return None
+    first = next((s.strip() for s in settings.bootstrap_servers.split(",") if s.strip()), "")
+    host, _, port_text = first.rpartition(":")
+    try:
+        port = int(port_text)
+        context = ssl.create_default_context(cafile=settings.ssl_cafile)
+        if settings.ssl_certfile:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile, password=settings.ssl_password)
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout_s) as raw:
+            with context.wrap_socket(raw, server_hostname=host.strip("[]")):
+                return None
+    except ssl.SSLCertVerificationError as exc:
+        return f"the broker's TLS certificate is not trusted ({exc.verify_message}): check --ssl-cafile"
+    except ssl.SSLError as exc:
+        return f"TLS handshake with {first} failed ({exc.reason or exc}): check --security-protocol and the TLS files"
+    except (socket.timeout, TimeoutError):
+        return (f"TLS handshake with {first} got no answer within {timeout_s:g}s: the listener does not seem to "
+                "speak TLS (check --security-protocol)")
+    except (OSError, ValueError):
+        return None
+
+
 def install_cause_recorder() -> None:
     """Listens to kafka-python's warnings whatever the console shows (see pipelines/logs.py)."""
     logger = logging.getLogger("kafka")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Iterable, Optional
 
-from pipelines.kafka_config import KafkaSettings, failure_cause
+from pipelines.kafka_config import KafkaSettings, failure_cause, probe_tls
 from pipelines.source_log import Fingerprint, fingerprint
 
 PartitionKey = tuple[str, int]
@@ -36,6 +36,9 @@ class OffsetReader:
         self.probe = None
         self.timeout_s = connect_timeout_s
         self.timeout_ms = int(connect_timeout_s * 1000)  # offset requests fail this fast, not after 30 s
+        tls_problem = probe_tls(settings, connect_timeout_s)  # kafka-python would hang on a non-TLS listener
+        if tls_problem:
+            raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
         try:
             self.consumer = KafkaConsumer(
                 **settings.client_kwargs(), enable_auto_commit=False, group_id=None,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
-from pipelines.kafka_config import KafkaSettings, failure_cause
+from pipelines.kafka_config import KafkaSettings, failure_cause, probe_tls
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -422,6 +422,9 @@ def run_live(
     def wall_of(at: datetime) -> datetime:
         return datetime.fromtimestamp(wall0 + (at - sim0).total_seconds() / speed, timezone.utc)
 
+    tls_problem = probe_tls(settings)
+    if tls_problem:
+        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
     try:
         producer = KafkaProducer(**settings.client_kwargs(), linger_ms=20, acks=1)
     except (KafkaError, OSError, ValueError) as exc:
@@ -558,6 +561,9 @@ def produce(
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    tls_problem = probe_tls(settings)  # kafka-python would hang on a listener that does not speak TLS
+    if tls_problem:
+        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
     try:
         producer = KafkaProducer(**settings.client_kwargs(), linger_ms=20, batch_size=1 << 20, acks=1)
     except (KafkaError, OSError, ValueError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -132,3 +133,19 @@ def test_broker_refusing_the_sasl_mechanism_is_named(broker, topics, tmp_path):
                  "--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "SCRAM-SHA-256", "--sasl-username", "u",
                  env={"CXJ_SASL_PASSWORD": "secret-pw"}, cwd=tmp_path)
     assert status.returncode == 2 and "does not accept SASL mechanism SCRAM-SHA-256" in status.stdout, status.stdout
+
+
+def test_tls_against_a_plaintext_listener_names_the_cause(broker, topics, tmp_path):
+    """kafka-python would hang for ever on a TLS handshake with a plaintext listener."""
+    started = time.monotonic()
+    run = cxj("run", "--once", "--db", str(tmp_path / "j.duckdb"), "--broker-timeout", "2s", "--security-protocol", "SSL",
+              "--bootstrap-servers", broker.bootstrap_servers, "--topic-tickets", topics["tickets"], cwd=tmp_path)
+    assert run.returncode == 3, run.stderr
+    assert "the listener does not seem to speak TLS (check --security-protocol)" in run.stderr
+    status = cxj("status", "--db", str(tmp_path / "j.duckdb"), "--security-protocol", "SSL",
+                 "--bootstrap-servers", broker.bootstrap_servers, cwd=tmp_path)
+    assert status.returncode == 2 and "does not seem to speak TLS" in status.stdout
+    simulate = cxj("simulate", "--customers", "1", "--security-protocol", "SSL", "--bootstrap-servers",
+                   broker.bootstrap_servers, cwd=tmp_path)
+    assert simulate.returncode == 3 and "does not seem to speak TLS" in simulate.stderr
+    assert time.monotonic() - started < 90
