@@ -199,6 +199,8 @@ class MetricsListener(RunListener):
         self.quality_failed = Gauge("cxj_quality_checks_failed", "Expectations failed in the latest data-quality run", registry=r)
         self.quality_at = Gauge("cxj_quality_last_check_timestamp_seconds", "When the latest data-quality run finished (Unix time)",
                                 registry=r)
+        self.quality_failed.set(float("nan"))  # unknown until a run is recorded: not "0 failed"
+        self.quality_at.set(float("nan"))
         Gauge("cxj_build_info", "Version of cxj and its main libraries (value 1)",
               ["version", "python", "beam", "kafka_python"], registry=r).labels(
             _version("cx-journeys"), platform.python_version(), _version("apache-beam"), _version("kafka-python")).set(1)

@@ -42,3 +42,23 @@ def test_other_checkout_cannot_stop_or_adopt_my_broker(tmp_path):
     assert stopped.returncode == 0 and f"broker on port {port} stopped" in stopped.stdout
     assert not Path(f"/proc/{pid}").exists() or b"tansu" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     assert broker_cmd("stop", port, theirs).stdout.startswith("no broker of ours")
+
+
+def test_demo_hint_names_the_port_and_make_passes_it(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXJ_")}
+    demo = subprocess.run([sys.executable, "-m", "pipelines.cli", "demo", "--customers", "20", "--port", str(port),
+                           "--db", str(tmp_path / "demo.duckdb")], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=env)
+    try:
+        assert demo.returncode == 0, demo.stderr[-2000:]
+        assert f"stop it with: .venv/bin/cxj broker stop --port {port}" in demo.stdout
+    finally:
+        stopped = broker_cmd("stop", port, tmp_path / ".cxj")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    make = subprocess.run(["make", "-n", "demo", "PORT=19093"], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert "cxj demo --port 19093" in make.stdout, make.stdout
+    plain = subprocess.run(["make", "-n", "demo"], capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parent.parent)
+    assert plain.stdout.rstrip().endswith("cxj demo"), plain.stdout

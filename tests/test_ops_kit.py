@@ -268,3 +268,17 @@ def test_log_formats_and_quiet(broker, topics, tmp_path):
     from tests.support import table
 
     assert table(tmp_path / "c.duckdb", "SELECT count(*) FROM events") == [(5,)]
+
+
+def test_check_json(broker, topics, db):
+    send_events(broker, topics, good_events("qj", 4))
+    run_once(db, broker, topics)
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "check", "--db", str(db), "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["success"] is True and report["failed"] == 0 and report["total"] == len(report["results"]) >= 10
+    assert {"table", "expectation", "column", "success", "unexpected_count"} <= set(report["results"][0])
+    missing = subprocess.run([sys.executable, "-m", "pipelines.cli", "check", "--db", str(db.parent / "nope" / "x.duckdb"),
+                              "--json"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and json.loads(missing.stdout)["success"] is False
