@@ -10,6 +10,7 @@ first, in one line.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 from typing import Sequence
 
@@ -22,6 +23,7 @@ class BeamOptionError(ValueError):
     """An option Beam does not know, or a runner that does not exist; one line for the user."""
 
 
+@functools.lru_cache(maxsize=1)
 def beam_parser() -> argparse.ArgumentParser:
     """An argparse parser holding every option that Beam's PipelineOptions classes register."""
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser

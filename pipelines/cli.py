@@ -137,6 +137,8 @@ def _check_extra(command: str, child: argparse.ArgumentParser, extra: list[str])
     candidates = list(ours)
     unknown = list(extra)
     beam_known: list[str] = []
+    if not extra:
+        return None  # nothing to check: no Beam import on the way to a fast start
     if child.get_default("allows_extra"):
         from pipelines.beam_options import BeamOptionError, beam_option_names, check_runner, split_unknown
 

@@ -90,6 +90,9 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
 
 def execute(config: RunConfig, follow: bool) -> int:
     """Runs the job; returns a process exit code with a one-line reason on failure."""
+    stopper = Stopper()
+    if follow:
+        stopper.install()  # first: a SIGTERM while Beam and DuckDB load must stop cleanly, not kill
     from pipelines.beam_options import BeamOptionError, check_runner, describe_runner
     from pipelines.microbatch import MicroBatchRunner  # imports Beam: only when running
     from pipelines.store import Store
@@ -138,8 +141,6 @@ def execute(config: RunConfig, follow: bool) -> int:
                                "max_batch_events": config.max_batch_events, "beam_args": list(config.beam_args)}})
     try:
         if follow:
-            stopper = Stopper()
-            stopper.install()
             landed = runner.follow(stopper)
             store.verify_file()  # never call a run clean whose file is gone
             log.info("stopped cleanly; %d events landed in this run", landed)

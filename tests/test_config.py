@@ -130,3 +130,10 @@ def test_config_show_masks_secrets(tmp_path):
     rows = shown(as_json)
     assert rows["(SASL password)"]["value"] == "*** (set)" and rows["(password of the client key)"]["value"] == "(not set)"
     assert "--sasl-username" in text.stdout and "env CXJ_SASL_USERNAME" in text.stdout
+
+
+def test_relative_paths_are_shown_absolute(tmp_path):
+    status = cxj("status", "--db", "rel/x.duckdb", cwd=tmp_path)
+    assert status.returncode == 2 and f"CRIT  {tmp_path / 'rel' / 'x.duckdb'} does not exist yet" in status.stdout
+    from_env = cxj("sql", "SELECT 1", env={"CXJ_DB": "other/y.duckdb"}, cwd=tmp_path)
+    assert from_env.returncode == 2 and str(tmp_path / "other" / "y.duckdb") in from_env.stderr
