@@ -118,7 +118,7 @@ def execute(config: RunConfig, follow: bool) -> int:
                                       settings=config.settings, topics=config.topics.values(),
                                       stall_after_s=config.stall_after_s)
         except OSError as exc:
-            log.error("cannot serve metrics on %s:%d: %s", config.metrics_host, config.metrics_port, exc.strerror or exc)
+            log.error("cannot serve metrics on port %d of %s: %s", config.metrics_port, config.metrics_host, exc.strerror or exc)
             store.close()
             return EXIT_PIPELINE
         runner.listeners.append(metrics)
