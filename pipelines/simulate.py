@@ -402,8 +402,8 @@ def run_live(
     every event is sent when its moment comes, stamped with that moment, so no timestamp ever lies
     in the future. ``speed`` > 1 makes journeys unfold faster (60: an hour of a journey passes in a
     minute) — timestamps are still the wall-clock send time, so durations shrink by that factor.
-    Mess: ``out_of_order`` delays a message's delivery by 1-20 s (its occurred_at unchanged),
-    ``duplicates`` re-sends one 1-60 s later, ``malformed`` adds a broken message. The mix follows
+    Mess: ``out_of_order`` delays a message's delivery by 0.2-5 s (its occurred_at unchanged),
+    ``duplicates`` re-sends one 0.2-5 s later (a producer retry), ``malformed`` adds a broken message. The mix follows
     ``seed``; ids differ per run (the run's start time is mixed in), so reruns never collide.
     """
     import heapq
@@ -450,10 +450,10 @@ def run_live(
                     key, value = e["customer_id"].encode(), json.dumps(e, separators=(",", ":")).encode()
                     deliver, kind = at, "events"
                     if out_of_order and rng.random() < out_of_order:
-                        deliver, kind = at + timedelta(seconds=rng.uniform(1, 20) * speed), "late"
+                        deliver, kind = at + timedelta(seconds=rng.uniform(0.2, 5) * speed), "late"
                     heapq.heappush(queue, (deliver, next(seq), kind, stream, key, value))
                     if duplicates and rng.random() < duplicates:
-                        again = deliver + timedelta(seconds=rng.uniform(1, 60) * speed)
+                        again = deliver + timedelta(seconds=rng.uniform(0.2, 5) * speed)
                         heapq.heappush(queue, (again, next(seq), "duplicates", stream, key, value))
                     if malformed and rng.random() < malformed:
                         bad = _malformed(rng, MALFORMED_KINDS[rng.randrange(len(MALFORMED_KINDS))], e)

@@ -82,7 +82,7 @@ def test_live_journeys_unfold_at_wall_clock_time(broker, topics, db):
 
 
 def test_live_mess_is_accounted_for_exactly(broker, topics, db):
-    result, logs = simulate(broker, topics, "--live", "--rate", "10", "--speed", "86400", "--duration", "5s",
+    result, logs = simulate(broker, topics, "--live", "--rate", "10", "--speed", "86400", "--duration", "8s",
                             "--duplicates", "0.2", "--malformed", "0.1", "--out-of-order", "0.2")
     assert result.returncode == 0, result.stderr
     final = logs[-1]
