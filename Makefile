@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# make demo PORT=19092 runs the demo's broker on another port
 demo: $(STAMP)
-	$(BIN)/cxj demo
+	$(BIN)/cxj demo $(if $(PORT),--port $(PORT))
 
 # Debian's chromium for the report's browser test (installed only when /usr/bin/chromium is missing).
 browser:

@@ -13,6 +13,10 @@ Facts that shape the code:
   file is lost (``make clean`` removes ``.cxj``), the process is found by its command line.
 * On SIGTERM Tansu keeps listening and waits about 5 s for connected clients to hang up before it
   exits; with no clients connected it exits at once.
+* Ownership: a broker belongs to the state directory that started it. The spawned process carries
+  ``CXJ_BROKER_STATE_DIR=<absolute state dir>`` in its environment, and start/stop/status only
+  adopt or signal a Tansu process whose environment names their own state directory (or whose pid
+  is in their own pid file), so two checkouts using the same port never stop each other's broker.
 * Readiness and status use one raw Kafka Metadata request (encoded by kafka-python) on a plain
   socket: it is bounded by a short timeout, starts no client threads and logs nothing, so polling
   a port that is still closed does not flood the log with kafka-python connection errors.
@@ -47,6 +51,7 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 _TANSU_ENV_DROP = ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT", "STORAGE_ENGINE",
                    "LISTENER_URL", "ADVERTISED_LISTENER_URL")
 _TOPIC_ALREADY_EXISTS = 36
+OWNER_ENV = "CXJ_BROKER_STATE_DIR"
 
 # Brokers started by this process, so stop_broker can reap them (no zombie, no ResourceWarning).
 _children: dict[int, subprocess.Popen] = {}
@@ -67,6 +72,8 @@ class BrokerStatus:
     topics: dict[str, int] = field(default_factory=dict)
     log_path: Path = Path(".cxj/broker-9092.log")
     binary: Path = Path("tansu")
+    foreign_owner: Optional[str] = None  # state dir of another checkout whose broker holds this port
+    foreign_pid: Optional[int] = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -77,6 +84,9 @@ class BrokerStatus:
         """A readable multi-line summary for people (the CLI prints it as is)."""
         if self.running:
             state = f"running (pid {self.pid})" + ("" if self.answering else ", not answering Kafka requests yet")
+        elif self.foreign_pid is not None:
+            state = (f"a broker started from another state directory ({self.foreign_owner or 'unknown'}, pid "
+                     f"{self.foreign_pid}) holds this port; it is not this checkout's")
         elif self.answering:
             state = "not started by cxj, but a Kafka broker answers on this port"
         else:
@@ -168,23 +178,52 @@ def _is_our_tansu(pid: int, port: int) -> bool:
     return bool(args) and Path(args[0]).name == "tansu" and _listener_url(port) in args
 
 
-def _find_tansu(port: int) -> Optional[int]:
-    """A Tansu process started for this port whose pid file was lost (Linux /proc only)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
+def _owner(pid: int) -> Optional[str]:
+    """The state directory recorded in a broker's environment; None when unknown (no /proc, older cxj)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
         return None
-    for entry in proc.iterdir():
-        if entry.name.isdigit() and _is_our_tansu(int(entry.name), port):
-            return int(entry.name)
+    for item in raw.split(b"\0"):
+        if item.startswith(OWNER_ENV.encode() + b"="):
+            return item.split(b"=", 1)[1].decode(errors="replace")
     return None
 
 
+def _state_key(state_dir: Path) -> str:
+    return str(Path(state_dir).expanduser().absolute())
+
+
+def _tansu_pids(port: int) -> list[int]:
+    """Tansu processes listening on this port, whoever started them (Linux /proc only)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    return [int(e.name) for e in proc.iterdir() if e.name.isdigit() and _is_our_tansu(int(e.name), port)]
+
+
+def _find_tansu(port: int, state_dir: Path) -> Optional[int]:
+    """This state directory's broker on this port whose pid file was lost: found by its environment."""
+    mine = _state_key(state_dir)
+    return next((pid for pid in _tansu_pids(port) if _owner(pid) == mine), None)
+
+
+def _foreign(port: int, state_dir: Path) -> tuple[Optional[int], Optional[str]]:
+    """A broker on this port that another state directory (another checkout) started."""
+    mine = _state_key(state_dir)
+    for pid in _tansu_pids(port):
+        owner = _owner(pid)
+        if owner != mine:
+            return pid, owner
+    return None, None
+
+
 def _running_pid(port: int, state_dir: Path) -> Optional[int]:
-    """The pid of our broker on this port: from the pid file, else found by its command line."""
+    """The pid of this state directory's broker on this port: from the pid file, else by its environment."""
     pid = _read_pid(_pid_path(port, state_dir))
-    if pid is not None and _is_our_tansu(pid, port):
+    if pid is not None and _is_our_tansu(pid, port) and _owner(pid) in (None, _state_key(state_dir)):
         return pid
-    return _find_tansu(port)
+    return _find_tansu(port, state_dir)
 
 
 def _alive(pid: int, port: int) -> bool:
@@ -219,11 +258,12 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _spawn(binary: Path, port: int, log_file: Path) -> subprocess.Popen:
+def _spawn(binary: Path, port: int, log_file: Path, state_dir: Path) -> subprocess.Popen:
     """Starts Tansu in its own session so it survives the exit of the command that started it."""
     url = _listener_url(port)
     env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_DROP}
     env["NO_COLOR"] = "1"  # plain log lines, also in the error messages quoted from the log
+    env[OWNER_ENV] = _state_key(state_dir)  # whose broker this is (see "Ownership" above)
     command = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", "memory://tansu/"]
     with open(log_file, "ab") as log:
@@ -338,7 +378,10 @@ def broker_status(port: int = 9092, state_dir: Path = Path(".cxj")) -> BrokerSta
     state_dir = Path(state_dir)
     pid = _running_pid(port, state_dir)
     topics = _metadata(port)
+    foreign_pid, foreign_owner = (None, None) if pid is not None else _foreign(port, state_dir)
     return BrokerStatus(
+        foreign_pid=foreign_pid,
+        foreign_owner=foreign_owner,
         port=port,
         pid=pid,
         running=pid is not None,
@@ -369,6 +412,12 @@ def start_broker(
         _pid_path(port, state_dir).write_text(f"{pid}\n")  # re-adopt one whose pid file was lost
         _wait_until_answering(port, pid, state_dir, timeout_s)
     else:
+        foreign_pid, owner = _foreign(port, state_dir)
+        if foreign_pid is not None:
+            raise BrokerError(
+                f"port {port} is held by a broker started from another state directory ({owner or 'unknown'}, pid "
+                f"{foreign_pid}); use it with --bootstrap-servers {HOST}:{port}, choose another --port, or stop it "
+                f"from there (cxj broker stop --port {port} --state-dir {owner or 'DIR'})")
         _check_port_free(port)
         _launch(port, state_dir, timeout_s)
     ensure_topics(_local_settings(port), topics, partitions)
@@ -391,7 +440,7 @@ def _check_port_free(port: int) -> None:
 def _launch(port: int, state_dir: Path, timeout_s: float) -> None:
     """Spawns Tansu, records its pid and waits until it answers; cleans up if it does not."""
     binary = tansu_binary()
-    process = _spawn(binary, port, _log_path(port, state_dir))
+    process = _spawn(binary, port, _log_path(port, state_dir), state_dir)
     _pid_path(port, state_dir).write_text(f"{process.pid}\n")
     try:
         _wait_until_answering(port, process.pid, state_dir, timeout_s)
@@ -429,6 +478,12 @@ def stop_broker(port: int = 9092, state_dir: Path = Path(".cxj"), timeout_s: flo
     pid = _running_pid(port, state_dir)
     if pid is None:
         pid_file.unlink(missing_ok=True)
+        foreign_pid, owner = _foreign(port, state_dir)
+        if foreign_pid is not None:
+            raise BrokerError(
+                f"the broker on port {port} (pid {foreign_pid}) was started from another state directory "
+                f"({owner or 'unknown'}); not stopping it. Stop it from there: cxj broker stop --port {port} "
+                f"--state-dir {owner or 'DIR'}")
         return False
     _signal(pid, signal.SIGTERM)
     if not _wait_gone(pid, port, timeout_s):

@@ -12,6 +12,7 @@ the pipeline is not holding it). Exit codes: 0 all met, 1 some failed, 2 databas
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +23,7 @@ log = logging.getLogger("cxj.check")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, default=Path("data/journeys.duckdb"), help="DuckDB file (default %(default)s)")
     parser.add_argument("--no-store", action="store_true", help="do not record the result in quality_checks")
+    parser.add_argument("--json", action="store_true", help="machine-readable output: success, counts and every expectation")
 
 
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -32,15 +34,24 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from pipelines.store import StoreError
 
     try:
-        con, _source = open_reader(args.db, one_shot=True)
+        con, source = open_reader(args.db, one_shot=True)
     except StoreError as exc:
+        if args.json:
+            print(json.dumps({"success": False, "error": str(exc), "db": str(args.db)}))
         log.error("%s", exc)
         return 2
     try:
         report = run_suite(con)
     finally:
         con.close()
-    print(report.render())
+    if args.json:
+        print(json.dumps({
+            "success": report.success, "checked_at": report.checked_at.isoformat(), "db": str(args.db), "source": source,
+            "total": len(report.results), "failed": len(report.failed),
+            "results": [dict(r.__dict__) for r in report.results],
+        }, indent=2, default=str))
+    else:
+        print(report.render())
     if not args.no_store and args.db.is_file():
         # Storing is a write, done after the read connection is closed and only if no pipeline
         # holds the file (never waits for it: the pipeline must not wait for `cxj check` either).

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--customers", type=int, default=3000, help="customers to simulate (default %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="random seed; re-running with the same seed re-sends the same events, which land as duplicates (default %(default)s)")
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file (default %(default)s)")
-    parser.add_argument("--port", type=int, default=9092, help="local broker port (default %(default)s)")
+    parser.add_argument("--port", type=int, default=9092, help="local broker port (default %(default)s; make demo PORT=...)")
 
 
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -58,5 +58,8 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     log.info("4/4 summary")
     with duckdb.connect(str(args.db), read_only=True) as con:
         print("\n" + summarize(con, args.db))
-    print(f"\nThe local broker keeps running on {bootstrap} (memory only); stop it with: .venv/bin/cxj broker stop")
+    stop = "cxj broker stop" + ("" if args.port == 9092 else f" --port {args.port}")
+    print(f"\nThe local broker keeps running on {bootstrap} (memory only); stop it with: .venv/bin/{stop}")
+    print(f"Watch it live: .venv/bin/cxj simulate --live --rate 20 --bootstrap-servers {bootstrap} & "
+          f".venv/bin/cxj run --follow --metrics-port 9464 --db {args.db} --bootstrap-servers {bootstrap}")
     return 0

@@ -55,7 +55,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="run the data-quality suite after every batch; stop with exit 5 when it fails")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (lag, freshness, counts, latency)")
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics and health on /healthz")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address the metrics endpoint binds (default %(default)s: this machine only; "
+                             "0.0.0.0 exposes it to the network, see docs/security.md)")
+    parser.add_argument("--stall-after", type=parse_duration, default="5m", metavar="DURATION",
+                        help="/healthz answers 503 when the run loop has not finished a batch, poll or retry for this "
+                             "long (default 5m; keep it above your longest batch)")
+    parser.add_argument("--commit-group", default=None, metavar="GROUP",
+                        help="also commit the landed offsets to this Kafka consumer group, so kafka-consumer-groups, "
+                             "Burrow or kafka-lag-exporter see the pipeline's position (the database stays the truth)")
     parser.add_argument("--lock-timeout", type=parse_duration, default="10s", metavar="DURATION",
                         help="at start, wait this long for another process to release the database file, "
                              "then exit 2 naming it (default 10s)")
@@ -75,6 +84,9 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         limits=ParseLimits(max_message_bytes=args.max_message_bytes, max_future_skew_s=int(args.max_future_skew)),
         beam_args=list(beam_args),
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        commit_group=args.commit_group,
+        stall_after_s=args.stall_after,
         check=args.check,
         lock_timeout_s=float(args.lock_timeout),
     )
@@ -82,34 +94,57 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
 
 def execute(config: RunConfig, follow: bool) -> int:
     """Runs the job; returns a process exit code with a one-line reason on failure."""
+    stopper = Stopper()
+    if follow:
+        stopper.install()  # first: a SIGTERM while Beam and DuckDB load must stop cleanly, not kill
+    from pipelines.beam_options import BeamOptionError, check_runner, describe_runner
     from pipelines.microbatch import MicroBatchRunner  # imports Beam: only when running
     from pipelines.store import Store
 
+    try:
+        check_runner(config.beam_args)  # before anything is created: a wrong runner leaves no database behind
+        runner_text = describe_runner(config.beam_args)
+    except BeamOptionError as exc:
+        log.error("%s", exc)
+        return EXIT_PIPELINE
     try:
         store = Store(config.db, lock_timeout_s=config.lock_timeout_s)
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE
     runner = MicroBatchRunner(config, store)
+    metrics = None
     if config.metrics_port is not None:
         from pipelines.metrics import MetricsListener
 
         try:
-            runner.listeners.append(MetricsListener(store, config.metrics_port))
+            metrics = MetricsListener(store, config.metrics_port, config.metrics_host,
+                                      settings=config.settings, topics=config.topics.values(),
+                                      stall_after_s=config.stall_after_s)
         except OSError as exc:
-            log.error("cannot serve metrics on port %d: %s", config.metrics_port, exc)
+            log.error("cannot serve metrics on port %d of %s: %s", config.metrics_port, config.metrics_host, exc.strerror or exc)
             store.close()
             return EXIT_PIPELINE
+        runner.listeners.append(metrics)
+    committer = None
+    if config.commit_group:
+        from pipelines.group_commit import GroupOffsetCommitter
+
+        committer = GroupOffsetCommitter(config.settings, config.commit_group)
+        runner.listeners.append(committer)
     if config.check:
         from pipelines.quality import quality_listener
 
-        runner.listeners.append(quality_listener(store))
+        runner.listeners.append(_quality_reported(quality_listener(store), metrics))
     runner.listeners.append(_FileWatch(store))
     log.info("landing into %s from %s (%s)", config.db, ", ".join(config.topics.values()), config.settings.describe())
+    log.info("%s with Beam runner %s; at most %d records per batch, poll every %gs, repeat window %gh%s",
+             "following" if follow else "running once", runner_text, config.max_batch_events, config.poll_interval_s,
+             config.repeat_window_s / 3600, f", Beam options {' '.join(config.beam_args)}" if config.beam_args else "",
+             extra={"fields": {"runner": runner_text, "mode": "follow" if follow else "once",
+                               "max_batch_events": config.max_batch_events, "beam_args": list(config.beam_args)}})
     try:
         if follow:
-            stopper = Stopper()
-            stopper.install()
             landed = runner.follow(stopper)
             store.verify_file()  # never call a run clean whose file is gone
             log.info("stopped cleanly; %d events landed in this run", landed)
@@ -143,6 +178,10 @@ def execute(config: RunConfig, follow: bool) -> int:
                   type(exc).__name__, failures.first_line(exc)[:300])
         return EXIT_PIPELINE
     finally:
+        if metrics is not None:
+            metrics.close()
+        if committer is not None:
+            committer.close()
         runner.close()
         store.close()
     return EXIT_OK
@@ -163,17 +202,27 @@ class _FileWatch:
     def failed(self, error: BaseException) -> None: ...
 
 
-def run(argv: Optional[Sequence[str]] = None) -> int:
-    """Beam-style entry point: parse known args, pass the rest to PipelineOptions."""
-    from pipelines import logs
+def _quality_reported(quality, metrics):  # type: ignore[no-untyped-def]
+    """Runs the quality gate and, with metrics on, exports its result (pass or fail) first."""
+    if metrics is None:
+        return quality
+    from pipelines.microbatch import RunListener
 
-    parser = argparse.ArgumentParser(prog="cxj run", description=__doc__)
-    add_run_arguments(parser)
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    args, beam_args = parser.parse_known_args(argv)
-    logs.configure(args.quiet, args.log_format)
-    return execute(config_from_args(args, beam_args), args.follow)
+    class QualityWithMetrics(RunListener):
+        def batch_landed(self, batch, positions):  # type: ignore[no-untyped-def]
+            try:
+                quality.batch_landed(batch, positions)
+            finally:
+                metrics.record_quality(counted=True)
+
+    return QualityWithMetrics()
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Beam-style entry point (`python -m pipelines.journey_pipeline ...`): the same strict parsing as `cxj run`."""
+    from pipelines.cli import main
+
+    return main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Iterable, Optional
 
-from pipelines.kafka_config import KafkaSettings
+from pipelines.kafka_config import KafkaSettings, failure_cause, probe_tls
 from pipelines.source_log import Fingerprint, fingerprint
 
 PartitionKey = tuple[str, int]
@@ -36,13 +36,16 @@ class OffsetReader:
         self.probe = None
         self.timeout_s = connect_timeout_s
         self.timeout_ms = int(connect_timeout_s * 1000)  # offset requests fail this fast, not after 30 s
+        tls_problem = probe_tls(settings, connect_timeout_s)  # kafka-python would hang on a non-TLS listener
+        if tls_problem:
+            raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
         try:
             self.consumer = KafkaConsumer(
                 **settings.client_kwargs(), enable_auto_commit=False, group_id=None,
                 bootstrap_timeout_ms=int(connect_timeout_s * 1000),
             )
         except (KafkaError, OSError, ValueError) as exc:
-            raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from None
+            raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}{failure_cause(settings)}") from None
 
     def partitions(self, topics: Iterable[str]) -> tuple[list[PartitionKey], list[str]]:
         """Partitions of the topics that exist, plus the names of topics that do not.
@@ -197,7 +200,7 @@ class OffsetReader:
         except OffsetOutOfRangeError:
             raise
         except (KafkaError, OSError) as exc:
-            raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}") from None
+            raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}{failure_cause(self.settings)}") from None
 
     def close(self) -> None:
         for consumer in (self.consumer, self.probe):

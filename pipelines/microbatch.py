@@ -80,6 +80,7 @@ class Positions:
 
     landed: dict[PartitionKey, int]
     ends: dict[PartitionKey, int]
+    looked_up_at: Optional[float] = None  # Unix time the end-offset look-up started (ends are at least this fresh)
 
     @property
     def lag(self) -> int:
@@ -107,6 +108,7 @@ class MicroBatchRunner:
         self._last_ends: dict[PartitionKey, int] = {}  # confirmed ends at the last look
         self._seen_ends: dict[PartitionKey, int] = {}  # newest end seen of every partition ever seen in this run
         self.changed_partitions: set[PartitionKey] = set()  # partitions whose log changed during this run
+        self._looked_up_at: Optional[float] = None
         self.listeners: list[RunListener] = []
 
     # ------------------------------------------------------------------ broker
@@ -125,6 +127,7 @@ class MicroBatchRunner:
         """Partitions, earliest and confirmed end offsets, after checking that every partition's
         log is still the one we landed from (and recording what changed if not)."""
         reader = self._reader()
+        self._looked_up_at = time.time()
         partitions, missing = reader.partitions(self.config.topics.values())
         for topic in missing:
             self._warn_once(f"topic {topic!r} does not exist on {self.config.settings.bootstrap_servers} (yet)")
@@ -201,7 +204,7 @@ class MicroBatchRunner:
         starts, ends, ranges = self.plan_batch(targets)
         if not ranges:
             for listener in self.listeners:
-                listener.idle(Positions(starts, ends))
+                listener.idle(Positions(starts, ends, self._looked_up_at))
             return None
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
@@ -244,20 +247,37 @@ class MicroBatchRunner:
         accounted = landed.landed + landed.duplicates + landed.dead_letters
         if accounted != landed.consumed:
             log.error("batch %d: consumed %d but accounted for %d", batch_id, landed.consumed, accounted)
-        positions = Positions(starts | {(r.topic, r.partition): r.stop for r in ranges}, ends)
+        positions = Positions(starts | {(r.topic, r.partition): r.stop for r in ranges}, *self._ends_now(list(ends), ends))
         landed.extra["lag"] = positions.lag
         self._report(landed, positions.lag)
         for listener in self.listeners:
             listener.batch_landed(landed, positions)
         return landed
 
+    def _ends_now(self, partitions: list[PartitionKey], planned: dict[PartitionKey, int]) -> tuple[dict[PartitionKey, int], Optional[float]]:
+        """End offsets looked up again after landing: the ones the batch was planned with are stale
+        by now (producers kept sending), and the lag a batch reports must be today's, not the plan's."""
+        looked_up_at = time.time()
+        try:
+            _, ends = self._reader().bounds(partitions)
+        except BrokerUnavailable:
+            return planned, self._looked_up_at  # the next look-up will retry; report what is known
+        return {**planned, **ends}, looked_up_at  # _last_ends stays the plan's: --once targets rely on it
+
     def _report(self, batch: LandedBatch, remaining: int) -> None:
         rate = batch.consumed / batch.duration_s if batch.duration_s > 0 else 0.0
+        fields = {
+            "batch_id": batch.batch_id, "records": batch.consumed, "landed": batch.landed,
+            "duplicates": batch.duplicates, "dead_letters": batch.dead_letters,
+            "customers": batch.customers_touched, "journeys": batch.journeys_written,
+            "duration_s": round(batch.duration_s, 3), "records_per_s": round(rate, 1), "lag": remaining,
+        }
         log.info(
             "batch %d: %d records (%d landed, %d duplicates, %d dead letters), %d customers, "
             "%d journeys in %.2fs (%.0f records/s); lag %d",
             batch.batch_id, batch.consumed, batch.landed, batch.duplicates, batch.dead_letters,
             batch.customers_touched, batch.journeys_written, batch.duration_s, rate, remaining,
+            extra={"fields": fields},
         )
 
     # ------------------------------------------------------------------ loops
@@ -338,6 +358,8 @@ class MicroBatchRunner:
                 backoff = 1.0
             except BrokerUnavailable as exc:
                 self._reset_reader()
+                for listener in self.listeners:
+                    listener.failed(exc)
                 log.warning("broker unavailable: %s; retrying in %.0fs", exc, backoff)
                 stopper.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)

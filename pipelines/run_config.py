@@ -28,6 +28,9 @@ class RunConfig:
     limits: ParseLimits = field(default_factory=ParseLimits)
     beam_args: Sequence[str] = ()
     metrics_port: Optional[int] = None  # serve Prometheus metrics on this port
+    metrics_host: str = "127.0.0.1"  # bind address of the metrics endpoint: this machine unless told otherwise
+    commit_group: Optional[str] = None  # mirror landed offsets into this consumer group for lag tools
+    stall_after_s: float = 300.0  # /healthz says 503 when the run loop shows no sign of life this long
     check: bool = False  # run the data-quality suite after every batch
     lock_timeout_s: float = 10.0  # wait this long for another process's lock on --db at start
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
-from pipelines.kafka_config import KafkaSettings
+from pipelines.kafka_config import KafkaSettings, failure_cause, probe_tls
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -320,30 +320,169 @@ SCENARIOS: list[tuple[Callable[[_Writer, datetime], datetime], int]] = [
 ]
 
 
-def generate_customer_events(customers: int, seed: int, start: datetime) -> list[dict[str, Any]]:
-    """All events of ``customers`` simulated customers, in event-time order (pure, deterministic)."""
+_ORDER = {"created": 0, "started": 0, "assigned": 1, "message": 2, "status_changed": 3, "ended": 4, "responded": 5}
+
+
+def _customer(rng: random.Random, customer_id: str, t: datetime) -> list[dict[str, Any]]:
+    """One customer's journeys from ``t`` on: one to three contacts, each a scenario (events keep ``_at``)."""
+    funcs = [f for f, _ in SCENARIOS]
+    weights = [wt for _, wt in SCENARIOS]
+    writer = _Writer(rng, customer_id)
+    for _ in range(rng.choices([1, 2, 3], weights=[60, 30, 10])[0]):
+        scenario = rng.choices(funcs, weights=weights)[0]
+        last_end = scenario(writer, t)
+        if last_end > t + timedelta(days=300):
+            break  # an open journey stays the customer's last
+        gap = rng.uniform(HOUR, 48 * HOUR) if rng.random() < 0.15 else rng.uniform(80 * HOUR, 20 * DAY)
+        t = last_end + timedelta(seconds=gap)
+    return writer.events
+
+
+def _event_order(e: dict[str, Any]) -> tuple[Any, int, str]:
+    return e["_at"], _ORDER[e["event_type"].split(".")[1]], e["event_id"]
+
+
+def generate_customer_events(customers: int, seed: int, start: datetime,
+                             until: Optional[datetime] = None) -> list[dict[str, Any]]:
+    """All events of ``customers`` simulated customers, in event-time order (pure, deterministic).
+
+    ``until`` leaves out the events after that instant: they have not happened yet (journeys still
+    in progress), and sending them would put future timestamps on the topics.
+    """
     rng = random.Random(seed)
     if start.tzinfo is None:
         start = start.replace(tzinfo=timezone.utc)
-    funcs = [f for f, _ in SCENARIOS]
-    weights = [wt for _, wt in SCENARIOS]
     events: list[dict[str, Any]] = []
     for index in range(customers):
-        writer = _Writer(rng, f"cust-{index:06d}")
         t = start + timedelta(seconds=rng.uniform(0, 14 * DAY))
-        for _ in range(rng.choices([1, 2, 3], weights=[60, 30, 10])[0]):
-            scenario = rng.choices(funcs, weights=weights)[0]
-            last_end = scenario(writer, t)
-            if last_end > t + timedelta(days=300):
-                break  # an open journey stays the customer's last
-            gap = rng.uniform(HOUR, 48 * HOUR) if rng.random() < 0.15 else rng.uniform(80 * HOUR, 20 * DAY)
-            t = last_end + timedelta(seconds=gap)
-        events.extend(writer.events)
-    order = {"created": 0, "started": 0, "assigned": 1, "message": 2, "status_changed": 3, "ended": 4, "responded": 5}
-    events.sort(key=lambda e: (e["_at"], order[e["event_type"].split(".")[1]], e["event_id"]))
+        events.extend(_customer(rng, f"cust-{index:06d}", t))
+    if until is not None:
+        events = [e for e in events if e["_at"] <= until]
+    events.sort(key=_event_order)
     for e in events:
         del e["_at"]
     return events
+
+
+# ---------------------------------------------------------------- live mode
+
+
+@dataclass
+class LiveStats:
+    """What a live run sent; ``messages = events + duplicates + malformed``."""
+
+    customers: int = 0
+    events: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    late: int = 0
+    seconds: float = 0.0
+
+    @property
+    def messages(self) -> int:
+        return self.events + self.duplicates + self.malformed
+
+
+def run_live(
+    settings: KafkaSettings,
+    topics: dict[str, str],
+    rate: float,
+    speed: float = 1.0,
+    duration_s: Optional[float] = None,
+    seed: int = 42,
+    out_of_order: float = 0.0,
+    duplicates: float = 0.0,
+    malformed: float = 0.0,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Optional[Callable[[LiveStats], None]] = None,
+) -> LiveStats:
+    """Journeys unfolding at wall-clock time: ``rate`` new customers per second (Poisson arrivals).
+
+    Each arriving customer gets the same realistic scenarios as the batch simulator, starting now;
+    every event is sent when its moment comes, stamped with that moment, so no timestamp ever lies
+    in the future. ``speed`` > 1 makes journeys unfold faster (60: an hour of a journey passes in a
+    minute) — timestamps are still the wall-clock send time, so durations shrink by that factor.
+    Mess: ``out_of_order`` delays a message's delivery by 0.2-5 s (its occurred_at unchanged),
+    ``duplicates`` re-sends one 0.2-5 s later (a producer retry), ``malformed`` adds a broken message. The mix follows
+    ``seed``; ids differ per run (the run's start time is mixed in), so reruns never collide.
+    """
+    import heapq
+    import itertools
+
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    if rate <= 0 or speed <= 0:
+        raise ValueError("rate and speed must be positive")
+    wall0 = time.time()
+    rng = random.Random(seed * 1_000_003 + int(wall0 * 1000))
+    token = f"{rng.getrandbits(32):08x}"
+    sim0 = datetime.fromtimestamp(wall0, timezone.utc)
+
+    def wall_of(at: datetime) -> datetime:
+        return datetime.fromtimestamp(wall0 + (at - sim0).total_seconds() / speed, timezone.utc)
+
+    tls_problem = probe_tls(settings)
+    if tls_problem:
+        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
+    try:
+        producer = KafkaProducer(**settings.client_kwargs(), linger_ms=20, acks=1)
+    except (KafkaError, OSError, ValueError) as exc:
+        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
+    stats = LiveStats()
+    queue: list[tuple[datetime, int, str, str, bytes, bytes]] = []  # (delivery sim time, seq, kind, stream, key, value)
+    seq = itertools.count()
+    next_arrival = sim0 + timedelta(seconds=rng.expovariate(rate) * speed)
+    last_flush = last_progress = wall0
+    try:
+        while not should_stop():
+            now = time.time()
+            if duration_s is not None and now - wall0 >= duration_s:
+                break
+            sim_now = sim0 + timedelta(seconds=(now - wall0) * speed)
+            while next_arrival <= sim_now:
+                stats.customers += 1
+                events = sorted(_customer(rng, f"live-{token}-{stats.customers:06d}", next_arrival), key=_event_order)
+                for e in events:
+                    at = e.pop("_at")
+                    e["occurred_at"] = _render_time(wall_of(at), rng)
+                    stream = STREAM_OF_PREFIX[e["event_type"].split(".")[0]]
+                    key, value = e["customer_id"].encode(), json.dumps(e, separators=(",", ":")).encode()
+                    deliver, kind = at, "events"
+                    if out_of_order and rng.random() < out_of_order:
+                        deliver, kind = at + timedelta(seconds=rng.uniform(0.2, 5) * speed), "late"
+                    heapq.heappush(queue, (deliver, next(seq), kind, stream, key, value))
+                    if duplicates and rng.random() < duplicates:
+                        again = deliver + timedelta(seconds=rng.uniform(0.2, 5) * speed)
+                        heapq.heappush(queue, (again, next(seq), "duplicates", stream, key, value))
+                    if malformed and rng.random() < malformed:
+                        bad = _malformed(rng, MALFORMED_KINDS[rng.randrange(len(MALFORMED_KINDS))], e)
+                        heapq.heappush(queue, (at, next(seq), "malformed", *bad))
+                next_arrival += timedelta(seconds=rng.expovariate(rate) * speed)
+            while queue and queue[0][0] <= sim_now:
+                _, _, kind, stream, key, value = heapq.heappop(queue)
+                producer.send(topics[stream], key=key, value=value)
+                if kind == "late":  # an event delivered after later ones: counted as an event, and as late
+                    stats.late += 1
+                    kind = "events"
+                setattr(stats, kind, getattr(stats, kind) + 1)
+            if now - last_flush >= 0.5:
+                producer.flush(timeout=30)
+                last_flush = now
+            if progress and now - last_progress >= 5:
+                last_progress = now
+                stats.seconds = now - wall0
+                progress(stats)
+            due = min(queue[0][0] if queue else next_arrival, next_arrival)
+            wait = (due - sim_now).total_seconds() / speed
+            time.sleep(min(0.1, max(0.0, wait)))
+        producer.flush(timeout=30)
+    except KafkaError as exc:
+        raise ProduceError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
+    finally:
+        producer.close(timeout=5)
+    stats.seconds = time.time() - wall0
+    return stats
 
 
 MALFORMED_KINDS = (
@@ -422,10 +561,13 @@ def produce(
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    tls_problem = probe_tls(settings)  # kafka-python would hang on a listener that does not speak TLS
+    if tls_problem:
+        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
     try:
         producer = KafkaProducer(**settings.client_kwargs(), linger_ms=20, batch_size=1 << 20, acks=1)
     except (KafkaError, OSError, ValueError) as exc:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}") from None
+        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
     total = len(messages)
     started = time.monotonic()
     last_report = 0.0
@@ -441,7 +583,7 @@ def produce(
                 progress(sent, total)
         producer.flush(timeout=60)
     except KafkaError as exc:
-        raise ProduceError(f"sending to {settings.bootstrap_servers} failed: {exc!r}") from None
+        raise ProduceError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
     finally:
         producer.close(timeout=5)
     if progress:

@@ -14,6 +14,9 @@ from typing import Any, Optional
 OK, WARN, CRIT = 0, 1, 2
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", CRIT: "CRIT"}
 SOURCE_RESET_WINDOW_H = 24  # a change of the broker's log keeps status at WARN this long
+DEFAULT_MAX_DEAD_LETTER_RATE = 0.1  # a tenth of the input rejected is an upstream contract break, not noise
+DEAD_LETTER_WINDOW_S = 3600.0
+DEAD_LETTER_FALLBACK_BATCHES = 10  # when no batch landed in the window: the last ones, so an idle pipeline still shows it
 
 
 @dataclass
@@ -43,6 +46,10 @@ class StatusReport:
     last_batch: Optional[dict[str, Any]] = None
     dead_letters_last_hour: dict[str, int] = field(default_factory=dict)
     source_resets: list[dict[str, Any]] = field(default_factory=list)  # last SOURCE_RESET_WINDOW_H hours
+    dead_letter_rate: Optional[float] = None  # dead letters / records consumed over the recent batches
+    dead_letter_basis: Optional[str] = None  # which batches the rate covers
+    recent_consumed: int = 0
+    recent_dead_letters: int = 0
     broker_error: Optional[str] = None
     replica_problem: Optional[str] = None  # the read replica does not match the database (WARN)
     level: int = OK
@@ -87,6 +94,19 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
             from pipelines.reader import replica_disagreement
 
             report.replica_problem = replica_disagreement(con, db)
+        recent = con.execute(
+            """SELECT count(*), coalesce(sum(consumed), 0), coalesce(sum(dead_letters), 0) FROM pipeline_batches
+               WHERE finished_at >= ? - to_seconds(?)""",
+            [now, DEAD_LETTER_WINDOW_S],
+        ).fetchone()
+        basis = "batches of the last hour"
+        if recent[0] == 0:
+            recent = con.execute(
+                """SELECT count(*), coalesce(sum(consumed), 0), coalesce(sum(dead_letters), 0) FROM
+                   (SELECT consumed, dead_letters FROM pipeline_batches ORDER BY batch_id DESC LIMIT ?)""",
+                [DEAD_LETTER_FALLBACK_BATCHES],
+            ).fetchone()
+            basis = f"last {recent[0]} batches (none in the last hour)"
     finally:
         con.close()
     report.source_resets = resets
@@ -101,6 +121,10 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
             "consumed": consumed, "landed": landed_n, "duplicates": duplicates, "dead_letters": dead_n,
         }
     report.dead_letters_last_hour = {reason: n for reason, n in dead}
+    batches, report.recent_consumed, report.recent_dead_letters = (int(v) for v in recent)
+    if report.recent_consumed > 0:
+        report.dead_letter_rate = report.recent_dead_letters / report.recent_consumed
+        report.dead_letter_basis = basis
     return report, landed, fingerprints
 
 
@@ -187,7 +211,8 @@ def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int
         report.reasons.append(f"topics missing on the broker: {', '.join(missing)}")
 
 
-def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Optional[float]) -> None:
+def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Optional[float],
+             max_dead_letter_rate: Optional[float] = DEFAULT_MAX_DEAD_LETTER_RATE) -> None:
     """Sets level and reasons: CRIT past a threshold, WARN past half of one."""
     level = OK
     gone = [p for p in report.partitions if p.state == "gone"]
@@ -220,15 +245,24 @@ def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Opti
         elif value > limit / 2:
             level = max(level, WARN)
             report.reasons.append(f"{name} {value:.0f} {unit} > half of {limit:.0f}")
+    rate = report.dead_letter_rate
+    if max_dead_letter_rate is not None and max_dead_letter_rate < 1 and rate is not None:  # 1 = off
+        share = f"dead-letter rate {rate:.1%} ({report.recent_dead_letters} of {report.recent_consumed} records, {report.dead_letter_basis})"
+        if rate > max_dead_letter_rate:
+            level = max(level, CRIT)
+            report.reasons.append(f"{share} > {max_dead_letter_rate:.1%}")
+        elif rate > max_dead_letter_rate / 2:
+            level = max(level, WARN)
+            report.reasons.append(f"{share} > half of {max_dead_letter_rate:.1%}")
     report.level = level
 
 
 def collect(db: Path, settings: Any, topics: list[str], max_lag: Optional[int], max_staleness_s: Optional[float],
-            now: Optional[datetime] = None) -> StatusReport:
+            now: Optional[datetime] = None, max_dead_letter_rate: Optional[float] = DEFAULT_MAX_DEAD_LETTER_RATE) -> StatusReport:
     now = now or datetime.now(timezone.utc)
     report, landed, fingerprints = read_tables(db, now)
     add_broker_positions(report, landed, settings, topics, fingerprints)
-    evaluate(report, max_lag, max_staleness_s)
+    evaluate(report, max_lag, max_staleness_s, max_dead_letter_rate)
     return report
 
 
@@ -266,4 +300,7 @@ def render(report: StatusReport) -> str:
         )
     dead = ", ".join(f"{r} {n}" for r, n in report.dead_letters_last_hour.items()) or "none"
     lines.append(f"dead letters in the last hour: {dead}")
+    if report.dead_letter_rate is not None:
+        lines.append(f"dead-letter rate: {report.dead_letter_rate:.1%} of {report.recent_consumed} records "
+                     f"({report.dead_letter_basis})")
     return "\n".join(lines)
