@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from pipelines.kafka_config import DEFAULT_TOPICS, KafkaSettings
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
+from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
 
 log = logging.getLogger("cxj.run")
@@ -29,6 +30,8 @@ class RunConfig:
     beam_args: Sequence[str] = ()
     metrics_port: Optional[int] = None  # serve Prometheus metrics on this port
     check: bool = False  # run the data-quality suite after every batch
+    # service metrics settings: calendars, durable days, repeat-contact window (--calendars FILE)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def stream_of_topic(self) -> dict[str, str]:
