@@ -16,6 +16,7 @@ occurrence (``fold=0``).
 from __future__ import annotations
 
 import fnmatch
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Optional, Sequence
@@ -60,6 +61,15 @@ def _instant_us(local_day: date, minutes: int, zone: ZoneInfo) -> int:
     return (local - EPOCH) // timedelta(microseconds=1)
 
 
+@lru_cache(maxsize=65536)
+def _day_intervals_us(calendar: Calendar, day: date) -> tuple[tuple[int, int], ...]:
+    """The open intervals of one local date as instants (cached: journeys cluster on few days)."""
+    if day in calendar.holidays:
+        return ()
+    zone = calendar.zone
+    return tuple((_instant_us(day, a, zone), _instant_us(day, b, zone)) for a, b in calendar.hours[day.weekday()])
+
+
 def open_intervals_us(calendar: Calendar, start_us: int, end_us: int) -> list[tuple[int, int]]:
     """The calendar's open intervals (epoch us) that overlap [start_us, end_us], clipped to it."""
     if end_us <= start_us:
@@ -70,12 +80,10 @@ def open_intervals_us(calendar: Calendar, start_us: int, end_us: int) -> list[tu
     out: list[tuple[int, int]] = []
     day = first
     while day <= last:
-        if day not in calendar.holidays:
-            for open_min, close_min in calendar.hours[day.weekday()]:
-                a = max(start_us, _instant_us(day, open_min, zone))
-                b = min(end_us, _instant_us(day, close_min, zone))
-                if b > a:
-                    out.append((a, b))
+        for open_us, close_us in _day_intervals_us(calendar, day):
+            a, b = max(start_us, open_us), min(end_us, close_us)
+            if b > a:
+                out.append((a, b))
         day += timedelta(days=1)
     return out
 
