@@ -50,6 +50,8 @@ FROM journey_metrics m
 FULL JOIN journeys j ON j.journey_id = m.journey_id
 LEFT JOIN (SELECT journey_id, count(*) AS n, count(*) FILTER (WHERE team_changed) AS t
            FROM journey_handoffs GROUP BY journey_id) h ON h.journey_id = coalesce(m.journey_id, j.journey_id)
+-- journeys last written before the service metrics existed get them when their customer is next touched
+WHERE m.journey_id IS NOT NULL OR j.batch_id >= (SELECT min(batch_id) FROM journey_metrics)
 """
 SERVICE_RULES = ("one_row_per_journey", "handoffs_listed", "kinds_add_up", "first_resolution_before_full",
                  "business_within_calendar", "durable_pending_consistent")

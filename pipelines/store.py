@@ -343,10 +343,17 @@ class Store:
         """The landed journeys (+ service metrics, + event ids) of ``customers`` (a subquery)."""
         snapshot = rows(
             self.con,
-            f"""SELECT j.* EXCLUDE (updated_at, batch_id), m.* EXCLUDE (journey_id, customer_id, batch_id)
+            f"""SELECT j.* EXCLUDE (updated_at, batch_id), m.* EXCLUDE (journey_id, customer_id, batch_id),
+                       m.journey_id IS NOT NULL AS _has_metrics
                 FROM journeys j LEFT JOIN journey_metrics m ON m.journey_id = j.journey_id
                 WHERE j.customer_id IN ({customers}) ORDER BY j.journey_id""",
         )
+        metric_columns = [d[0] for d in self.con.execute("SELECT * EXCLUDE (journey_id, customer_id, batch_id) "
+                                                         "FROM journey_metrics LIMIT 0").description]
+        for row in snapshot:  # landed before the service metrics existed: compare the journey only
+            if not row.pop("_has_metrics"):
+                for name in metric_columns:
+                    row.pop(name, None)
         links: dict[str, list[str]] = {}
         for event_id, journey_id in self.con.execute(
             f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers})"

@@ -56,3 +56,25 @@ def test_broken_service_tables_fail_by_name(landed, tmp_path, statement, failing
     report = report_for(bad)
     assert not report.success
     assert f"journey_metrics.{failing}" in {f"{r.table}.{r.column}" for r in report.failed}, report.render()
+
+
+def test_database_landed_before_the_service_metrics(broker, tmp_path):
+    """A database whose journeys were landed before the service metrics existed passes the
+    suite; a journey's first recompute adds its metrics without a revision of them."""
+    from tests.support import table
+
+    topics = new_topics(broker)
+    db = tmp_path / "old.duckdb"
+    lines = [json.loads(line) for s in SERVICE if s.name.startswith("93_") for line in s.lines]
+    send_events(broker, topics, lines[:3])
+    run_once(db, broker, topics, metrics=CONFIG)
+    with duckdb.connect(str(db)) as con:  # as an earlier version left it
+        con.execute("DELETE FROM journey_metrics; DELETE FROM journey_handoffs")
+    assert report_for(db).success, report_for(db).render()
+    send_events(broker, topics, lines[3:])  # the late solve
+    run_once(db, broker, topics, metrics=CONFIG)
+    report = report_for(db)
+    assert report.success, report.render()
+    (columns,) = table(db, "SELECT changed_columns FROM journey_revisions")[0:1][0]
+    assert sorted(columns) == sorted(["status", "resolved_at", "time_to_resolution_s", "fcr", "event_count"])
+    assert table(db, "SELECT count(*) FROM journey_metrics") == [(1,)]

@@ -26,9 +26,9 @@ def _plain(value: Any) -> Any:
 
 
 def changed_columns(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    names = [n for n in before if n not in IGNORED]
-    names += [n for n in after if n not in IGNORED and n not in before]
-    return [n for n in names if _plain(before.get(n)) != _plain(after.get(n))]
+    """Value columns present on both sides whose values differ (a column the old row did not
+    have — e.g. service metrics of a journey landed before they existed — is no revision)."""
+    return [n for n in before if n not in IGNORED and n in after and _plain(before[n]) != _plain(after[n])]
 
 
 def revisions(

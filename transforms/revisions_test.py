@@ -41,3 +41,10 @@ def test_a_change_caused_by_another_journey_of_the_customer_names_the_customers_
     new = [row("j1", 100, one_contact_resolution=False, event_ids=["e1"]), row("j2", 300, event_ids=["e9"])]
     (r,) = revisions(old, new, {"e1": "j1", "e9": "j2"}, [("e9", "c1", 300)])
     assert r["trigger_event_ids"] == ["e9"] and r["reason"] == "new_events"
+
+
+def test_columns_the_old_row_did_not_have_are_no_revision():
+    # a journey landed before the service metrics existed: its first recompute adds them
+    old = [row("j1", 100, status="open", event_ids=["e1"])]
+    new = [row("j1", 100, status="open", durably_resolved=None, resolution_count=0, event_ids=["e1"])]
+    assert revisions(old, new, {"e1": "j1"}, [("e2", "c1", 200)]) == []
