@@ -339,7 +339,7 @@ class Store:
 
     # ---------------------------------------------------------------- service metrics
 
-    def _journey_snapshot(self, customers: str) -> list[dict[str, Any]]:
+    def _journey_snapshot(self, customers: str, with_event_ids: bool = True) -> list[dict[str, Any]]:
         """The landed journeys (+ service metrics, + event ids) of ``customers`` (a subquery)."""
         snapshot = rows(
             self.con,
@@ -354,6 +354,8 @@ class Store:
             if not row.pop("_has_metrics"):
                 for name in metric_columns:
                     row.pop(name, None)
+        if not with_event_ids:  # only the rows before the batch need them (to name successors)
+            return snapshot
         links: dict[str, list[str]] = {}
         for event_id, journey_id in self.con.execute(
             f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers})"
@@ -395,7 +397,7 @@ class Store:
             )
         if not before:
             return
-        after = self._journey_snapshot(customers)
+        after = self._journey_snapshot(customers, with_event_ids=False)
         new_links = dict(con.execute(
             f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers})").fetchall())
         batch_events = con.execute("SELECT event_id, customer_id, occurred_at FROM events WHERE batch_id = ?",

@@ -28,7 +28,8 @@ def _plain(value: Any) -> Any:
 def changed_columns(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """Value columns present on both sides whose values differ (a column the old row did not
     have — e.g. service metrics of a journey landed before they existed — is no revision)."""
-    return [n for n in before if n not in IGNORED and n in after and _plain(before[n]) != _plain(after[n])]
+    return [n for n in before if n not in IGNORED and n in after and before[n] != after[n]
+            and _plain(before[n]) != _plain(after[n])]
 
 
 def revisions(
