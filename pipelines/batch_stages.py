@@ -23,6 +23,7 @@ from pipelines.kafka_config import KafkaSettings
 from transforms.assemble import AssembleJourneys
 from transforms.ingest import DedupEvents, ParseEvents
 from transforms.kafka_source import OffsetRange, ReadKafkaRanges
+from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
 
 
@@ -79,12 +80,13 @@ def run_ingest(
 
 
 def run_assemble(
-    history_files: list[str], staging: Path, repeat_window_s: float, beam_args: Sequence[str] = ()
+    history_files: list[str], staging: Path, repeat_window_s: float, beam_args: Sequence[str] = (),
+    metrics: MetricsConfig = MetricsConfig(),
 ) -> StageResult:
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=_options(beam_args))
     files = pipeline | "HistoryFiles" >> beam.Create(history_files)
-    _ = files | "AssembleJourneys" >> AssembleJourneys(repeat_window_s, str(staging))
+    _ = files | "AssembleJourneys" >> AssembleJourneys(repeat_window_s, str(staging), metrics)
     result = pipeline.run()
     result.wait_until_finish()
     return StageResult(time.perf_counter() - started, _counters(result))

@@ -17,6 +17,7 @@ from pipelines.kafka_config import add_kafka_arguments, settings_from_args, topi
 from pipelines.kafka_offsets import BrokerUnavailable
 from pipelines.run_config import RunConfig, Stopper
 from pipelines.store import StoreError
+from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock-timeout", type=parse_duration, default="10s", metavar="DURATION",
                         help="at start, wait this long for another process to release the database file, "
                              "then exit 2 naming it (default 10s)")
+    parser.add_argument("--calendars", type=Path, default=None, metavar="FILE",
+                        help="TOML file of business-hours calendars and service-metric settings "
+                             "(default: Mon-Fri 09:00-17:00 UTC, durable 7 days, repeat contact 7 days)")
     add_kafka_arguments(parser)
 
 
@@ -89,7 +93,19 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         stall_after_s=args.stall_after,
         check=args.check,
         lock_timeout_s=float(args.lock_timeout),
+        metrics=_metrics_config(getattr(args, "calendars", None)),
     )
+
+
+def _metrics_config(path: Optional[Path]) -> "MetricsConfig":
+    """The --calendars file; a file that cannot be used stops the run with one line (exit 4)."""
+    from transforms.metrics_config import MetricsConfigError, load_metrics_config
+
+    try:
+        return load_metrics_config(path)
+    except MetricsConfigError as exc:
+        log.error("%s", exc)
+        raise SystemExit(EXIT_PIPELINE) from None
 
 
 def execute(config: RunConfig, follow: bool) -> int:

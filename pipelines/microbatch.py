@@ -28,11 +28,19 @@ from pipelines.store import BatchFacts, LandedBatch, Store
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
 from transforms.kafka_source import OffsetRange
 from transforms.parse import ParseLimits
-from transforms.staging import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, JOURNEY_SCHEMA, LINK_SCHEMA
+from transforms.staging import (
+    DEAD_LETTER_SCHEMA,
+    EVENT_SCHEMA,
+    HANDOFF_SCHEMA,
+    JOURNEY_METRICS_SCHEMA,
+    JOURNEY_SCHEMA,
+    LINK_SCHEMA,
+)
 
 log = logging.getLogger("cxj.run")
 
-STAGED_KINDS = {"events": EVENT_SCHEMA, "dead": DEAD_LETTER_SCHEMA, "journeys": JOURNEY_SCHEMA, "links": LINK_SCHEMA}
+STAGED_KINDS = {"events": EVENT_SCHEMA, "dead": DEAD_LETTER_SCHEMA, "journeys": JOURNEY_SCHEMA, "links": LINK_SCHEMA,
+                "jmetrics": JOURNEY_METRICS_SCHEMA, "handoffs": HANDOFF_SCHEMA}
 
 
 def _is_broker_error(exc: BaseException) -> bool:
@@ -228,8 +236,9 @@ class MicroBatchRunner:
             history = staging / "history"
             if self.store.export_history(history):
                 files = sorted(str(f) for f in history.rglob("*.parquet"))
-                assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args).seconds
-            _ensure_staged_files(staging, ["journeys", "links"])
+                assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args,
+                                          self.config.metrics).seconds
+            _ensure_staged_files(staging, ["journeys", "links", "jmetrics", "handoffs"])
             planned = sum(r.size for r in ranges)
             facts = BatchFacts(
                 batch_id=batch_id,

@@ -32,6 +32,30 @@ FROM journeys
 EVENTS_QUERY = "SELECT event_id FROM events"
 LINKS_QUERY = "SELECT event_id, journey_id IN (SELECT journey_id FROM journeys) AS journey_exists FROM journey_events"
 
+# service metrics (journey_metrics, journey_handoffs) against the journeys they belong to
+SERVICE_QUERY = """
+SELECT coalesce(m.journey_id, j.journey_id) AS journey_id,
+       m.journey_id IS NOT NULL AND j.journey_id IS NOT NULL AS one_row_per_journey,
+       coalesce(coalesce(h.n, 0) = j.handoff_count AND coalesce(h.t, 0) = j.team_handoff_count, false)
+           AS handoffs_listed,
+       coalesce(m.bot_to_human_handoffs + m.human_to_bot_handoffs + m.bot_to_bot_handoffs
+                + m.team_to_team_handoffs + m.agent_to_agent_handoffs = j.handoff_count, false) AS kinds_add_up,
+       coalesce(m.first_resolved_at IS NULL OR j.resolved_at IS NULL OR m.first_resolved_at <= j.resolved_at, false)
+           AS first_resolution_before_full,
+       coalesce(m.time_to_resolution_business_s IS NULL
+                OR m.time_to_resolution_business_s <= j.time_to_resolution_s + 1e-6, false) AS business_within_calendar,
+       coalesce(m.durable_check_at IS NULL OR (m.durably_resolved IS NULL AND j.status = 'resolved'), false)
+           AS durable_pending_consistent
+FROM journey_metrics m
+FULL JOIN journeys j ON j.journey_id = m.journey_id
+LEFT JOIN (SELECT journey_id, count(*) AS n, count(*) FILTER (WHERE team_changed) AS t
+           FROM journey_handoffs GROUP BY journey_id) h ON h.journey_id = coalesce(m.journey_id, j.journey_id)
+-- journeys last written before the service metrics existed get them when their customer is next touched
+WHERE m.journey_id IS NOT NULL OR j.batch_id >= (SELECT min(batch_id) FROM journey_metrics)
+"""
+SERVICE_RULES = ("one_row_per_journey", "handoffs_listed", "kinds_add_up", "first_resolution_before_full",
+                 "business_within_calendar", "durable_pending_consistent")
+
 RULE_COLUMNS = (
     "ttr_null_iff_not_resolved",
     "resolved_at_null_iff_not_resolved",
@@ -93,7 +117,8 @@ def _suites(gx: Any, gxe: Any) -> dict[str, list[Any]]:
         gxe.ExpectColumnValuesToBeUnique(column="event_id"),
         gxe.ExpectColumnValuesToBeInSet(column="journey_exists", value_set=[True]),
     ]
-    return {"journeys": journeys, "events": events, "journey_events": links}
+    service = [gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[True]) for c in SERVICE_RULES]
+    return {"journeys": journeys, "events": events, "journey_events": links, "journey_metrics": service}
 
 
 def run_suite(con: duckdb.DuckDBPyConnection) -> QualityReport:
@@ -113,6 +138,7 @@ def run_suite(con: duckdb.DuckDBPyConnection) -> QualityReport:
         "journeys": con.execute(JOURNEYS_QUERY).df(),
         "events": con.execute(EVENTS_QUERY).df(),
         "journey_events": con.execute(LINKS_QUERY).df(),
+        "journey_metrics": con.execute(SERVICE_QUERY).df(),
     }
     results: list[CheckResult] = []
     for table, expectations in _suites(gx, gxe).items():

@@ -44,9 +44,9 @@ log = logging.getLogger("cxj.replica")
 
 LAKE_ALIAS = "lake"
 # Tables copied from the database file, and how each is published.
-APPENDED = ("events", "dead_letters", "pipeline_batches")  # new rows carry the batch_id that landed them
+APPENDED = ("events", "dead_letters", "pipeline_batches", "journey_revisions")  # new rows carry the batch_id that landed them
 REPLACED = ("pipeline_offsets", "source_resets", "source_fingerprints")  # small: replaced whole
-PER_CUSTOMER = ("journeys", "journey_events")  # rewritten for the customers a batch touched
+PER_CUSTOMER = ("journeys", "journey_events", "journey_metrics", "journey_handoffs")  # rewritten for the customers a batch touched
 TABLES = APPENDED + REPLACED + PER_CUSTOMER
 META_TABLE = "replica_meta"  # one row: fingerprint (tables), views_fingerprint, rebuilt_at
 STATE_TABLE = "replica_state"  # view for readers: published_batch_id, ...

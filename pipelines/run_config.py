@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from pipelines.kafka_config import DEFAULT_TOPICS, KafkaSettings
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
+from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
 
 log = logging.getLogger("cxj.run")
@@ -33,6 +34,8 @@ class RunConfig:
     stall_after_s: float = 300.0  # /healthz says 503 when the run loop shows no sign of life this long
     check: bool = False  # run the data-quality suite after every batch
     lock_timeout_s: float = 10.0  # wait this long for another process's lock on --db at start
+    # service metrics settings: calendars, durable days, repeat-contact window (--calendars FILE)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def stream_of_topic(self) -> dict[str, str]:

@@ -307,6 +307,7 @@ class Store:
             )
             dead = int(con.execute(f"SELECT count(*) FROM {dead_source}").fetchone()[0])
             touched = "SELECT DISTINCT customer_id FROM batch_events"
+            before = self._journey_snapshot(touched)  # for journey_revisions
             con.execute(f"DELETE FROM journeys WHERE customer_id IN ({touched})")
             con.execute(f"DELETE FROM journey_events WHERE customer_id IN ({touched})")
             con.execute(
@@ -319,6 +320,7 @@ class Store:
             )
             journeys = int(con.execute(f"SELECT count(*) FROM {journey_source}").fetchone()[0])
             con.execute(f"INSERT INTO journey_events SELECT event_id, journey_id, customer_id FROM {link_source}")
+            self._land_service_metrics(facts.batch_id, staging, touched, before)
             self._advance_offsets(facts)
             customers = int(con.execute(f"SELECT count(*) FROM ({touched})").fetchone()[0])
             duplicates = facts.duplicates_in_batch + duplicates_landed_before
@@ -361,6 +363,92 @@ class Store:
             journeys_written=journeys,
             duration_s=duration,
         )
+
+    # ---------------------------------------------------------------- service metrics
+
+    def _journey_snapshot(self, customers: str, with_event_ids: bool = True) -> list[dict[str, Any]]:
+        """The landed journeys (+ service metrics, + event ids) of ``customers`` (a subquery)."""
+        snapshot = rows(
+            self.con,
+            f"""SELECT j.* EXCLUDE (updated_at, batch_id), m.* EXCLUDE (journey_id, customer_id, batch_id),
+                       m.journey_id IS NOT NULL AS _has_metrics
+                FROM journeys j LEFT JOIN journey_metrics m ON m.journey_id = j.journey_id
+                WHERE j.customer_id IN ({customers}) ORDER BY j.journey_id""",
+        )
+        metric_columns = [d[0] for d in self.con.execute("SELECT * EXCLUDE (journey_id, customer_id, batch_id) "
+                                                         "FROM journey_metrics LIMIT 0").description]
+        for row in snapshot:  # landed before the service metrics existed: compare the journey only
+            if not row.pop("_has_metrics"):
+                for name in metric_columns:
+                    row.pop(name, None)
+        if not with_event_ids:  # only the rows before the batch need them (to name successors)
+            return snapshot
+        links: dict[str, list[str]] = {}
+        for event_id, journey_id in self.con.execute(
+            f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers})"
+        ).fetchall():
+            links.setdefault(journey_id, []).append(event_id)
+        for row in snapshot:
+            row["event_ids"] = sorted(links.get(row["journey_id"], []))
+        return snapshot
+
+    def _land_service_metrics(self, batch_id: int, staging: Path, customers: str, before: list[dict[str, Any]]) -> None:
+        """journey_metrics and journey_handoffs of the touched customers, and journey_revisions:
+        how this batch changed their landed journeys (docs/metrics.md, "Revisions"). Runs inside
+        the landing transaction, after the new journeys and links are in."""
+        from transforms.revisions import revisions
+
+        con = self.con
+        con.execute(f"DELETE FROM journey_metrics WHERE customer_id IN ({customers})")
+        con.execute(f"DELETE FROM journey_handoffs WHERE customer_id IN ({customers})")
+        if any(staging.glob("jmetrics*.parquet")):
+            con.execute(
+                f"""INSERT INTO journey_metrics SELECT journey_id, customer_id, calendar,
+                    time_to_resolution_business_s, first_response_business_s, {_ts('first_resolved_at_us')},
+                    first_resolution_s, first_resolution_business_s, resolution_count, durably_resolved,
+                    {_ts('durable_check_at_us')}, repeat_contact_within_s, repeat_contact_thread,
+                    repeat_contact_channel, one_contact_resolution, started_with_bot, bot_only,
+                    first_bot_response_s, {_ts('bot_handoff_at_us')}, first_human_response_after_bot_s,
+                    bot_to_human_handoffs, human_to_bot_handoffs, bot_to_bot_handoffs, team_to_team_handoffs,
+                    agent_to_agent_handoffs, escalation_handoffs, post_reply_reassignments,
+                    distinct_human_agents, distinct_teams, agent_pingpong_immediate, agent_pingpong_returns,
+                    team_pingpong_immediate, team_pingpong_returns, ? FROM {_parquet(staging, 'jmetrics')}""",
+                [batch_id],
+            )
+        if any(staging.glob("handoffs*.parquet")):
+            con.execute(
+                f"""INSERT INTO journey_handoffs SELECT journey_id, customer_id, seq, {_ts('at_us')}, event_id,
+                    thread, kind, from_agent, from_team, from_is_bot, to_agent, to_team, to_is_bot,
+                    team_changed, agent_changed, escalation, after_first_reply, ? FROM {_parquet(staging, 'handoffs')}""",
+                [batch_id],
+            )
+        if not before:
+            return
+        after = self._journey_snapshot(customers, with_event_ids=False)
+        new_links = dict(con.execute(
+            f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers})").fetchall())
+        batch_events = con.execute("SELECT event_id, customer_id, occurred_at FROM events WHERE batch_id = ?",
+                                   [batch_id]).fetchall()
+        found = revisions(before, after, new_links, batch_events)
+        if not found:
+            return
+        import pyarrow as pa
+
+        text, texts = pa.string(), pa.list_(pa.string())
+        schema = pa.schema([("journey_id", text), ("customer_id", text), ("change", text), ("replaced_by", texts),
+                            ("reason", text), ("trigger_event_ids", texts), ("trigger_events", pa.int32()),
+                            ("late_events", pa.int32()), ("changed_columns", texts), ("before", text), ("after", text)])
+        table = pa.Table.from_pylist(found, schema=schema)
+        con.register("revisions_found", table)
+        try:
+            con.execute(
+                """INSERT INTO journey_revisions SELECT ?, now(), journey_id, customer_id, change, replaced_by,
+                   reason, trigger_event_ids, trigger_events, late_events, changed_columns,
+                   before::JSON, after::JSON FROM revisions_found""",
+                [batch_id],
+            )
+        finally:
+            con.unregister("revisions_found")
 
     def rewind_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         """Moves stored offsets back (never forward): re-reading is safe, skipping is not."""

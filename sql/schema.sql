@@ -137,3 +137,83 @@ CREATE TABLE IF NOT EXISTS source_resets (
     detected_at  TIMESTAMPTZ NOT NULL,
     batch_id     BIGINT NOT NULL    -- the next batch, which resumes from to_offset
 );
+
+-- ---------------------------------------------------------------- service metrics
+-- (docs/metrics.md, "Service metrics"). Rewritten with the journeys of the customers a batch
+-- touches, in the same transaction; one row per journeys row.
+CREATE TABLE IF NOT EXISTS journey_metrics (
+    journey_id                       VARCHAR NOT NULL,
+    customer_id                      VARCHAR NOT NULL,
+    calendar                         VARCHAR NOT NULL,  -- business-hours calendar that measured it
+    time_to_resolution_business_s    DOUBLE,    -- business seconds from started_at to resolved_at
+    first_response_business_s        DOUBLE,    -- business seconds from started_at to the first agent message
+    first_resolved_at                TIMESTAMPTZ, -- first time the journey became resolved
+    first_resolution_s               DOUBLE,    -- first_resolved_at - started_at
+    first_resolution_business_s      DOUBLE,
+    resolution_count                 INTEGER NOT NULL, -- times it became resolved
+    durably_resolved                 BOOLEAN,   -- a resolved spell lasted durable_days; NULL = not known yet
+    durable_check_at                 TIMESTAMPTZ, -- when a pending resolution becomes durable if nothing ends it
+    repeat_contact_within_s          DOUBLE,    -- next contact after the first resolution, within the window
+    repeat_contact_thread            VARCHAR,   -- that contact: 'ticket:<id>' / 'chat:<id>'
+    repeat_contact_channel           VARCHAR,
+    one_contact_resolution           BOOLEAN NOT NULL, -- fcr and no repeat contact within the window
+    started_with_bot                 BOOLEAN NOT NULL, -- first assignment was to a bot
+    bot_only                         BOOLEAN NOT NULL, -- only bots assigned, no agent message
+    first_bot_response_s             DOUBLE,    -- first bot message - started_at (never a first response)
+    bot_handoff_at                   TIMESTAMPTZ, -- first bot -> human handoff (journeys that started with a bot)
+    first_human_response_after_bot_s DOUBLE,    -- first agent message after that handoff - the handoff
+    bot_to_human_handoffs            INTEGER NOT NULL,
+    human_to_bot_handoffs            INTEGER NOT NULL,
+    bot_to_bot_handoffs              INTEGER NOT NULL,
+    team_to_team_handoffs            INTEGER NOT NULL, -- between people or queues, team changed
+    agent_to_agent_handoffs          INTEGER NOT NULL, -- between people, same team
+    escalation_handoffs              INTEGER NOT NULL, -- chat -> linked ticket
+    post_reply_reassignments         INTEGER NOT NULL, -- handoffs after the first agent message
+    distinct_human_agents            INTEGER NOT NULL,
+    distinct_teams                   INTEGER NOT NULL,
+    agent_pingpong_immediate         INTEGER NOT NULL, -- A -> B -> A among agents
+    agent_pingpong_returns           INTEGER NOT NULL, -- back to any earlier agent
+    team_pingpong_immediate          INTEGER NOT NULL,
+    team_pingpong_returns            INTEGER NOT NULL,
+    batch_id                         BIGINT NOT NULL
+);
+
+-- Every handoff counted in journeys.handoff_count, with its kind: the audit trail of the counts.
+CREATE TABLE IF NOT EXISTS journey_handoffs (
+    journey_id        VARCHAR NOT NULL,
+    customer_id       VARCHAR NOT NULL,
+    seq               INTEGER NOT NULL,   -- 1, 2, ... in event order within the journey
+    occurred_at       TIMESTAMPTZ NOT NULL, -- the assignment that made the handoff
+    event_id          VARCHAR NOT NULL,
+    thread            VARCHAR NOT NULL,   -- thread the work went to
+    kind              VARCHAR NOT NULL,   -- bot_to_human | human_to_bot | bot_to_bot | team_to_team | agent_to_agent
+    from_agent        VARCHAR,
+    from_team         VARCHAR,
+    from_is_bot       BOOLEAN,            -- NULL: no agent known (a team queue)
+    to_agent          VARCHAR,
+    to_team           VARCHAR,
+    to_is_bot         BOOLEAN,
+    team_changed      BOOLEAN NOT NULL,
+    agent_changed     BOOLEAN NOT NULL,
+    escalation        BOOLEAN NOT NULL,   -- chat -> its linked ticket
+    after_first_reply BOOLEAN NOT NULL,   -- after the journey's first agent message
+    batch_id          BIGINT NOT NULL
+);
+
+-- Every change of a landed journey's values: which batch, why, and before/after of the changed
+-- columns. Written in the landing transaction; a journey's first landing is not a revision.
+CREATE TABLE IF NOT EXISTS journey_revisions (
+    batch_id          BIGINT NOT NULL,
+    revised_at        TIMESTAMPTZ NOT NULL, -- wall-clock time of the landing
+    journey_id        VARCHAR NOT NULL,     -- the journey as it was landed before
+    customer_id       VARCHAR NOT NULL,
+    change            VARCHAR NOT NULL,     -- changed | removed (its threads now form other journeys)
+    replaced_by       VARCHAR[] NOT NULL,   -- removed: the journeys its events belong to now
+    reason            VARCHAR NOT NULL,     -- late_events | new_events
+    trigger_event_ids VARCHAR[] NOT NULL,   -- this batch's events that caused it (at most 20)
+    trigger_events    INTEGER NOT NULL,     -- how many there were
+    late_events       INTEGER NOT NULL,     -- of those, older than the journey's last_event_at before
+    changed_columns   VARCHAR[] NOT NULL,
+    before            JSON NOT NULL,        -- {column: value} of the changed columns, before
+    after             JSON NOT NULL         -- ... and after (removed: {})
+);

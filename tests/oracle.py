@@ -302,3 +302,200 @@ def all_journeys(lines: Iterable[str | bytes], window_s: float = 72 * 3600) -> l
     events = winners(lines)
     customers = sorted({e.customer_id for e in events})
     return [row for c in customers for row in journeys_of(c, events, window_s)]
+
+
+# ------------------------------------------------------------------------------------------
+# Service metrics (docs/metrics.md, "Service metrics"), written from that text a second way:
+# handoffs are re-derived from the raw assignments with their own holder state, resolution
+# spells by replaying each journey's raw events once. Business hours are not here (a
+# minute-by-minute count is too slow for random multi-week journeys); transforms/
+# business_hours_test.py checks them against a brute-force count instead.
+# ------------------------------------------------------------------------------------------
+
+DAY_US = 86_400 * 1_000_000
+
+
+def _handoffs_of(journey_events: list[Ev]) -> list[dict[str, Any]]:
+    """Every handoff of one journey, in event order: (key, from, to, team, escalation)."""
+    state: dict[tuple[str, str], dict[str, Any]] = {}
+    first: dict[tuple[str, str], Ev] = {}
+    links: list[tuple[str, str]] = []
+    found: list[dict[str, Any]] = []
+    threads = {e.thread for e in journey_events if e.thread is not None}
+    for e in journey_events:
+        t = e.thread
+        if e.event_type == "chat.ended" and e.ticket_id and ("ticket", e.ticket_id) in threads:
+            if (e.chat_id, e.ticket_id) not in links:
+                links.append((e.chat_id, e.ticket_id))
+        if not e.event_type.endswith(".assigned"):
+            continue
+        is_bot = e.handler_type == "bot"
+        if t not in state:
+            state[t] = {"agent": e.agent_id, "team": e.team, "bot": is_bot if e.agent_id else None}
+            first[t] = e
+            continue
+        before = dict(state[t])
+        team_moved = before["team"] is not None and e.team is not None and before["team"] != e.team
+        agent_moved = before["agent"] is not None and e.agent_id is not None and before["agent"] != e.agent_id
+        if e.agent_id is not None:
+            state[t] = {"agent": e.agent_id, "team": e.team if e.team is not None else before["team"], "bot": is_bot}
+        else:
+            keep = not team_moved
+            state[t] = {"agent": before["agent"] if keep else None, "team": e.team, "bot": before["bot"] if keep else None}
+        if team_moved or agent_moved:
+            found.append({"key": e.key, "from": before, "to": dict(state[t]), "team": team_moved, "escalation": False})
+    for chat_id, ticket_id in links:
+        chat, ticket = ("chat", chat_id), ("ticket", ticket_id)
+        if chat in state and ticket in first:
+            a, e = state[chat], first[ticket]
+            team_moved = a["team"] is not None and e.team is not None and a["team"] != e.team
+            agent_moved = a["agent"] is not None and e.agent_id is not None and a["agent"] != e.agent_id
+            if team_moved or agent_moved:
+                to = {"agent": e.agent_id, "team": e.team, "bot": (e.handler_type == "bot") if e.agent_id else None}
+                found.append({"key": e.key, "from": dict(a), "to": to, "team": team_moved, "escalation": True})
+    found.sort(key=lambda h: (h["key"], h["escalation"]))
+    for h in found:
+        src = "bot" if h["from"]["bot"] else "human"
+        dst = "bot" if h["to"]["bot"] else "human"
+        if src == "bot":
+            h["kind"] = "bot_to_human" if dst == "human" else "bot_to_bot"
+        elif dst == "bot":
+            h["kind"] = "human_to_bot"
+        else:
+            h["kind"] = "team_to_team" if h["team"] else "agent_to_agent"
+    return found
+
+
+def _returns(holders: list[str]) -> tuple[int, int]:
+    immediate = sum(1 for i, h in enumerate(holders) if i >= 2 and holders[i - 2] == h)
+    anywhere = sum(1 for i, h in enumerate(holders) if h in holders[:i])
+    return immediate, anywhere
+
+
+def _holders(handoffs: list[dict[str, Any]], level: str) -> list[str]:
+    out: list[str] = []
+    for h in handoffs:
+        for side in (h["from"], h["to"]):
+            v = side[level]
+            if v is not None and (not out or out[-1] != v):
+                out.append(v)
+    return out
+
+
+def _spells(journey_events: list[Ev]) -> list[list[Any]]:
+    """[start_at, start_key, end_at or None] for each period the journey stayed resolved."""
+    open_: dict[tuple[str, str], bool] = {}
+    chat_done: set[str] = set()
+    last_resolved = False
+    resolved = False
+    spells: list[list[Any]] = []
+    def settle(e: Ev) -> None:
+        nonlocal resolved
+        now = not any(open_.values()) and last_resolved
+        if now and not resolved:
+            spells.append([e.at, e.key, None])
+        elif resolved and not now:
+            spells[-1][2] = e.at
+        resolved = now
+
+    for e in journey_events:
+        t = e.thread
+        if t is None:
+            continue
+        if t not in open_:  # a thread starting opens the journey at that instant, whatever its event
+            open_[t] = True
+            settle(e)
+        if e.event_type == "ticket.status_changed":
+            if e.status in ("solved", "closed"):
+                if open_[t]:
+                    open_[t], last_resolved = False, True
+            elif not open_[t]:
+                open_[t] = True
+        elif e.event_type == "chat.ended" and e.chat_id not in chat_done:
+            chat_done.add(e.chat_id)
+            open_[t], last_resolved = False, e.outcome == "resolved"
+        settle(e)
+    return spells
+
+
+def service_rows(lines: Iterable[str | bytes], durable_days: float = 7, repeat_days: float = 7,
+                 window_s: float = 72 * 3600) -> list[dict[str, Any]]:
+    """The journey_metrics columns this oracle covers (all but business hours and calendar)."""
+    lines = list(lines)
+    events = winners(lines)
+    by_id = {e.event_id: e for e in events}
+    out = []
+    for row in all_journeys(lines, window_s):
+        customer = row["customer_id"]
+        mine = sorted((e for e in events if e.customer_id == customer), key=lambda e: e.key)
+        latest = max(e.at for e in mine)
+        thread_starts: dict[tuple[str, str], Ev] = {}
+        for e in mine:
+            if e.thread is not None and e.thread not in thread_starts:
+                thread_starts[e.thread] = e
+        evs = sorted((by_id[i] for i in row["event_ids"]), key=lambda e: e.key)
+        evs = [e for e in evs if e.thread is not None]
+        started = row["started_at"]
+        handoffs = _handoffs_of(evs)
+        messages = [e for e in evs if e.event_type.endswith(".message")]
+        agent_msgs = [e for e in messages if e.author == "agent"]
+        bot_msgs = [e for e in messages if e.author == "bot"]
+        assigns = [e for e in evs if e.event_type.endswith(".assigned")]
+        reply_key = agent_msgs[0].key if agent_msgs else None
+        spells = _spells(evs)
+        durable: Optional[bool] = None
+        check_at: Optional[int] = None
+        if spells:
+            held = any(((end if end is not None else latest) - start) >= durable_days * DAY_US for start, _, end in spells)
+            if held:
+                durable = True
+            elif spells[-1][2] is None:
+                check_at = spells[-1][0] + int(round(durable_days * DAY_US))
+            else:
+                durable = False
+        repeat = None
+        if spells:
+            later = [(e.key, t, e) for t, e in thread_starts.items() if e.key > spells[0][1]]
+            if later:
+                _, t, e = min(later)
+                if e.at - spells[0][0] <= repeat_days * DAY_US:
+                    start_event = next((x for x in mine if x.thread == t
+                                        and x.event_type in ("ticket.created", "chat.started")), None)
+                    repeat = ((e.at - spells[0][0]) / 1e6, f"{t[0]}:{t[1]}", start_event.channel if start_event else None)
+        with_bot = bool(assigns) and assigns[0].handler_type == "bot"
+        bot_handoff = next((h for h in handoffs if h["kind"] == "bot_to_human"), None) if with_bot else None
+        human_reply = (next((m for m in agent_msgs if m.key > bot_handoff["key"]), None)
+                       if bot_handoff is not None else None)
+        kinds = [h["kind"] for h in handoffs]
+        agents = _holders(handoffs, "agent")
+        teams = _holders(handoffs, "team")
+        out.append({
+            "journey_id": row["journey_id"],
+            "customer_id": customer,
+            "first_resolved_at_us": spells[0][0] if spells else None,
+            "first_resolution_s": (spells[0][0] - started) / 1e6 if spells else None,
+            "resolution_count": len(spells),
+            "durably_resolved": durable,
+            "durable_check_at_us": check_at,
+            "repeat_contact_within_s": repeat[0] if repeat else None,
+            "repeat_contact_thread": repeat[1] if repeat else None,
+            "repeat_contact_channel": repeat[2] if repeat else None,
+            "one_contact_resolution": row["fcr"] and repeat is None,
+            "started_with_bot": with_bot,
+            "bot_only": bool(assigns) and all(a.handler_type == "bot" for a in assigns) and not agent_msgs,
+            "first_bot_response_s": (bot_msgs[0].at - started) / 1e6 if bot_msgs else None,
+            "bot_handoff_at_us": bot_handoff["key"][0] if bot_handoff else None,
+            "first_human_response_after_bot_s": ((human_reply.at - bot_handoff["key"][0]) / 1e6
+                                                 if human_reply is not None else None),
+            **{f"{k}_handoffs": kinds.count(k) for k in
+               ("bot_to_human", "human_to_bot", "bot_to_bot", "team_to_team", "agent_to_agent")},
+            "escalation_handoffs": sum(h["escalation"] for h in handoffs),
+            "post_reply_reassignments": sum(1 for h in handoffs if reply_key is not None and h["key"] > reply_key),
+            "distinct_human_agents": len({a.agent_id for a in assigns if a.agent_id and a.handler_type != "bot"}),
+            "distinct_teams": len({a.team for a in assigns if a.team}),
+            "agent_pingpong_immediate": _returns(agents)[0],
+            "agent_pingpong_returns": _returns(agents)[1],
+            "team_pingpong_immediate": _returns(teams)[0],
+            "team_pingpong_returns": _returns(teams)[1],
+        })
+    return out

@@ -14,7 +14,7 @@ from pipelines.reader import connect_replica
 from pipelines.store import Store
 
 LANDING_TABLES = {"events", "journeys", "journey_events", "dead_letters", "pipeline_offsets", "pipeline_batches",
-                  "source_fingerprints", "source_resets"}
+                  "source_fingerprints", "source_resets", "journey_metrics", "journey_handoffs", "journey_revisions"}
 
 
 @pytest.fixture(scope="module")

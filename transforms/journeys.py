@@ -382,13 +382,13 @@ def dedupe(events: Iterable[Event]) -> list[Event]:
     return sorted(unique.values(), key=lambda e: e.sort_key)
 
 
-def assemble_journeys(
+def customer_groups(
     customer_id: str, events: Iterable[Event], repeat_window_s: float = DEFAULT_REPEAT_WINDOW_S
-) -> list[dict[str, Any]]:
-    """All journeys of one customer from all of that customer's events.
+) -> tuple[list[list[Thread]], dict[ThreadKey, list[Event]]]:
+    """A customer's journeys as groups of threads, and the surveys of each known thread.
 
-    Surveys whose thread is unknown belong to no journey yet; they are kept by the caller
-    and join as soon as the thread's events arrive.
+    Shared by ``assemble_journeys`` and the service metrics (``transforms.service_metrics``),
+    so both see exactly the same journeys.
     """
     ordered = dedupe(e for e in events if e.customer_id == customer_id)
     by_thread: dict[ThreadKey, list[Event]] = {}
@@ -407,6 +407,18 @@ def assemble_journeys(
         key = _survey_thread(survey, known)
         if key is not None:
             surveys_by_thread.setdefault(key, []).append(survey)
+    return groups, surveys_by_thread
+
+
+def assemble_journeys(
+    customer_id: str, events: Iterable[Event], repeat_window_s: float = DEFAULT_REPEAT_WINDOW_S
+) -> list[dict[str, Any]]:
+    """All journeys of one customer from all of that customer's events.
+
+    Surveys whose thread is unknown belong to no journey yet; they are kept by the caller
+    and join as soon as the thread's events arrive.
+    """
+    groups, surveys_by_thread = customer_groups(customer_id, events, repeat_window_s)
     rows = []
     for group in groups:
         group_surveys = [s for t in group for s in surveys_by_thread.get(t.key, [])]

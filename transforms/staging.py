@@ -79,6 +79,68 @@ JOURNEY_SCHEMA = pa.schema(
     ]
 )
 
+# Service metrics per journey (transforms/service_metrics.py) and every handoff
+# (transforms/handoff_kinds.py); landed into journey_metrics and journey_handoffs.
+JOURNEY_METRICS_SCHEMA = pa.schema(
+    [
+        ("journey_id", pa.string()),
+        ("customer_id", pa.string()),
+        ("calendar", pa.string()),
+        ("time_to_resolution_business_s", pa.float64()),
+        ("first_response_business_s", pa.float64()),
+        ("first_resolved_at_us", pa.int64()),
+        ("first_resolution_s", pa.float64()),
+        ("first_resolution_business_s", pa.float64()),
+        ("resolution_count", pa.int32()),
+        ("durably_resolved", pa.bool_()),
+        ("durable_check_at_us", pa.int64()),
+        ("repeat_contact_within_s", pa.float64()),
+        ("repeat_contact_thread", pa.string()),
+        ("repeat_contact_channel", pa.string()),
+        ("one_contact_resolution", pa.bool_()),
+        ("started_with_bot", pa.bool_()),
+        ("bot_only", pa.bool_()),
+        ("first_bot_response_s", pa.float64()),
+        ("bot_handoff_at_us", pa.int64()),
+        ("first_human_response_after_bot_s", pa.float64()),
+        ("bot_to_human_handoffs", pa.int32()),
+        ("human_to_bot_handoffs", pa.int32()),
+        ("bot_to_bot_handoffs", pa.int32()),
+        ("team_to_team_handoffs", pa.int32()),
+        ("agent_to_agent_handoffs", pa.int32()),
+        ("escalation_handoffs", pa.int32()),
+        ("post_reply_reassignments", pa.int32()),
+        ("distinct_human_agents", pa.int32()),
+        ("distinct_teams", pa.int32()),
+        ("agent_pingpong_immediate", pa.int32()),
+        ("agent_pingpong_returns", pa.int32()),
+        ("team_pingpong_immediate", pa.int32()),
+        ("team_pingpong_returns", pa.int32()),
+    ]
+)
+
+HANDOFF_SCHEMA = pa.schema(
+    [
+        ("journey_id", pa.string()),
+        ("customer_id", pa.string()),
+        ("seq", pa.int32()),
+        ("at_us", pa.int64()),
+        ("event_id", pa.string()),
+        ("thread", pa.string()),
+        ("kind", pa.string()),
+        ("from_agent", pa.string()),
+        ("from_team", pa.string()),
+        ("from_is_bot", pa.bool_()),
+        ("to_agent", pa.string()),
+        ("to_team", pa.string()),
+        ("to_is_bot", pa.bool_()),
+        ("team_changed", pa.bool_()),
+        ("agent_changed", pa.bool_()),
+        ("escalation", pa.bool_()),
+        ("after_first_reply", pa.bool_()),
+    ]
+)
+
 LINK_SCHEMA = pa.schema([("event_id", pa.string()), ("journey_id", pa.string()), ("customer_id", pa.string())])
 
 
