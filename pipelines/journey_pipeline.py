@@ -15,7 +15,7 @@ from pipelines import failures
 from pipelines.durations import parse_duration
 from pipelines.kafka_config import add_kafka_arguments, settings_from_args, topics_from_args
 from pipelines.kafka_offsets import BrokerUnavailable
-from pipelines.run_config import RunConfig, Stopper
+from pipelines.run_config import DEFAULT_MAX_BATCH_BYTES, RunConfig, Stopper
 from pipelines.store import StoreError
 from transforms.parse import ParseLimits
 
@@ -40,6 +40,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file to land into (default %(default)s)")
     parser.add_argument("--max-batch-events", type=int, default=50_000, metavar="N",
                         help="records read per micro-batch at most (default %(default)s)")
+    parser.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES, metavar="N",
+                        help="message bytes read per micro-batch at most; bounds memory (default %(default)s = 64 MiB)")
     parser.add_argument("--repeat-window", type=parse_duration, default="72h", metavar="DURATION",
                         help="a new contact within this time after a journey ended joins it (default 72h; e.g. 48h, 90m)")
     parser.add_argument("--poll-interval", type=parse_duration, default="1s", metavar="DURATION",
@@ -65,6 +67,7 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         settings=settings_from_args(args),
         topics=topics_from_args(args),
         max_batch_events=args.max_batch_events,
+        max_batch_bytes=args.max_batch_bytes,
         repeat_window_s=args.repeat_window,
         poll_interval_s=args.poll_interval,
         read_timeout_s=args.read_timeout,

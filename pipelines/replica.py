@@ -453,6 +453,9 @@ class Replica:
             touched = (f"SELECT customer_id FROM {self.source}.events WHERE {window} "
                        f"UNION SELECT customer_id FROM {self.source}.journeys WHERE {window}")
             customers = int(con.execute(f"SELECT count(*) FROM ({touched})").fetchone()[0])
+            # a landed event can be replaced by a winning copy (docs/metrics.md): drop the old version
+            con.execute(f"DELETE FROM {LAKE_ALIAS}.events WHERE event_id IN "
+                        f"(SELECT event_id FROM {self.source}.events WHERE {window})")
             for table in APPENDED:
                 con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} SELECT * FROM {self.source}.{table} WHERE {window}")
             for table in REPLACED:

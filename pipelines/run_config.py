@@ -14,6 +14,10 @@ from transforms.parse import ParseLimits
 
 log = logging.getLogger("cxj.run")
 
+# A batch holds its message values several times over (raw, decoded, parsed, staged): 64 MiB
+# of values keeps a batch's peak memory in the hundreds of MB whatever the message sizes.
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+
 
 @dataclass
 class RunConfig:
@@ -21,6 +25,7 @@ class RunConfig:
     settings: KafkaSettings = field(default_factory=KafkaSettings)
     topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
     max_batch_events: int = 50_000
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # message values read per batch at most (memory bound)
     repeat_window_s: float = DEFAULT_REPEAT_WINDOW_S
     poll_interval_s: float = 1.0
     read_timeout_s: float = 30.0
