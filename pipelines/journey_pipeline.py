@@ -79,8 +79,11 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
     )
 
 
-def execute(config: RunConfig, follow: bool) -> int:
-    """Runs the job; returns a process exit code with a one-line reason on failure."""
+def execute(config: RunConfig, follow: bool, listeners: Sequence[object] = ()) -> int:
+    """Runs the job; returns a process exit code with a one-line reason on failure.
+
+    ``listeners`` (pipelines.microbatch.RunListener) observe the run: embedding code and
+    tests see each batch's staged output before it lands, and each landed batch."""
     from pipelines.microbatch import MicroBatchRunner  # imports Beam: only when running
     from pipelines.store import Store
 
@@ -90,6 +93,7 @@ def execute(config: RunConfig, follow: bool) -> int:
         log.error("%s", exc)
         return EXIT_STORE
     runner = MicroBatchRunner(config, store)
+    runner.listeners.extend(listeners)  # type: ignore[arg-type]
     if config.metrics_port is not None:
         from pipelines.metrics import MetricsListener
 

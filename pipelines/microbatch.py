@@ -121,9 +121,10 @@ class RunListener:
 
     def batch_landed(self, batch: LandedBatch, positions: Positions) -> None: ...
 
-    def staged(self, batch_id: int, staging: Path) -> None:
-        """The stages of a batch have finished and written ``staging``; landing comes next.
-        (Tests use this seam to take staged files away, as a worker with its own disk would.)"""
+    def staged(self, batch_id: int, staging: Path, stage: str) -> None:
+        """A stage of a batch ("ingest", then "assemble") has finished writing ``staging``;
+        its output is checked and read next. (Tests use this seam to take staged files away,
+        as a worker with its own disk would.)"""
 
     def idle(self, positions: Positions) -> None: ...
 
@@ -309,17 +310,19 @@ class MicroBatchRunner:
                 self.config.read_timeout_s,
                 budget_bytes=self.config.max_batch_bytes,
             )
+            for listener in self.listeners:
+                listener.staged(batch_id, staging, "ingest")
             reads = verified_reads(staging, ranges, batch_id)
             staged = collect_staged(staging)
-            resolution = self.store.resolve_copies(staged)
+            resolution = self.store.resolve_copies(staged, batch_id)
             assemble_s = 0.0
             history = staging / "history"
             if self.store.export_history(history):
                 files = sorted(str(f) for f in history.rglob("*.parquet"))
                 assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args).seconds
-            collect_assembled(staging, history, staged, batch_id)
             for listener in self.listeners:
-                listener.staged(batch_id, staging)
+                listener.staged(batch_id, staging, "assemble")
+            collect_assembled(staging, history, staged, batch_id)
             facts = BatchFacts(
                 batch_id=batch_id,
                 started_at=started_at,
@@ -364,11 +367,11 @@ class MicroBatchRunner:
                 write_rows(str(staging / f"dead-{offset_range.topic}-{offset_range.partition}-{offset_range.start}.parquet"),
                            dead, DEAD_LETTER_SCHEMA)
             write_json(str(staging / manifest_name([offset_range])), [e.to_json() for e in report.values()])
+            for listener in self.listeners:
+                listener.staged(batch_id, staging, "ingest")
             reads = verified_reads(staging, [offset_range], batch_id)
             staged = collect_staged(staging)
-            self.store.resolve_copies(staged)
-            for listener in self.listeners:
-                listener.staged(batch_id, staging)
+            self.store.resolve_copies(staged, batch_id)
             facts = BatchFacts(
                 batch_id=batch_id, started_at=started_at,
                 ranges=[{"topic": r["topic"], "partition": r["partition"], "from": r["start"], "to": r["stop"]}

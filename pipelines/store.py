@@ -261,7 +261,7 @@ class Store:
 
     # ---------------------------------------------------------------- batch steps
 
-    def _load_staged(self, name: str, files: list[Path], schema: "pa.Schema") -> None:
+    def _load_staged(self, name: str, files: list[Path], schema: "pa.Schema", batch_id: int) -> None:
         """A temp table from staged Parquet files; unreadable or short files fail the batch."""
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
         if files:
@@ -270,17 +270,18 @@ class Store:
                 self.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {source}")
             except duckdb.Error as exc:
                 raise BatchNotAccounted(
-                    f"a staged {name.removeprefix('staged_')} file is missing or unreadable: {str(exc).splitlines()[0][:300]}"
+                    f"batch {batch_id}: a staged {name.removeprefix('staged_')} file is missing or unreadable: "
+                    f"{str(exc).splitlines()[0][:300]}"
                 ) from None
             columns = [row[0] for row in self.con.execute(f"DESCRIBE {name}").fetchall()]
             if columns != schema.names:
-                raise BatchNotAccounted(f"staged {name.removeprefix('staged_')} files have columns {columns}, expected {schema.names}")
+                raise BatchNotAccounted(f"batch {batch_id}: staged {name.removeprefix('staged_')} files have columns {columns}, expected {schema.names}")
         else:
             import pyarrow as pa
 
             self._temp_from_arrow(name, pa.Table.from_pylist([], schema=schema))
 
-    def resolve_copies(self, staged: StagedFiles) -> CopyResolution:
+    def resolve_copies(self, staged: StagedFiles, batch_id: int) -> CopyResolution:
         """Loads the staged ingest output and decides, per event_id, which copy wins.
 
         A batch's winning copy replaces a landed row when it is smaller by the copy order
@@ -292,9 +293,9 @@ class Store:
         from transforms.dedup import payload_hash
         from transforms.staging import COPY_SCHEMA, DEAD_LETTER_SCHEMA, EVENT_SCHEMA
 
-        self._load_staged("staged_events", staged.events, EVENT_SCHEMA)
-        self._load_staged("staged_copies", staged.copies, COPY_SCHEMA)
-        self._load_staged("staged_dead", staged.dead, DEAD_LETTER_SCHEMA)
+        self._load_staged("staged_events", staged.events, EVENT_SCHEMA, batch_id)
+        self._load_staged("staged_copies", staged.copies, COPY_SCHEMA, batch_id)
+        self._load_staged("staged_dead", staged.dead, DEAD_LETTER_SCHEMA, batch_id)
         con = self.con
         landed_copies = con.execute(
             """SELECT s.event_id, s.content_hash, s.topic, s."partition", s."offset",
@@ -364,8 +365,8 @@ class Store:
         from transforms.staging import JOURNEY_SCHEMA, LINK_SCHEMA
 
         land_started = datetime.now(timezone.utc)
-        self._load_staged("staged_journeys", staged.journeys, JOURNEY_SCHEMA)
-        self._load_staged("staged_links", staged.links, LINK_SCHEMA)
+        self._load_staged("staged_journeys", staged.journeys, JOURNEY_SCHEMA, facts.batch_id)
+        self._load_staged("staged_links", staged.links, LINK_SCHEMA, facts.batch_id)
         self._load_reads(facts.reads)
         con = self.con
         self.verify_file()
