@@ -41,7 +41,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-events", type=int, default=50_000, metavar="N",
                         help="records read per micro-batch at most (default %(default)s)")
     parser.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES, metavar="N",
-                        help="message bytes read per micro-batch at most; bounds memory (default %(default)s = 64 MiB)")
+                        help="message bytes read per micro-batch at most; bounds memory (default %(default)s = 32 MiB)")
     parser.add_argument("--repeat-window", type=parse_duration, default="72h", metavar="DURATION",
                         help="a new contact within this time after a journey ended joins it (default 72h; e.g. 48h, 90m)")
     parser.add_argument("--poll-interval", type=parse_duration, default="1s", metavar="DURATION",

@@ -68,6 +68,10 @@ def _broker_errors_named(stage):  # type: ignore[no-untyped-def]
 _RETRY = object()  # an attempt failed and was recorded; plan the batch again (smaller)
 
 
+class StagesBroken(RuntimeError):
+    """The stages fail whatever the records: halving the batch would blame innocent records."""
+
+
 def _first_line(exc: BaseException) -> str:
     text = next((line for line in str(exc).splitlines() if line.strip()), "")
     return f"{type(exc).__name__}: {text}"[:500]
@@ -270,8 +274,12 @@ class MicroBatchRunner:
                 self._finish_quietly(attempt_id, "error", exc)
                 raise
             error = _first_line(exc)
-            self.store.finish_attempt(attempt_id, "failed", error)
             size = sum(r.size for r in ranges)
+            # before blaming records (a first failure, or the one record about to be dead-lettered)
+            if (suspect is None or size == 1) and not self._stages_work_without_records():
+                self._finish_quietly(attempt_id, "error", exc)
+                raise StagesBroken(f"the batch's stages fail even with no records, so no record is to blame: {error}") from None
+            self.store.finish_attempt(attempt_id, "failed", error)
             log.warning("a batch of %d records failed (%s); retrying with %s to find the record that causes it",
                         size, error[:200], f"{max(1, size // 2)} records" if size > 1 else "that record dead-lettered")
             return _RETRY
@@ -284,6 +292,23 @@ class MicroBatchRunner:
         for listener in self.listeners:
             listener.batch_landed(landed, positions)
         return landed
+
+    def _stages_work_without_records(self) -> bool:
+        """A control run of both stages over no records: if it fails too, the failure lies in
+        the environment (threads, memory, disk, runner), not in the batch's records."""
+        probe = self.config.staging_root / "probe"
+        shutil.rmtree(probe, ignore_errors=True)
+        probe.mkdir(parents=True)
+        try:
+            run_ingest([], self.config.settings, self.config.stream_of_topic, 0, probe, self.config.beam_args,
+                       self.config.limits, self.config.read_timeout_s)
+            run_assemble([], probe, self.config.repeat_window_s, self.config.beam_args)
+            return True
+        except Exception:
+            log.debug("the control run without records failed", exc_info=True)
+            return False
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
 
     def _finish_quietly(self, attempt_id: int, outcome: str, exc: BaseException) -> None:
         try:
@@ -361,7 +386,9 @@ class MicroBatchRunner:
                                                           report=report) for rec in chunk]
             why = ("the process died twice in a row while its batch ran" if suspect.outcome == "died_again"
                    else f"a stage failed on it: {suspect.error}")
-            dead = [dead_letter(SourceRef(t, p, o, ts), value, POISON, f"{why} (isolated by halving the batch)")
+            # the record's own metadata is not trusted either: its Kafka timestamp goes in the detail
+            dead = [dead_letter(SourceRef(t, p, o, None), value, POISON,
+                                f"{why} (isolated by halving the batch; Kafka timestamp {ts} ms)")
                     for t, p, o, ts, value in records]
             if dead:
                 write_rows(str(staging / f"dead-{offset_range.topic}-{offset_range.partition}-{offset_range.start}.parquet"),

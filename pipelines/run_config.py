@@ -14,9 +14,10 @@ from transforms.parse import ParseLimits
 
 log = logging.getLogger("cxj.run")
 
-# A batch holds its message values several times over (raw, decoded, parsed, staged): 64 MiB
-# of values keeps a batch's peak memory in the hundreds of MB whatever the message sizes.
-DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+# A batch holds its message values many times over (raw, decoded, parsed, hashed, shuffled,
+# staged, loaded): measured peak RSS is about 260 MiB + 14 x the budget, so 32 MiB of values
+# keeps a run near 700 MiB whatever the message sizes (docs/reliability.md, "Memory budget").
+DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 
 @dataclass

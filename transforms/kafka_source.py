@@ -99,9 +99,13 @@ def read_range_chunks(
         covered[(r.topic, r.partition)] = RangeRead(r.topic, r.partition, r.start, r.stop, r.start)
     stops = {TopicPartition(r.topic, r.partition): r.stop for r in task}
     positions = {TopicPartition(r.topic, r.partition): r.start for r in task}
+    fetch = dict(FAST_CONSUMER_SETTINGS)
+    if budget_bytes is not None:  # fetched-ahead records count against memory too
+        fetch["fetch_max_bytes"] = max(1024 * 1024, min(fetch["fetch_max_bytes"], budget_bytes))
+        fetch["max_partition_fetch_bytes"] = max(1024 * 1024, min(fetch["max_partition_fetch_bytes"], budget_bytes // 2))
     consumer = KafkaConsumer(
         **settings.client_kwargs(),
-        **FAST_CONSUMER_SETTINGS,
+        **fetch,
         enable_auto_commit=False,
         group_id=None,
         check_crcs=False,  # pure-Python CRC32C costs ~20% of read time; TCP already checksums
