@@ -298,8 +298,8 @@ class MicroBatchRunner:
         the environment (threads, memory, disk, runner), not in the batch's records."""
         probe = self.config.staging_root / "probe"
         shutil.rmtree(probe, ignore_errors=True)
-        probe.mkdir(parents=True)
         try:
+            probe.mkdir(parents=True)
             run_ingest([], self.config.settings, self.config.stream_of_topic, 0, probe, self.config.beam_args,
                        self.config.limits, self.config.read_timeout_s)
             run_assemble([], probe, self.config.repeat_window_s, self.config.beam_args)
