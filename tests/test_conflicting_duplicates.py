@@ -191,3 +191,22 @@ def test_a_later_winner_replaces_the_landed_row_and_moves_the_event(broker, tmp_
         (content_hash(winner), content_hash(loser), loser_msg[2].decode())] * 2
     assert table(db, "SELECT count(*) FROM duplicate_deliveries") == [(0,)]
     assert table(db, "SELECT sum(landed), count(*) FROM pipeline_batches") == [(1, 2)]
+
+
+def test_the_winner_does_not_depend_on_the_order_of_copies():
+    """The pure rule (transforms.dedup) over every permutation of a few copies."""
+    from itertools import permutations
+
+    from transforms.dedup import content_hash as implementation_hash
+    from transforms.dedup import winning_copies
+
+    docs = [{"event_id": "e", "status": s} for s in ("solved", "open", "closed")]
+    rows = [{"event_id": "e", "content_hash": content_hash(d), "topic": "t", "partition": p, "offset": o}
+            for d, p, o in zip(docs + docs[:1], (2, 0, 1, 0), (5, 9, 3, 1))]
+    assert [implementation_hash(d) for d in docs] == [content_hash(d) for d in docs]
+    # the smallest hash, and among equal contents (docs[0] twice) the smallest coordinates
+    expected = min(rows, key=lambda r: (r["content_hash"], r["topic"], r["partition"], r["offset"]))
+    for order in permutations(rows):
+        winners, losers = winning_copies(order)
+        assert winners == [expected]
+        assert sorted(map(id, losers)) == sorted(id(r) for r in rows if r is not expected)
