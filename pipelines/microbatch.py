@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pipelines import failures
 from pipelines.batch_stages import run_assemble, run_ingest
 from pipelines.kafka_config import DEFAULT_TOPICS, KafkaSettings
 from pipelines.kafka_offsets import BrokerUnavailable, OffsetReader, PartitionKey
@@ -270,8 +271,8 @@ class MicroBatchRunner:
             self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
             raise
         except Exception as exc:
-            if _is_environment_error(exc):
-                self._finish_quietly(attempt_id, "error", exc)
+            if _is_environment_error(exc) or failures.describe(exc, self.config.db, self.config.staging_root):
+                self._finish_quietly(attempt_id, "error", exc)  # a full disk, a vanished directory: no record's fault
                 raise
             error = _first_line(exc)
             size = sum(r.size for r in ranges)

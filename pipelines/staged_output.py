@@ -10,11 +10,20 @@ raises BatchNotAccounted: nothing lands and the offsets stay where they are.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 from pipelines.store import BatchNotAccounted, StagedFiles
 from transforms.kafka_source import OffsetRange
+
+
+def require_staging(staging: Path) -> None:
+    """A staging directory removed under the batch (a tmp cleaner) is named as such, not as
+    missing output (pipelines/failures.py reports it)."""
+    if not staging.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(staging))
 
 
 def planned_reads(ranges: list[OffsetRange]) -> dict[tuple[str, int, int], OffsetRange]:
@@ -36,6 +45,7 @@ def _manifest_entries(staging: Path, batch_id: int) -> list[dict]:
 
 def verified_reads(staging: Path, ranges: list[OffsetRange], batch_id: int) -> list[dict]:
     """The read manifests' entries, one per planned range, each consistent with its plan."""
+    require_staging(staging)
     planned = planned_reads(ranges)
     found: dict[tuple[str, int, int], dict] = {}
     for entry in _manifest_entries(staging, batch_id):
@@ -70,6 +80,7 @@ def verified_reads(staging: Path, ranges: list[OffsetRange], batch_id: int) -> l
 
 def collect_staged(staging: Path) -> StagedFiles:
     """The staged ingest files by kind; journeys and links are added after assembly."""
+    require_staging(staging)
     return StagedFiles(
         events=sorted(staging.glob("events-*.parquet")),
         copies=sorted(staging.glob("copies-*.parquet")),
@@ -79,6 +90,7 @@ def collect_staged(staging: Path) -> StagedFiles:
 
 def collect_assembled(staging: Path, history: Path, staged: StagedFiles, batch_id: int) -> None:
     """Adds the journeys and links of every history partition; each partition must have both."""
+    require_staging(staging)
     for part in sorted(p for p in history.iterdir() if p.is_dir()) if history.exists() else []:
         name = part.name.replace("=", "-")
         journeys, links = staging / f"journeys-{name}.parquet", staging / f"links-{name}.parquet"

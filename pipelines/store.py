@@ -7,6 +7,7 @@ can change without touching the pipeline.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -264,6 +265,9 @@ class Store:
     def _load_staged(self, name: str, files: list[Path], schema: "pa.Schema", batch_id: int) -> None:
         """A temp table from staged Parquet files; unreadable or short files fail the batch."""
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
+        for directory in {f.parent for f in files}:
+            if not directory.is_dir():  # the staging directory was removed under the batch
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(directory))
         if files:
             source = "read_parquet([" + ", ".join(sql_literal(str(f)) for f in files) + "])"
             try:
