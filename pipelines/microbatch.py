@@ -81,9 +81,16 @@ def _first_line(exc: BaseException) -> str:
 ENVIRONMENT_ERRORS = ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded")
 
 
+PROGRAMMING_ERRORS = (AttributeError, NameError, ImportError, TypeError, AssertionError)
+
+
 def _is_environment_error(exc: BaseException) -> bool:
     """A full disk or a permission problem fails every batch alike: no record is to blame, so
-    halving would dead-letter innocent records one by one. Such errors stop the run instead."""
+    halving would dead-letter innocent records one by one. Such errors stop the run instead, as
+    do programming errors raised in the driver itself (not inside a Beam stage, whose errors
+    carry "[while running ...]")."""
+    if isinstance(exc, PROGRAMMING_ERRORS) and "[while running" not in str(exc):
+        return True
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, PermissionError) or any(text in str(seen) for text in ENVIRONMENT_ERRORS):
@@ -311,6 +318,12 @@ class MicroBatchRunner:
         finally:
             shutil.rmtree(probe, ignore_errors=True)
 
+    def _tell_staged(self, batch_id: int, staging: Path, stage: str) -> None:
+        for listener in self.listeners:
+            staged = getattr(listener, "staged", None)  # listeners need not subclass RunListener
+            if staged is not None:
+                staged(batch_id, staging, stage)
+
     def _finish_quietly(self, attempt_id: int, outcome: str, exc: BaseException) -> None:
         try:
             self.store.finish_attempt(attempt_id, outcome, _first_line(exc))
@@ -336,8 +349,7 @@ class MicroBatchRunner:
                 self.config.read_timeout_s,
                 budget_bytes=self.config.max_batch_bytes,
             )
-            for listener in self.listeners:
-                listener.staged(batch_id, staging, "ingest")
+            self._tell_staged(batch_id, staging, "ingest")
             reads = verified_reads(staging, ranges, batch_id)
             staged = collect_staged(staging)
             resolution = self.store.resolve_copies(staged, batch_id)
@@ -346,8 +358,7 @@ class MicroBatchRunner:
             if self.store.export_history(history):
                 files = sorted(str(f) for f in history.rglob("*.parquet"))
                 assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args).seconds
-            for listener in self.listeners:
-                listener.staged(batch_id, staging, "assemble")
+            self._tell_staged(batch_id, staging, "assemble")
             collect_assembled(staging, history, staged, batch_id)
             facts = BatchFacts(
                 batch_id=batch_id,
@@ -395,8 +406,7 @@ class MicroBatchRunner:
                 write_rows(str(staging / f"dead-{offset_range.topic}-{offset_range.partition}-{offset_range.start}.parquet"),
                            dead, DEAD_LETTER_SCHEMA)
             write_json(str(staging / manifest_name([offset_range])), [e.to_json() for e in report.values()])
-            for listener in self.listeners:
-                listener.staged(batch_id, staging, "ingest")
+            self._tell_staged(batch_id, staging, "ingest")
             reads = verified_reads(staging, [offset_range], batch_id)
             staged = collect_staged(staging)
             self.store.resolve_copies(staged, batch_id)
