@@ -451,11 +451,14 @@ class Replica:
                 return None
             window = f"batch_id > {published} AND batch_id <= {last}"
             touched = (f"SELECT customer_id FROM {self.source}.events WHERE {window} "
-                       f"UNION SELECT customer_id FROM {self.source}.journeys WHERE {window}")
+                       f"UNION SELECT customer_id FROM {self.source}.journeys WHERE {window} "
+                       # an event a winning copy moved to another customer leaves the old one's journeys
+                       f"UNION SELECT old_customer_id FROM {self.source}.event_replacements WHERE {window}")
             customers = int(con.execute(f"SELECT count(*) FROM ({touched})").fetchone()[0])
             # a landed event can be replaced by a winning copy (docs/metrics.md): drop the old version
-            con.execute(f"DELETE FROM {LAKE_ALIAS}.events WHERE event_id IN "
-                        f"(SELECT event_id FROM {self.source}.events WHERE {window})")
+            replaced = f"SELECT event_id FROM {self.source}.event_replacements WHERE {window}"
+            if con.execute(f"SELECT count(*) FROM ({replaced})").fetchone()[0]:
+                con.execute(f"DELETE FROM {LAKE_ALIAS}.events WHERE event_id IN ({replaced})")
             for table in APPENDED:
                 con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} SELECT * FROM {self.source}.{table} WHERE {window}")
             for table in REPLACED:

@@ -396,6 +396,11 @@ class Store:
                     ("kafka_timestamp", _ms_ts("b.kafka_ts_ms")), ("batch_id", "?"), ("landed_at", "now()"),
                 )
             )
+            con.execute(
+                "INSERT INTO event_replacements SELECT event_id, old_hash, new_hash, old_customer, ? "
+                "FROM batch_resolution WHERE replaces",
+                [facts.batch_id],
+            )
             con.execute(  # the batch's copy beats the landed one: the row is replaced in place
                 f"UPDATE events SET {assignments} FROM batch_events b WHERE events.event_id = b.event_id AND NOT b.is_new",
                 [facts.batch_id],

@@ -178,3 +178,13 @@ CREATE TABLE IF NOT EXISTS batch_attempts (
     finished_at TIMESTAMPTZ,
     resolved    BOOLEAN NOT NULL DEFAULT false  -- a failure whose offsets have all landed since
 );
+
+-- Landed events replaced by a winning copy from a later batch (see event_conflicts for the
+-- losers): which batch replaced which event, and for which customers journeys were recomputed.
+CREATE TABLE IF NOT EXISTS event_replacements (
+    event_id         VARCHAR NOT NULL,
+    old_hash         VARCHAR NOT NULL,
+    new_hash         VARCHAR NOT NULL,
+    old_customer_id  VARCHAR NOT NULL,
+    batch_id         BIGINT NOT NULL
+);

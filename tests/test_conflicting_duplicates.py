@@ -172,7 +172,7 @@ def test_restarts_and_arrival_order_give_identical_content(broker, messages, one
 
 
 def test_a_later_winner_replaces_the_landed_row_and_moves_the_event(broker, tmp_path, monkeypatch):
-    monkeypatch.setenv("CXJ_REPLICA", "off")
+    monkeypatch.delenv("CXJ_REPLICA", raising=False)  # the read replica must follow the replacement too
     loser_msg, winner_msg, loser, winner = replacing_pair()
     topics = new_topics(broker)
     send(broker, topics, [loser_msg])
@@ -191,6 +191,15 @@ def test_a_later_winner_replaces_the_landed_row_and_moves_the_event(broker, tmp_
         (content_hash(winner), content_hash(loser), loser_msg[2].decode())] * 2
     assert table(db, "SELECT count(*) FROM duplicate_deliveries") == [(0,)]
     assert table(db, "SELECT sum(landed), count(*) FROM pipeline_batches") == [(1, 2)]
+    assert table(db, "SELECT event_id, old_customer_id, batch_id FROM event_replacements") == [("pair-1", "pair-A", 2)]
+    from pipelines.reader import connect_replica
+
+    replica = connect_replica(db)
+    try:
+        assert replica.execute("SELECT customer_id FROM events WHERE event_id = 'pair-1'").fetchall() == [("pair-B",)]
+        assert replica.execute("SELECT customer_id FROM journeys").fetchall() == [("pair-B",)]
+    finally:
+        replica.close()
 
 
 def test_the_winner_does_not_depend_on_the_order_of_copies():
