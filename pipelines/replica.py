@@ -194,9 +194,12 @@ def attach_sql(db: Path | str, alias: str = LAKE_ALIAS, read_only: bool = False)
 def view_statements() -> list[str]:
     """The model views of sql/models and the comments of the tables and views (DuckLake keeps
     no comments on a view's columns), rendered by pipelines/models.py exactly as in the store."""
-    from pipelines.models import catalog_statements
+    from pipelines.models import _ident, catalog_statements, load_docs
 
-    return catalog_statements(view_columns=False)
+    # landing tables the replica does not publish (conflicts, attempts, ...) get no comments here
+    absent = [_ident(t) for t in sorted(set(load_docs().tables) - set(TABLES))]
+    return [s for s in catalog_statements(view_columns=False)
+            if not any(s.startswith((f"COMMENT ON TABLE {t} ", f"COMMENT ON COLUMN {t}.")) for t in absent)]
 
 
 # What readers query to see how current the replica is.
