@@ -318,6 +318,20 @@ class MicroBatchRunner:
         finally:
             shutil.rmtree(probe, ignore_errors=True)
 
+    def _fingerprint_real_stops(self, reads: list[dict]) -> None:
+        """The source-log fingerprint of each range's last record read, where the reader stopped
+        before the planned stop (the byte budget) or the ranges were shrunk after a failure."""
+        wanted = {(r["topic"], r["partition"]): r["stop"] - 1 for r in reads
+                  if r["stop"] > r["start"] and (r["topic"], r["partition"], r["stop"]) not in self.store.pending_fingerprints}
+        if wanted:
+            try:
+                found = self._reader().records_at(wanted, self._last_ends)
+            except Exception as exc:  # a broker failure here is like one while reading
+                raise BrokerUnavailable(f"reading from Kafka failed: {_first_line(exc)}") from None
+            for (topic, partition), fp in found.items():
+                if fp is not None:
+                    self.store.pending_fingerprints[(topic, partition, wanted[(topic, partition)] + 1)] = fp
+
     def _tell_staged(self, batch_id: int, staging: Path, stage: str) -> None:
         for listener in self.listeners:
             staged = getattr(listener, "staged", None)  # listeners need not subclass RunListener
@@ -351,6 +365,7 @@ class MicroBatchRunner:
             )
             self._tell_staged(batch_id, staging, "ingest")
             reads = verified_reads(staging, ranges, batch_id)
+            self._fingerprint_real_stops(reads)
             staged = collect_staged(staging)
             resolution = self.store.resolve_copies(staged, batch_id)
             assemble_s = 0.0
@@ -408,6 +423,7 @@ class MicroBatchRunner:
             write_json(str(staging / manifest_name([offset_range])), [e.to_json() for e in report.values()])
             self._tell_staged(batch_id, staging, "ingest")
             reads = verified_reads(staging, [offset_range], batch_id)
+            self._fingerprint_real_stops(reads)
             staged = collect_staged(staging)
             self.store.resolve_copies(staged, batch_id)
             facts = BatchFacts(
