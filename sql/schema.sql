@@ -136,6 +136,7 @@ CREATE TABLE IF NOT EXISTS source_resets (
     detail       VARCHAR NOT NULL,  -- the cause, as logged
     detected_at  TIMESTAMPTZ NOT NULL,
     batch_id     BIGINT NOT NULL    -- the next batch, which resumes from to_offset
+);
 
 -- Every losing copy of an event whose content differs from the winning copy (conflicting
 -- copies of one event_id; the copy with the smallest content hash wins, see docs/metrics.md).
