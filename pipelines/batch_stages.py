@@ -1,7 +1,8 @@
 """The two bounded Beam pipelines that make up one micro-batch.
 
-1. ingest: read the planned Kafka offset ranges, parse, validate, de-duplicate, and stage
-   event rows and dead letters (ReadKafka -> Parse -> Dedup);
+1. ingest: read the planned Kafka offset ranges (up to a byte budget), parse, validate,
+   de-duplicate, and stage event rows, losing copies, dead letters and read manifests
+   (ReadKafka -> Parse -> Dedup);
 2. assemble: from the full event history of the customers the batch touched (exported
    partitioned by customer), assemble their journeys and stage journey rows and
    event -> journey links (HistoryFiles -> AssembleJourneys).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -68,10 +69,15 @@ def run_ingest(
     limits: ParseLimits = ParseLimits(),
     read_timeout_s: float = 30.0,
     read_tasks: int = 1,
+    budget_bytes: Optional[int] = None,
 ) -> StageResult:
+    """Stages events, losing copies and dead letters, plus one read manifest per read task
+    saying which offsets were really covered (the reader stops early at ``budget_bytes``)."""
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=_options(beam_args))
-    records = pipeline | "ReadKafka" >> ReadKafkaRanges(ranges, settings, read_timeout_s, tasks=read_tasks)
+    records = pipeline | "ReadKafka" >> ReadKafkaRanges(
+        ranges, settings, read_timeout_s, tasks=read_tasks, staging=str(staging), budget_bytes=budget_bytes
+    )
     events = records | "Parse" >> ParseEvents(stream_of_topic, now_us, str(staging), limits)
     _ = events | "Dedup" >> DedupEvents(str(staging))
     result = pipeline.run()

@@ -15,7 +15,7 @@ from pipelines import failures
 from pipelines.durations import parse_duration
 from pipelines.kafka_config import add_kafka_arguments, settings_from_args, topics_from_args
 from pipelines.kafka_offsets import BrokerUnavailable
-from pipelines.run_config import RunConfig, Stopper
+from pipelines.run_config import DEFAULT_MAX_BATCH_BYTES, RunConfig, Stopper
 from pipelines.store import StoreError
 from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
@@ -41,6 +41,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file to land into (default %(default)s)")
     parser.add_argument("--max-batch-events", type=int, default=50_000, metavar="N",
                         help="records read per micro-batch at most (default %(default)s)")
+    parser.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES, metavar="N",
+                        help="message bytes read per micro-batch at most; bounds memory (default %(default)s = 32 MiB)")
     parser.add_argument("--repeat-window", type=parse_duration, default="72h", metavar="DURATION",
                         help="a new contact within this time after a journey ended joins it (default 72h; e.g. 48h, 90m)")
     parser.add_argument("--poll-interval", type=parse_duration, default="1s", metavar="DURATION",
@@ -81,6 +83,7 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         settings=settings_from_args(args),
         topics=topics_from_args(args),
         max_batch_events=args.max_batch_events,
+        max_batch_bytes=args.max_batch_bytes,
         repeat_window_s=args.repeat_window,
         poll_interval_s=args.poll_interval,
         read_timeout_s=args.read_timeout,
@@ -108,8 +111,11 @@ def _metrics_config(path: Optional[Path]) -> "MetricsConfig":
         raise SystemExit(EXIT_PIPELINE) from None
 
 
-def execute(config: RunConfig, follow: bool) -> int:
-    """Runs the job; returns a process exit code with a one-line reason on failure."""
+def execute(config: RunConfig, follow: bool, listeners: Sequence[object] = ()) -> int:
+    """Runs the job; returns a process exit code with a one-line reason on failure.
+
+    ``listeners`` (pipelines.microbatch.RunListener) observe the run: embedding code and
+    tests see each batch's staged output before it lands, and each landed batch."""
     stopper = Stopper()
     if follow:
         stopper.install()  # first: a SIGTERM while Beam and DuckDB load must stop cleanly, not kill
@@ -130,6 +136,7 @@ def execute(config: RunConfig, follow: bool) -> int:
         return EXIT_STORE
     runner = MicroBatchRunner(config, store)
     metrics = None
+    runner.listeners.extend(listeners)  # type: ignore[arg-type]
     if config.metrics_port is not None:
         from pipelines.metrics import MetricsListener
 

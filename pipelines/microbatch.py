@@ -15,32 +15,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from pipelines import failures
 from pipelines.batch_stages import run_assemble, run_ingest
 from pipelines.kafka_config import DEFAULT_TOPICS, KafkaSettings
 from pipelines.kafka_offsets import BrokerUnavailable, OffsetReader, PartitionKey
 from pipelines.planner import plan_ranges, start_offsets
 from pipelines.run_config import RunConfig, Stopper
 from pipelines.source_log import SourceChange, offsets_to_verify, source_changes
-from pipelines.store import BatchFacts, LandedBatch, Store
+from pipelines.staged_output import collect_assembled, collect_staged, verified_reads
+from pipelines.store import BatchFacts, BatchNotAccounted, LandedBatch, Store, StoreError, Suspect
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
-from transforms.kafka_source import OffsetRange
-from transforms.parse import ParseLimits
-from transforms.staging import (
-    DEAD_LETTER_SCHEMA,
-    EVENT_SCHEMA,
-    HANDOFF_SCHEMA,
-    JOURNEY_METRICS_SCHEMA,
-    JOURNEY_SCHEMA,
-    LINK_SCHEMA,
-)
+from transforms.kafka_source import OffsetRange, RangeRead, manifest_name, read_range_chunks
+from transforms.parse import ParseLimits, SourceRef, dead_letter
+from transforms.staging import DEAD_LETTER_SCHEMA, write_json, write_rows
 
 log = logging.getLogger("cxj.run")
 
-STAGED_KINDS = {"events": EVENT_SCHEMA, "dead": DEAD_LETTER_SCHEMA, "journeys": JOURNEY_SCHEMA, "links": LINK_SCHEMA,
-                "jmetrics": JOURNEY_METRICS_SCHEMA, "handoffs": HANDOFF_SCHEMA}
+POISON = "poison"  # dead-letter reason of a record isolated as the cause of failing attempts
 
 
 def _is_broker_error(exc: BaseException) -> bool:
@@ -75,11 +66,54 @@ def _broker_errors_named(stage):  # type: ignore[no-untyped-def]
     return run
 
 
-def _ensure_staged_files(staging: Path, kinds: Sequence[str]) -> None:
-    """Writes an empty file for a kind no worker produced, so landing reads uniformly."""
-    for kind in kinds:
-        if not any(staging.glob(f"{kind}*.parquet")):
-            pq.write_table(pa.Table.from_pylist([], schema=STAGED_KINDS[kind]), staging / f"{kind}-empty.parquet")
+_RETRY = object()  # an attempt failed and was recorded; plan the batch again (smaller)
+
+
+class StagesBroken(RuntimeError):
+    """The stages fail whatever the records: halving the batch would blame innocent records."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+ENVIRONMENT_ERRORS = ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded")
+
+
+PROGRAMMING_ERRORS = (AttributeError, NameError, ImportError, TypeError, AssertionError)
+
+
+def _is_environment_error(exc: BaseException) -> bool:
+    """A full disk or a permission problem fails every batch alike: no record is to blame, so
+    halving would dead-letter innocent records one by one. Such errors stop the run instead, as
+    do programming errors raised in the driver itself (not inside a Beam stage, whose errors
+    carry "[while running ...]")."""
+    if isinstance(exc, PROGRAMMING_ERRORS) and "[while running" not in str(exc):
+        return True
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PermissionError) or any(text in str(seen) for text in ENVIRONMENT_ERRORS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _shrunk_ranges(suspect: Suspect, ends: dict[PartitionKey, int]) -> list[OffsetRange]:
+    """The next attempt after a failure: the failed attempt's offsets not landed yet, in a
+    fixed order, capped at ``suspect.cap`` offsets (half the failed attempt; the same after a
+    first death, so that a second death on the same offsets can be recognised)."""
+    budget = suspect.cap
+    ranges = []
+    for topic, partition, start, stop in suspect.remaining:
+        stop = min(stop, ends.get((topic, partition), stop))
+        take = min(budget, stop - start)
+        if take > 0:
+            ranges.append(OffsetRange(topic, partition, start, start + take))
+            budget -= take
+        if budget <= 0:
+            break
+    return ranges
 
 
 @dataclass
@@ -99,6 +133,11 @@ class RunListener:
     """Observer of a run (metrics exporters, quality gates, progress). Override what you need."""
 
     def batch_landed(self, batch: LandedBatch, positions: Positions) -> None: ...
+
+    def staged(self, batch_id: int, staging: Path, stage: str) -> None:
+        """A stage of a batch ("ingest", then "assemble") has finished writing ``staging``;
+        its output is checked and read next. (Tests use this seam to take staged files away,
+        as a worker with its own disk would.)"""
 
     def idle(self, positions: Positions) -> None: ...
 
@@ -208,12 +247,108 @@ class MicroBatchRunner:
     # ------------------------------------------------------------------ batches
 
     def run_batch(self, targets: Optional[dict[PartitionKey, int]] = None) -> Optional[LandedBatch]:
-        """Lands one batch toward ``targets`` (default: the broker's end offsets now)."""
-        starts, ends, ranges = self.plan_batch(targets)
+        """Lands one batch toward ``targets`` (default: the broker's end offsets now).
+
+        A batch whose stages fail (not for the broker's sake) is retried at once with half the
+        records, until it lands or a single record is left: that record is dead-lettered as
+        ``poison``. Each halving is recorded, so a process that dies on a batch shrinks it
+        across restarts too, and the pipeline never loops forever on one batch.
+        """
+        while True:
+            outcome = self._attempt_batch(targets)
+            if outcome is not _RETRY:
+                return outcome  # type: ignore[return-value]
+
+    def _attempt_batch(self, targets: Optional[dict[PartitionKey, int]]) -> "Optional[LandedBatch] | object":
+        starts, ends, ranges = self.plan_batch(targets)  # resume offsets, confirmed ends, source logs verified
+        for attempt_id, outcome in self.store.settle_dead_attempts():
+            log.warning("attempt %d: the process died while it ran%s", attempt_id,
+                        " again on the same offsets: its batch will be split" if outcome == "died_again" else "; retrying it")
+        suspect = self.store.open_suspect(starts)
+        if suspect is not None:
+            ranges = _shrunk_ranges(suspect, ends)  # the fingerprints of their last records are fetched after reading
+            if suspect.outcome != "died" and suspect.records == 1 and sum(r.size for r in ranges) == 1:
+                return self._land_poison(suspect, ranges[0], starts, ends)
         if not ranges:
             for listener in self.listeners:
                 listener.idle(Positions(starts, ends, self._looked_up_at))
             return None
+        plan = [{"topic": r.topic, "partition": r.partition, "from": r.start, "to": r.stop} for r in ranges]
+        attempt_id = self.store.begin_attempt(plan)
+        try:
+            landed = self._run_and_land(ranges, attempt_id)
+        except (BrokerUnavailable, BatchNotAccounted, StoreError) as exc:
+            self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
+            raise
+        except Exception as exc:
+            if _is_environment_error(exc) or failures.describe(exc, self.config.db, self.config.staging_root):
+                self._finish_quietly(attempt_id, "error", exc)  # a full disk, a vanished directory: no record's fault
+                raise
+            error = _first_line(exc)
+            size = sum(r.size for r in ranges)
+            # before blaming records (a first failure, or the one record about to be dead-lettered)
+            if (suspect is None or size == 1) and not self._stages_work_without_records():
+                self._finish_quietly(attempt_id, "error", exc)
+                raise StagesBroken(f"the batch's stages fail even with no records, so no record is to blame: {error}") from None
+            self.store.finish_attempt(attempt_id, "failed", error)
+            log.warning("a batch of %d records failed (%s); retrying with %s to find the record that causes it",
+                        size, error[:200], f"{max(1, size // 2)} records" if size > 1 else "that record dead-lettered")
+            return _RETRY
+        except BaseException as exc:  # KeyboardInterrupt: not the batch's fault
+            self._finish_quietly(attempt_id, "interrupted", exc)
+            raise
+        positions = Positions(starts | {(t, p): to for t, p, to in landed.extra.pop("stops")}, *self._ends_now(list(ends), ends))
+        landed.extra["lag"] = positions.lag
+        self._report(landed, positions.lag)
+        for listener in self.listeners:
+            listener.batch_landed(landed, positions)
+        return landed
+
+    def _stages_work_without_records(self) -> bool:
+        """A control run of both stages over no records: if it fails too, the failure lies in
+        the environment (threads, memory, disk, runner), not in the batch's records."""
+        probe = self.config.staging_root / "probe"
+        shutil.rmtree(probe, ignore_errors=True)
+        try:
+            probe.mkdir(parents=True)
+            run_ingest([], self.config.settings, self.config.stream_of_topic, 0, probe, self.config.beam_args,
+                       self.config.limits, self.config.read_timeout_s)
+            run_assemble([], probe, self.config.repeat_window_s, self.config.beam_args)
+            return True
+        except Exception:
+            log.debug("the control run without records failed", exc_info=True)
+            return False
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+
+    def _fingerprint_real_stops(self, reads: list[dict]) -> None:
+        """The source-log fingerprint of each range's last record read, where the reader stopped
+        before the planned stop (the byte budget) or the ranges were shrunk after a failure."""
+        wanted = {(r["topic"], r["partition"]): r["stop"] - 1 for r in reads
+                  if r["stop"] > r["start"] and (r["topic"], r["partition"], r["stop"]) not in self.store.pending_fingerprints}
+        if wanted:
+            try:
+                found = self._reader().records_at(wanted, self._last_ends)
+            except Exception as exc:  # a broker failure here is like one while reading
+                raise BrokerUnavailable(f"reading from Kafka failed: {_first_line(exc)}") from None
+            for (topic, partition), fp in found.items():
+                if fp is not None:
+                    self.store.pending_fingerprints[(topic, partition, wanted[(topic, partition)] + 1)] = fp
+
+    def _tell_staged(self, batch_id: int, staging: Path, stage: str) -> None:
+        for listener in self.listeners:
+            staged = getattr(listener, "staged", None)  # listeners need not subclass RunListener
+            if staged is not None:
+                staged(batch_id, staging, stage)
+
+    def _finish_quietly(self, attempt_id: int, outcome: str, exc: BaseException) -> None:
+        try:
+            self.store.finish_attempt(attempt_id, outcome, _first_line(exc))
+        except Exception:  # the store itself may be what failed; the attempt then stays open
+            log.debug("could not record the attempt's outcome", exc_info=True)
+
+    def _run_and_land(self, ranges: list[OffsetRange], attempt_id: int) -> LandedBatch:
+        """Runs the two stages, checks their output and lands it; the staging dir is removed after."""
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
         staging = self.config.staging_root / f"batch-{batch_id}"
@@ -229,34 +364,93 @@ class MicroBatchRunner:
                 self.config.beam_args,
                 self.config.limits,
                 self.config.read_timeout_s,
+                budget_bytes=self.config.max_batch_bytes,
             )
-            _ensure_staged_files(staging, ["events", "dead"])
-            staged, new = self.store.select_new_events(staging)
+            self._tell_staged(batch_id, staging, "ingest")
+            reads = verified_reads(staging, ranges, batch_id)
+            self._fingerprint_real_stops(reads)
+            staged = collect_staged(staging)
+            resolution = self.store.resolve_copies(staged, batch_id)
             assemble_s = 0.0
             history = staging / "history"
             if self.store.export_history(history):
                 files = sorted(str(f) for f in history.rglob("*.parquet"))
                 assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args,
                                           self.config.metrics).seconds
-            _ensure_staged_files(staging, ["journeys", "links", "jmetrics", "handoffs"])
-            planned = sum(r.size for r in ranges)
+            self._tell_staged(batch_id, staging, "assemble")
+            collect_assembled(staging, history, staged, batch_id)
             facts = BatchFacts(
                 batch_id=batch_id,
                 started_at=started_at,
-                ranges=[{"topic": r.topic, "partition": r.partition, "from": r.start, "to": r.stop} for r in ranges],
-                consumed=ingest.counters.get("cxj:records_read", planned),
-                duplicates_in_batch=ingest.counters.get("cxj:duplicates_in_batch", 0),
+                ranges=[{"topic": r["topic"], "partition": r["partition"], "from": r["start"], "to": r["stop"]}
+                        for r in reads if r["stop"] > r["start"]],
+                reads=reads,
                 ingest_s=ingest.seconds,
                 assemble_s=assemble_s,
+                attempt_id=attempt_id,
             )
-            log.debug("batch %d: landing %d new events and offsets in one transaction", batch_id, new)
-            landed = self.store.land(facts, staging, duplicates_landed_before=staged - new)
+            log.debug("batch %d: landing %d new events (%d replacing landed copies) and offsets in one transaction",
+                      batch_id, resolution.new, resolution.replacing)
+            landed = self.store.land(facts, staged)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        accounted = landed.landed + landed.duplicates + landed.dead_letters
-        if accounted != landed.consumed:
-            log.error("batch %d: consumed %d but accounted for %d", batch_id, landed.consumed, accounted)
-        positions = Positions(starts | {(r.topic, r.partition): r.stop for r in ranges}, *self._ends_now(list(ends), ends))
+        landed.extra["stops"] = [(r["topic"], r["partition"], r["to"]) for r in facts.ranges]
+        return landed
+
+    def _land_poison(self, suspect: Suspect, offset_range: OffsetRange,
+                     starts: dict[PartitionKey, int], ends: dict[PartitionKey, int]) -> LandedBatch:
+        """Dead-letters the single record that failed its batch, so the pipeline moves on.
+
+        The record is read directly (not through the stage that failed on it); the dead letter
+        keeps its raw bytes and the failure, and goes through the same checked landing."""
+        started_at = datetime.now(timezone.utc)
+        batch_id = self.store.next_batch_id()
+        staging = self.config.staging_root / f"batch-{batch_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        plan = [{"topic": offset_range.topic, "partition": offset_range.partition,
+                 "from": offset_range.start, "to": offset_range.stop}]
+        attempt_id = self.store.begin_attempt(plan)
+        try:
+            report: dict[PartitionKey, RangeRead] = {}
+            records = [rec for chunk in read_range_chunks(self.config.settings, [offset_range], self.config.read_timeout_s,
+                                                          report=report) for rec in chunk]
+            why = ("the process died twice in a row while its batch ran" if suspect.outcome == "died_again"
+                   else f"a stage failed on it: {suspect.error}")
+            # the record's own metadata is not trusted either: its Kafka timestamp goes in the detail
+            dead = [dead_letter(SourceRef(t, p, o, None), value, POISON,
+                                f"{why} (isolated by halving the batch; Kafka timestamp {ts} ms)")
+                    for t, p, o, ts, value in records]
+            if dead:
+                write_rows(str(staging / f"dead-{offset_range.topic}-{offset_range.partition}-{offset_range.start}.parquet"),
+                           dead, DEAD_LETTER_SCHEMA)
+            write_json(str(staging / manifest_name([offset_range])), [e.to_json() for e in report.values()])
+            self._tell_staged(batch_id, staging, "ingest")
+            reads = verified_reads(staging, [offset_range], batch_id)
+            self._fingerprint_real_stops(reads)
+            staged = collect_staged(staging)
+            self.store.resolve_copies(staged, batch_id)
+            facts = BatchFacts(
+                batch_id=batch_id, started_at=started_at,
+                ranges=[{"topic": r["topic"], "partition": r["partition"], "from": r["start"], "to": r["stop"]}
+                        for r in reads if r["stop"] > r["start"]],
+                reads=reads, ingest_s=0.0, attempt_id=attempt_id,
+            )
+            landed = self.store.land(facts, staged)
+        except (BrokerUnavailable, BatchNotAccounted, StoreError) as exc:
+            self._finish_quietly(attempt_id, "unaccounted" if isinstance(exc, BatchNotAccounted) else "error", exc)
+            raise
+        except Exception as exc:
+            if _is_broker_error(exc):
+                self._finish_quietly(attempt_id, "broker", exc)
+                raise BrokerUnavailable(f"reading from Kafka failed: {_first_line(exc)}") from None
+            self._finish_quietly(attempt_id, "error", exc)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.error("batch %d: dead-lettered %s[%d] offset %d as %s: %s", batch_id, offset_range.topic,
+                  offset_range.partition, offset_range.start, POISON, suspect.error or suspect.outcome)
+        positions = Positions(starts | {(r["topic"], r["partition"]): r["to"] for r in facts.ranges}, ends)
         landed.extra["lag"] = positions.lag
         self._report(landed, positions.lag)
         for listener in self.listeners:

@@ -195,9 +195,12 @@ def attach_sql(db: Path | str, alias: str = LAKE_ALIAS, read_only: bool = False)
 def view_statements() -> list[str]:
     """The model views of sql/models and the comments of the tables and views (DuckLake keeps
     no comments on a view's columns), rendered by pipelines/models.py exactly as in the store."""
-    from pipelines.models import catalog_statements
+    from pipelines.models import _ident, catalog_statements, load_docs
 
-    return catalog_statements(view_columns=False)
+    # landing tables the replica does not publish (conflicts, attempts, ...) get no comments here
+    absent = [_ident(t) for t in sorted(set(load_docs().tables) - set(TABLES))]
+    return [s for s in catalog_statements(view_columns=False)
+            if not any(s.startswith((f"COMMENT ON TABLE {t} ", f"COMMENT ON COLUMN {t}.")) for t in absent)]
 
 
 # What readers query to see how current the replica is.
@@ -517,8 +520,14 @@ class Replica:
                 return None
             window = f"batch_id > {published} AND batch_id <= {last}"
             touched = (f"SELECT customer_id FROM {self.source}.events WHERE {window} "
-                       f"UNION SELECT customer_id FROM {self.source}.journeys WHERE {window}")
+                       f"UNION SELECT customer_id FROM {self.source}.journeys WHERE {window} "
+                       # an event a winning copy moved to another customer leaves the old one's journeys
+                       f"UNION SELECT old_customer_id FROM {self.source}.event_replacements WHERE {window}")
             customers = int(con.execute(f"SELECT count(*) FROM ({touched})").fetchone()[0])
+            # a landed event can be replaced by a winning copy (docs/metrics.md): drop the old version
+            replaced = f"SELECT event_id FROM {self.source}.event_replacements WHERE {window}"
+            if con.execute(f"SELECT count(*) FROM ({replaced})").fetchone()[0]:
+                con.execute(f"DELETE FROM {LAKE_ALIAS}.events WHERE event_id IN ({replaced})")
             for table in APPENDED:
                 con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} SELECT * FROM {self.source}.{table} WHERE {window}")
             for table in REPLACED:

@@ -15,6 +15,11 @@ from transforms.parse import ParseLimits
 
 log = logging.getLogger("cxj.run")
 
+# A batch holds its message values many times over (raw, decoded, parsed, hashed, shuffled,
+# staged, loaded): measured peak RSS is about 260 MiB + 14 x the budget, so 32 MiB of values
+# keeps a run near 700 MiB whatever the message sizes (docs/reliability.md, "Memory budget").
+DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
+
 
 @dataclass
 class RunConfig:
@@ -22,6 +27,7 @@ class RunConfig:
     settings: KafkaSettings = field(default_factory=KafkaSettings)
     topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
     max_batch_events: int = 50_000
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # message values read per batch at most (memory bound)
     repeat_window_s: float = DEFAULT_REPEAT_WINDOW_S
     poll_interval_s: float = 1.0
     read_timeout_s: float = 30.0

@@ -216,4 +216,55 @@ CREATE TABLE IF NOT EXISTS journey_revisions (
     changed_columns   VARCHAR[] NOT NULL,
     before            JSON NOT NULL,        -- {column: value} of the changed columns, before
     after             JSON NOT NULL         -- ... and after (removed: {})
+
+-- Every losing copy of an event whose content differs from the winning copy (conflicting
+-- copies of one event_id; the copy with the smallest content hash wins, see docs/metrics.md).
+-- Nothing disappears silently: the loser is kept with its payload and Kafka coordinates.
+CREATE TABLE IF NOT EXISTS event_conflicts (
+    event_id        VARCHAR NOT NULL,
+    winner_hash     VARCHAR NOT NULL,   -- content hash of the copy in events (updated if a later copy wins)
+    loser_hash      VARCHAR NOT NULL,   -- content hash of this losing copy
+    payload         VARCHAR NOT NULL,   -- the losing message as sent
+    topic           VARCHAR NOT NULL,
+    "partition"     INTEGER NOT NULL,
+    "offset"        BIGINT NOT NULL,
+    kafka_timestamp TIMESTAMPTZ,
+    batch_id        BIGINT NOT NULL,    -- the batch that found the conflict
+    detected_at     TIMESTAMPTZ NOT NULL
+);
+
+-- Deliveries of an event's winning content other than the one in events (plain duplicates),
+-- by coordinates only: if a later copy beats the landed one, these become conflicts too.
+CREATE TABLE IF NOT EXISTS duplicate_deliveries (
+    event_id        VARCHAR NOT NULL,
+    content_hash    VARCHAR NOT NULL,
+    topic           VARCHAR NOT NULL,
+    "partition"     INTEGER NOT NULL,
+    "offset"        BIGINT NOT NULL,
+    kafka_timestamp TIMESTAMPTZ,
+    batch_id        BIGINT NOT NULL
+);
+
+-- One row per attempt to run a batch, written before its stages run: an attempt left without
+-- an outcome means the process died on it. Failed attempts shrink the next one until a
+-- single poison record is isolated and dead-lettered (docs/reliability.md, "Memory budget").
+CREATE TABLE IF NOT EXISTS batch_attempts (
+    attempt_id  BIGINT NOT NULL,
+    started_at  TIMESTAMPTZ NOT NULL,
+    ranges      JSON NOT NULL,          -- [{topic, partition, from, to}] as planned
+    records     BIGINT NOT NULL,        -- offsets planned
+    outcome     VARCHAR,                -- landed | failed | died | died_again | broker | unaccounted | error; null while running
+    error       VARCHAR,
+    finished_at TIMESTAMPTZ,
+    resolved    BOOLEAN NOT NULL DEFAULT false  -- a failure whose offsets have all landed since
+);
+
+-- Landed events replaced by a winning copy from a later batch (see event_conflicts for the
+-- losers): which batch replaced which event, and for which customers journeys were recomputed.
+CREATE TABLE IF NOT EXISTS event_replacements (
+    event_id         VARCHAR NOT NULL,
+    old_hash         VARCHAR NOT NULL,
+    new_hash         VARCHAR NOT NULL,
+    old_customer_id  VARCHAR NOT NULL,
+    batch_id         BIGINT NOT NULL
 );

@@ -12,10 +12,10 @@ from typing import Any, Iterable, Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.dedup import bucket_of, first_deliveries
+from transforms.dedup import bucket_of, payload_hash, winning_copies
 from transforms.kafka_source import RawRecord
 from transforms.parse import ParseLimits, parse_chunk
-from transforms.staging import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, write_rows
+from transforms.staging import COPY_SCHEMA, DEAD_LETTER_SCHEMA, EVENT_SCHEMA, write_rows
 
 Rows = list[dict[str, Any]]
 
@@ -34,6 +34,8 @@ class _ParseDoFn(beam.DoFn):
 
     def process(self, records: list[RawRecord]) -> Iterator[Rows]:
         events, dead = parse_chunk(records, self.stream_of_topic, self.now_us, self.limits)
+        for row in events:  # what decides between conflicting copies (transforms.dedup)
+            row["content_hash"] = payload_hash(row["payload"])
         self.parsed.inc(len(events))
         if dead:
             topic, partition, offset = records[0][:3]
@@ -68,24 +70,31 @@ def split_by_bucket(rows: Rows, buckets: int) -> Iterator[tuple[int, Rows]]:
     yield from grouped.items()
 
 
-class _KeepFirstDelivery(beam.DoFn):
+class _KeepWinningCopy(beam.DoFn):
+    """Stages one winning copy per event_id (smallest content hash, transforms.dedup) and every
+    losing copy with the winner's hash, so each record read is in exactly one staged file."""
+
     def __init__(self, staging: str) -> None:
         self.staging = staging
         self.duplicates = Metrics.counter("cxj", "duplicates_in_batch")
 
     def process(self, keyed: tuple[int, Iterable[Rows]]) -> Iterator[int]:
         bucket, chunks = keyed
-        unique, dropped = first_deliveries(row for chunk in chunks for row in chunk)
-        if dropped:
-            self.duplicates.inc(dropped)
-        write_rows(f"{self.staging}/events-{bucket:04d}.parquet", unique, EVENT_SCHEMA)
-        yield len(unique)
+        winners, losers = winning_copies(row for chunk in chunks for row in chunk)
+        write_rows(f"{self.staging}/events-{bucket:04d}.parquet", winners, EVENT_SCHEMA)
+        if losers:
+            self.duplicates.inc(len(losers))
+            winner_hash = {row["event_id"]: row["content_hash"] for row in winners}
+            copies = [{**{name: row[name] for name in COPY_SCHEMA.names if name in row},
+                       "winner_hash": winner_hash[row["event_id"]]} for row in losers]
+            write_rows(f"{self.staging}/copies-{bucket:04d}.parquet", copies, COPY_SCHEMA)
+        yield len(winners)
 
 
 class DedupEvents(beam.PTransform):
     """One row per event_id within the batch, staged per bucket (copies of an event meet in
-    one bucket). Duplicates of events landed in earlier batches are removed at landing,
-    where the store knows what has landed."""
+    one bucket), and the losing copies beside it. Copies of events landed in earlier batches
+    are resolved at landing, where the store knows what has landed."""
 
     def __init__(self, staging: str, buckets: int = 16) -> None:
         super().__init__()
@@ -97,5 +106,5 @@ class DedupEvents(beam.PTransform):
             chunks
             | "BucketByEventId" >> beam.FlatMap(split_by_bucket, self.buckets)
             | "GroupByBucket" >> beam.GroupByKey()
-            | "KeepFirstDelivery" >> beam.ParDo(_KeepFirstDelivery(self.staging))
+            | "KeepWinningCopy" >> beam.ParDo(_KeepWinningCopy(self.staging))
         )

@@ -372,9 +372,9 @@ def _survey_thread(survey: Event, known: set[ThreadKey]) -> Optional[ThreadKey]:
 def dedupe(events: Iterable[Event]) -> list[Event]:
     """One event per event_id, sorted in event order.
 
-    The first delivery wins: of several copies of an event_id the first one in the input
-    (delivery order) is kept, as the pipeline keeps the copy it landed first. Exact
-    duplicates, the normal case, make the choice irrelevant.
+    Callers pass the winning copies (the pipeline picks them by content hash, see
+    transforms.dedup), so what is left are exact duplicates, for which the choice is
+    irrelevant; of several copies the first one in the input is kept.
     """
     unique: dict[str, Event] = {}
     for event in events:

@@ -8,6 +8,7 @@ that a runner retries overwrites its own file instead of adding a second copy.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +33,22 @@ EVENT_SCHEMA = pa.schema(
         ("outcome", pa.string()),
         ("csat", pa.int32()),
         ("nps", pa.int32()),
+        ("payload", pa.string()),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("kafka_ts_ms", pa.int64()),
+        ("content_hash", pa.string()),  # SHA-256 of the canonical JSON (transforms.dedup)
+    ]
+)
+
+# Copies of an event that lost within the batch (a plain duplicate or a conflicting copy):
+# staged so that every record read is accounted for and conflicts are never dropped silently.
+COPY_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("content_hash", pa.string()),
+        ("winner_hash", pa.string()),  # the batch's winning copy; the landed one may still beat it
         ("payload", pa.string()),
         ("topic", pa.string()),
         ("partition", pa.int32()),
@@ -151,6 +168,14 @@ def write_rows(path: str, rows: list[dict[str, Any]], schema: pa.Schema) -> None
     table = pa.Table.from_pylist(rows, schema=schema)
     with FileSystems.create(path) as handle:
         pq.write_table(table, handle)
+
+
+def write_json(path: str, doc: Any) -> None:
+    """Writes a small JSON document (a stage's manifest) through Beam's FileSystems."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path, mime_type="application/json") as handle:
+        handle.write(json.dumps(doc, sort_keys=True).encode("utf-8"))
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
