@@ -216,6 +216,7 @@ CREATE TABLE IF NOT EXISTS journey_revisions (
     changed_columns   VARCHAR[] NOT NULL,
     before            JSON NOT NULL,        -- {column: value} of the changed columns, before
     after             JSON NOT NULL         -- ... and after (removed: {})
+);
 
 -- Every losing copy of an event whose content differs from the winning copy (conflicting
 -- copies of one event_id; the copy with the smallest content hash wins, see docs/metrics.md).
