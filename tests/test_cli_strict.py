@@ -27,7 +27,7 @@ def cxj(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: f
     (["run", "--max_batch_events=500"], "unknown option --max_batch_events (did you mean --max-batch-events?)"),
     (["run", "--bootstrap_servers", "x:1"], "unknown option --bootstrap_servers (did you mean --bootstrap-servers?)"),
     (["run", "--fol"], "unknown option --fol"),  # no abbreviations: --fol is not --follow
-    (["run", "--max-batch-event", "5"], "did you mean --max-batch-events?"),
+    (["run", "--max-batch-event", "5"], "did you mean --max-batch-events or --max-batch-bytes?"),
     (["run", "--job_endpont=localhost:8099"], "did you mean --job_endpoint"),
     (["status", "--max-lagg", "5"], "unknown option --max-lagg (did you mean --max-lag?)"),
     (["status", "--runner=DirectRunner"], "unknown option --runner"),  # Beam options belong to `run` only

@@ -85,7 +85,7 @@ def test_env_and_file_drive_a_real_run(broker, topics, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("max_batch_evnts = 5\n", "max_batch_evnts is not an option (did you mean max_batch_events?)"),
+    ("max_batch_evnts = 5\n", "max_batch_evnts is not an option (did you mean max_batch_events or max_batch_bytes?)"),
     ("[runn]\nfollow = true\n", "[runn] is not a cxj command (did you mean run?)"),
     ("[status]\nfollow = true\n", "[status] follow is not an option"),
     ("[run]\nmax_batch_events = \"many\"\n", "--max-batch-events: invalid int value: 'many'"),
@@ -118,7 +118,7 @@ def test_environment_mistakes_are_errors(tmp_path, env, message):
 def test_unknown_cxj_variable_is_named(tmp_path):
     result = cxj("config", "show", "run", env={"CXJ_MAX_BATCH_EVENT": "5"}, cwd=tmp_path)
     assert result.returncode == 0
-    assert "environment variable CXJ_MAX_BATCH_EVENT (did you mean CXJ_MAX_BATCH_EVENTS?) is not a cxj setting" in result.stderr
+    assert "environment variable CXJ_MAX_BATCH_EVENT (did you mean CXJ_MAX_BATCH_EVENTS or CXJ_MAX_BATCH_BYTES?) is not a cxj setting" in result.stderr
 
 
 def test_config_show_masks_secrets(tmp_path):
