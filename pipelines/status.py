@@ -180,6 +180,11 @@ def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int
     from pipelines.source_log import offsets_to_verify, source_changes
 
     fingerprints = fingerprints or {}
+    # Only the configured topics are this pipeline's source: offsets landed from a topic it no
+    # longer reads (renamed topics, a database reused for other topics) are history, not a
+    # partition that vanished from the broker.
+    configured = set(topics)
+    landed = {key: offset for key, offset in landed.items() if key[0] in configured}
     try:
         reader = OffsetReader(settings, connect_timeout_s=5.0)
         try:
