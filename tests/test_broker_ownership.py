@@ -56,9 +56,11 @@ def test_demo_hint_names_the_port_and_make_passes_it(tmp_path):
     finally:
         stopped = broker_cmd("stop", port, tmp_path / ".cxj")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
-    make = subprocess.run(["make", "-n", "demo", "PORT=19093"], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parent.parent)
+    # a clean make environment: under `make test` MAKEFLAGS/MAKELEVEL would add "Entering directory" lines
+    make_env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    make = subprocess.run(["make", "--no-print-directory", "-n", "demo", "PORT=19093"], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent, env=make_env)
     assert "cxj demo --port 19093" in make.stdout, make.stdout
-    plain = subprocess.run(["make", "-n", "demo"], capture_output=True, text=True, timeout=60,
-                           cwd=Path(__file__).resolve().parent.parent)
+    plain = subprocess.run(["make", "--no-print-directory", "-n", "demo"], capture_output=True, text=True,
+                           timeout=60, cwd=Path(__file__).resolve().parent.parent, env=make_env)
     assert plain.stdout.rstrip().endswith("cxj demo"), plain.stdout
