@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from transforms.parse import ParseLimits, SourceRef, parse_record
+from transforms.parse import ParseLimits, SourceRef, dead_letter, parse_record, parse_timestamp_us
 
 NOW_US = 1_795_000_000_000_000  # 2026-11-18
 SRC = SourceRef("cx.tickets", 2, 41, 1_700_000_000_000)
@@ -139,3 +139,66 @@ def test_an_integral_float_score_on_a_survey_is_that_score():
     base = event(event_type="survey.responded", channel=..., ticket_id="T", survey_id="S")
     kind, row = parse({**base, "csat": 4.0, "nps": 9.0}, stream="surveys")
     assert (kind, row["csat"], row["nps"]) == ("event", 4, 9)
+
+
+@pytest.mark.parametrize("length", [0, 1, 499, 500, 501, 502, 5000])
+def test_dead_letter_detail_is_cut_at_500_characters(length):
+    """docs/reliability.md, "Dead-letter details": a dead letter's detail keeps at most its first
+    500 characters (code points, not bytes), whatever the reason; shorter details are kept whole.
+    The raw bytes are always kept whole, so nothing of the record is lost."""
+    detail = "".join(chr(ord("a") + i % 26) for i in range(length - 1)) + ("é" if length else "")
+    raw = b"\x00" * 2000
+    row = dead_letter(SRC, raw, "poison", detail)
+    assert row["detail"] == detail[: min(length, 500)]
+    assert len(row["detail"]) == min(length, 500)
+    assert row["raw"] == raw and row["reason"] == "poison"
+    assert (row["topic"], row["partition"], row["offset"], row["kafka_ts_ms"]) == ("cx.tickets", 2, 41, 1_700_000_000_000)
+
+
+@pytest.mark.parametrize("detail_length", [499, 500, 501])
+def test_parse_outcomes_get_the_same_cut(detail_length):
+    """The cut applies to the parser's own dead letters too: an unknown topic's detail quotes the
+    topic name, so a long enough name makes a detail of exactly 499, 500 or 501 characters."""
+    fixed = len("topic '' is not one of the configured event topics")
+    topic = "t" * (detail_length - fixed)
+    full = f"topic '{topic}' is not one of the configured event topics"
+    assert len(full) == detail_length
+    kind, row = parse_record(b'{"a": 1}', SourceRef(topic, 0, 7, None), None, NOW_US)
+    assert (kind, row["reason"]) == ("dead", "unknown_topic")
+    assert row["detail"] == full[:500]
+    assert row["detail"].endswith("topics") == (detail_length <= 500)
+
+
+@pytest.mark.parametrize("length", [1, 79, 80, 81, 300])
+def test_an_unknown_event_type_is_quoted_up_to_80_characters(length):
+    """docs/reliability.md, "Dead-letter details": an unknown_event_type detail quotes at most the
+    first 80 characters of the event_type sent (the raw bytes keep all of it)."""
+    sent = "x" * (length - 1) + "y"
+    kind, row = parse(event(event_type=sent))
+    assert (kind, row["reason"]) == ("dead", "unknown_event_type")
+    assert row["detail"] == f"event_type {sent[:80]!r} is not defined in contract v1"
+    assert json.loads(row["raw"])["event_type"] == sent
+
+
+def test_a_non_string_event_type_is_quoted_as_text_up_to_80_characters():
+    """A number or a list as event_type is shown by its text form, cut the same way."""
+    assert parse(event(event_type=12345))[1]["detail"] == "event_type '12345' is not defined in contract v1"
+    as_list = list(range(100))
+    kind, row = parse(event(event_type=as_list))
+    assert (kind, row["reason"]) == ("dead", "unknown_event_type")
+    assert row["detail"] == f"event_type {str(as_list)[:80]!r} is not defined in contract v1"
+    assert len(str(as_list)) > 80
+
+
+def test_an_unreadable_timestamp_is_quoted_up_to_64_characters():
+    """docs/reliability.md, "Dead-letter details": a bad_timestamp detail quotes at most the first
+    64 characters of occurred_at. The contract allows at most 64, so through the parser an
+    unreadable occurred_at is quoted whole; the reader itself cuts longer text."""
+    sent = "y" * 63 + "z"
+    kind, row = parse(event(occurred_at=sent))
+    assert (kind, row["reason"]) == ("dead", "bad_timestamp")
+    assert row["detail"] == f"occurred_at {sent!r} is not RFC 3339 with an offset"
+    assert parse(event(occurred_at=sent + "z"))[1]["reason"] == "schema_violation"  # 65: the contract's limit
+    with pytest.raises(ValueError) as raised:
+        parse_timestamp_us(sent + "zzz")
+    assert str(raised.value) == f"occurred_at {sent!r} is not RFC 3339 with an offset"
