@@ -236,23 +236,27 @@ def _status_timeline(threads: list[Thread]) -> tuple[str, Optional[int]]:
     Replays every start, end and reopening in event order; after each one the journey is
     open if any thread is open, else resolved iff the thread that ended last ended resolved.
     """
-    changes: list[tuple[tuple[int, int, str], str, ThreadKey, bool]] = []
+    # (sort key, thread, outcome): the outcome is None for a start or a reopening, and whether
+    # the thread ended resolved for an end.
+    changes: list[tuple[tuple[int, int, str], ThreadKey, Optional[bool]]] = []
     for t in threads:
-        changes.append((t.order_key, "start", t.key, False))
-        changes.extend((sk, "end", t.key, resolved) for _, sk, resolved in t.ends)
-        changes.extend((sk, "reopen", t.key, False) for _, sk in t.reopens)
-    changes.sort(key=lambda c: (c[0], {"start": 0, "reopen": 1, "end": 2}[c[1]]))
+        changes.append((t.order_key, t.key, None))
+        changes.extend((sk, t.key, resolved) for _, sk, resolved in t.ends)
+        changes.extend((sk, t.key, None) for _, sk in t.reopens)
+    # Each change is a distinct event, so sort keys tie only when a thread's first event is the
+    # status change that ends it; the sort is stable and the start was appended first, so that
+    # thread starts, then ends.
+    changes.sort(key=lambda c: c[0])
     open_threads: set[ThreadKey] = set()
-    last_end_resolved = False
     status = "open"
     resolved_at: Optional[int] = None
-    for sort_key, kind, key, resolved in changes:
-        if kind in ("start", "reopen"):
+    for sort_key, key, outcome in changes:
+        if outcome is None:
             open_threads.add(key)
         else:
             open_threads.discard(key)
-            last_end_resolved = resolved
-        new_status = "open" if open_threads else ("resolved" if last_end_resolved else "unresolved")
+        # only an end can leave no thread open, so `outcome` is then the last end's outcome
+        new_status = "open" if open_threads else ("resolved" if outcome else "unresolved")
         if new_status == "resolved" and status != "resolved":
             resolved_at = sort_key[0]
         status = new_status

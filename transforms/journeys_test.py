@@ -417,3 +417,14 @@ def test_a_repeated_escalation_to_the_same_ticket_is_one_escalation_handoff():
              status("T", 40, "solved")])
     assert j["threads"] == ["chat:C", "ticket:T"]
     assert (j["handoff_count"], j["team_handoff_count"]) == (1, 1)
+
+
+def test_a_thread_whose_first_event_ends_it_starts_then_ends():
+    """A ticket whose earliest known event is its solving status change (its created event is
+    missing or later) starts and ends at that instant: resolved there, not left open."""
+    j = one([status("T", 100, "solved")])
+    assert (j["status"], j["started_at_us"], j["resolved_at_us"], j["time_to_resolution_s"]) == ("resolved", 100 * US, 100 * US, 0)
+    j = one([status("T", 100, "solved"), ticket("T", 200), tmsg("T", 300, "customer")])
+    assert (j["status"], j["resolved_at_us"], j["reopen_count"]) == ("resolved", 100 * US, 0)
+    j = one([status("T", 100, "closed"), status("T", 150, "open")])
+    assert (j["status"], j["resolved_at_us"], j["reopen_count"]) == ("open", None, 1)
