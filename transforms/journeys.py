@@ -119,13 +119,15 @@ class Thread:
     def is_open_before(self, key: tuple[int, int, str]) -> bool:
         """Open just before the event with sort key ``key``: started, and not ended since its
         last reopening. Compares full sort keys, so events at the same instant are taken in
-        event order (type rank, then event_id), exactly as everywhere else."""
+        event order (type rank, then event_id), exactly as everywhere else.
+
+        ``build_thread`` records ends and reopenings strictly alternating (end, reopen, end,
+        ...), so the thread is open exactly when as many reopenings as ends came before."""
         if self.order_key >= key:
             return False
-        last_end = max((sk for _, sk, _ in self.ends if sk < key), default=None)
-        if last_end is None:
-            return True
-        return any(last_end < sk < key for _, sk in self.reopens)
+        ends_before = len([sk for _, sk, _ in self.ends if sk < key])
+        reopens_before = len([sk for _, sk in self.reopens if sk < key])
+        return ends_before == reopens_before
 
     def last_end_before(self, key: tuple[int, int, str]) -> Optional[int]:
         """When the thread last ended before the event with sort key ``key`` (epoch us)."""
@@ -193,7 +195,7 @@ class _Group:
 
 
 def group_threads(threads: list[Thread], repeat_window_s: float) -> list[list[Thread]]:
-    """Assigns threads to journeys in order of their start (DESIGN: Journeys)."""
+    """Assigns threads to journeys in order of their start (docs/metrics.md, "Journeys")."""
     known = {t.key for t in threads}
     links = _Links()
     for thread in threads:
@@ -256,10 +258,9 @@ def _status_timeline(threads: list[Thread]) -> tuple[str, Optional[int]]:
         else:
             open_threads.discard(key)
         # only an end can leave no thread open, so `outcome` is then the last end's outcome
-        new_status = "open" if open_threads else ("resolved" if outcome else "unresolved")
-        if new_status == "resolved" and status != "resolved":
+        status = "open" if open_threads else ("resolved" if outcome else "unresolved")
+        if status == "resolved":  # never two in a row: every thread was open just before it ended
             resolved_at = sort_key[0]
-        status = new_status
     return status, (resolved_at if status == "resolved" else None)
 
 
