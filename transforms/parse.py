@@ -72,30 +72,27 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _depth(node: Any, limit: int) -> int:
-    """Nesting depth, stopping early once past the limit."""
-    stack = [(node, 1)]
-    deepest = 0
+def _too_deep(doc: dict[str, Any], limit: int) -> bool:
+    """Whether objects and lists nest deeper than ``limit`` levels (the top-level object is
+    level 1); stops at the first container past the limit. Only containers are pushed, so every
+    value popped is a dict or a list."""
+    stack: list[tuple[Union[dict[str, Any], list[Any]], int]] = [(doc, 1)]
     while stack:
         value, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
-    return deepest
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+    return False
 
 
 def parse_timestamp_us(text: str) -> int:
-    """RFC 3339 with a mandatory offset -> epoch microseconds (sub-microsecond digits dropped)."""
+    """RFC 3339 with a mandatory offset -> epoch microseconds (sub-microsecond digits dropped).
+
+    Python 3.11+ (the supported floor) reads any number of fraction digits and drops those past
+    the microsecond itself: .9999999 is .999999, never rounded up into the next second."""
     if not RFC3339.match(text):
         raise ValueError(f"occurred_at {text[:64]!r} is not RFC 3339 with an offset")
-    main, _, rest = text.partition(".")
-    if rest:  # trim fractions past microseconds, which datetime cannot hold
-        digits = re.match(r"\d+", rest).group(0)  # type: ignore[union-attr]
-        text = f"{main}.{digits[:6]}{rest[len(digits):]}"
     parsed = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
     delta = parsed - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
@@ -151,7 +148,7 @@ def _parse(
         return (NOT_JSON, str(exc))
     if not isinstance(doc, dict):
         return (NOT_OBJECT, f"top-level JSON is {type(doc).__name__}, expected object")
-    if text.count("{") + text.count("[") > limits.max_depth and _depth(doc, limits.max_depth) > limits.max_depth:
+    if _too_deep(doc, limits.max_depth):
         return (TOO_DEEP, f"nesting deeper than {limits.max_depth}")
     version = doc.get("schema_version")
     if type(version) is not int or version not in SUPPORTED_VERSIONS:
