@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from transforms.parse import ParseLimits, SourceRef, dead_letter, parse_record, parse_timestamp_us
+from transforms.parse import ParseLimits, SourceRef, _as_int, dead_letter, parse_record, parse_timestamp_us
 
 NOW_US = 1_795_000_000_000_000  # 2026-11-18
 SRC = SourceRef("cx.tickets", 2, 41, 1_700_000_000_000)
@@ -202,3 +202,51 @@ def test_an_unreadable_timestamp_is_quoted_up_to_64_characters():
     with pytest.raises(ValueError) as raised:
         parse_timestamp_us(sent + "zzz")
     assert str(raised.value) == f"occurred_at {sent!r} is not RFC 3339 with an offset"
+
+
+@pytest.mark.parametrize("fraction, micros", [
+    ("", 0), (".5", 500_000), (".123456", 123_456), (".1234567", 123_456), (".123456999", 123_456),
+    (".9999999", 999_999), (".000000999", 0),
+])
+def test_fraction_digits_past_the_microsecond_are_dropped_not_rounded(fraction, micros):
+    """docs/metrics.md, "Event time": occurred_at is kept to the microsecond; further digits (up
+    to nine are accepted) are dropped, so .9999999 stays in its second."""
+    assert parse_timestamp_us(f"2026-11-01T09:30:59{fraction}+01:00") == 1_793_521_859_000_000 + micros
+    kind, row = parse(event(occurred_at=f"2026-11-01T09:30:59{fraction}Z"))
+    assert (kind, row["at_us"]) == ("event", 1_793_525_459_000_000 + micros)
+
+
+@pytest.mark.parametrize("value, stored", [
+    (None, None), (0, 0), (10, 10), (4.0, 4), (-(2**31), -(2**31)), (2**31 - 1, 2**31 - 1),
+    (-(2**31) - 1, None), (2**31, None), (float(2**31 - 1), 2**31 - 1), (float(2**31), None),
+    (True, None), (False, None), ("5", None), (4.5, None), (float("inf"), None), (float("nan"), None), ([5], None),
+])
+def test_a_score_is_stored_only_as_an_integer_that_fits_its_column(value, stored):
+    """docs/reliability.md, "Mutation check (issue 16)": a survey's csat/nps is stored as an
+    INT32 when it is an integral number that fits, else NULL. The v1 contract already limits the
+    scores to 1..5 and 0..10; this keeps the column safe whatever a later contract version lets
+    through, so it is checked here directly at the column's bounds."""
+    assert _as_int(value) == stored
+    assert type(_as_int(value)) is (int if stored is not None else type(None))
+
+
+def test_parse_limits_and_source_refs_are_immutable_values():
+    """ParseLimits() is the shared default argument of parse_record and parse_chunk: were it
+    mutable, one caller changing a limit would change every later caller's. Both are frozen, and
+    equal values hash alike (usable as keys)."""
+    import dataclasses
+
+    limits = ParseLimits()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        limits.max_message_bytes = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SRC.offset = 0  # type: ignore[misc]
+    assert hash(ParseLimits()) == hash(limits) and {SourceRef("t", 0, 1): 1}[SourceRef("t", 0, 1)] == 1
+
+
+def test_a_tombstone_is_an_empty_message_with_empty_raw_bytes():
+    """A record without a value (a Kafka tombstone, value null) is an empty_message dead letter
+    whose raw column holds zero bytes, like an empty value."""
+    for value in (None, b""):
+        kind, row = parse_record(value, SRC, "tickets", NOW_US)
+        assert (kind, row["reason"], row["raw"], row["detail"]) == ("dead", "empty_message", b"", "message has no value")
