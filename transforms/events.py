@@ -9,19 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
-# Order of events with equal occurred_at (DESIGN: created/started, assigned, messages,
-# status changes, chat.ended, surveys; then event_id).
-TYPE_RANK: dict[str, int] = {
-    "ticket.created": 0,
-    "chat.started": 0,
-    "ticket.assigned": 1,
-    "chat.assigned": 1,
-    "ticket.message": 2,
-    "chat.message": 2,
-    "ticket.status_changed": 3,
-    "chat.ended": 4,
-    "survey.responded": 5,
-}
+# Order of events with equal occurred_at (docs/metrics.md, "Order of events"): starts, then
+# assignments, then messages, then ticket status changes, then chat ends, then surveys; then
+# event_id. Written as an order, so each rank is its position and no number can be mistyped.
+ORDER_AT_ONE_INSTANT: tuple[tuple[str, ...], ...] = (
+    ("ticket.created", "chat.started"),
+    ("ticket.assigned", "chat.assigned"),
+    ("ticket.message", "chat.message"),
+    ("ticket.status_changed",),
+    ("chat.ended",),
+    ("survey.responded",),
+)
+TYPE_RANK: dict[str, int] = {name: rank for rank, names in enumerate(ORDER_AT_ONE_INSTANT) for name in names}
 
 STREAM_OF_TYPE: dict[str, str] = {
     "ticket.created": "tickets",

@@ -1,4 +1,4 @@
-"""Hand-written cases for each journey rule and metric of DESIGN.md (pure, no Kafka, no Beam)."""
+"""Hand-written cases for each journey rule and metric of docs/metrics.md (pure, no Kafka, no Beam)."""
 from __future__ import annotations
 
 import itertools
@@ -7,7 +7,7 @@ import random
 import pytest
 
 from transforms.events import Event
-from transforms.journeys import assemble_journeys, journey_id_for
+from transforms.journeys import assemble_journeys, build_thread, journey_id_for
 
 H = 3600
 US = 1_000_000
@@ -325,7 +325,7 @@ def test_results_do_not_depend_on_arrival_order_or_duplicates():
         assert assemble_journeys("c1", shuffled) == expected
 
 
-# ---------------------------------------------------------------- decisions DESIGN leaves open (docs/metrics.md)
+# ---------------------------------------------------------------- decisions the rules leave open (docs/metrics.md)
 
 
 def test_repeated_chat_ended_keeps_first_end_and_outcome():
@@ -428,3 +428,38 @@ def test_a_thread_whose_first_event_ends_it_starts_then_ends():
     assert (j["status"], j["resolved_at_us"], j["reopen_count"]) == ("resolved", 100 * US, 0)
     j = one([status("T", 100, "closed"), status("T", 150, "open")])
     assert (j["status"], j["resolved_at_us"], j["reopen_count"]) == ("open", None, 1)
+
+
+def test_a_thread_is_open_strictly_before_an_event_and_ended_strictly_before():
+    """Thread.is_open_before / last_end_before answer for the moment just before the event with
+    the given sort key: a thread is not open before its own start, is still open just before
+    the event that ends it, still ended just before the event that reopens it, and an end counts
+    as "before" only for later events."""
+    created, solved, reopened, closed = (ticket("T", 0), status("T", 100, "solved"), status("T", 200, "open"),
+                                         status("T", 300, "closed"))
+    thread = build_thread(("ticket", "T"), [created, solved, reopened, closed])
+    after = ev(400, "ticket.message", ticket_id="T", author="customer")
+    assert [thread.is_open_before(e.sort_key) for e in (created, solved, reopened, closed, after)] == [
+        False, True, False, True, False]
+    assert [thread.last_end_before(e.sort_key) for e in (created, solved, reopened, closed, after)] == [
+        None, None, 100 * US, 100 * US, 300 * US]
+
+
+def test_events_and_handlers_are_immutable_values():
+    """One Event object sits in its thread's list, in the journey's sorted list and among the
+    surveys at once, and thread_handoffs hands out the Handler of a thread's first assignment
+    while it keeps comparing against it: neither may change under a holder. Both are frozen,
+    equal values hash alike, and an Event carries no per-instance dict (slots: a recompute holds
+    every stored event of each touched customer in memory)."""
+    import dataclasses
+
+    from transforms.journeys import Handler
+
+    e = ticket("T", 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.at_us = 1  # type: ignore[misc]
+    assert hash(Event.from_row(e.to_row())) == hash(e) and not hasattr(e, "__dict__")
+    h = Handler(agent="a1", team="billing")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.agent = "a2"  # type: ignore[misc]
+    assert {Handler(agent="a1", team="billing"): 1}[h] == 1
