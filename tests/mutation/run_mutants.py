@@ -6,7 +6,11 @@ checks, handoff conditions, limits), applies ONE at a time and runs the fast pur
 selection (TESTS, below: the one place that says which tests count) with `-x`. A mutant is
 *killed* when some test fails (or it hangs past the timeout), *survived* when all pass.
 Prints a table per file and every survivor with its line, so each survivor gets a test that
-encodes the documented rule (docs/metrics.md) or is shown to be equivalent.
+encodes the documented rule (docs/metrics.md), or the code is simplified so that the
+mutation point disappears. A mutant that is equivalent by construction (no input can tell it
+from the original) is listed in EXCLUDED with its reason: it is not run (``--run-excluded``
+runs it anyway and fails if the tests kill it) and is printed separately, never counted as
+killed.
 
 Each mutant runs in a forked child of a process that has already imported the heavy
 third-party libraries, with the mutated module put into sys.modules before pytest imports
@@ -59,6 +63,29 @@ class Mutant:
     index: int  # position in the enumeration order of its file
     line: int
     description: str
+    excluded_because: Optional[str] = None  # set for a mutant listed in EXCLUDED: not run
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """One mutant that is equivalent by construction: no input can tell it from the original.
+
+    Matched by file, the exact (stripped) source line and the mutation's description, and it
+    must match exactly ``count`` mutants: when the code changes, a stale exclusion stops the
+    run instead of silently hiding a new mutant. Every entry is justified in docs/reliability.md
+    ("Mutation check (issue 16)"); keep this list short and prefer changing the code or adding a
+    test that encodes a rule.
+    """
+
+    target: str
+    line_text: str
+    description: str
+    reason: str
+    count: int = 1
+
+
+EXCLUDED: list[Exclusion] = [
+]
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -140,9 +167,22 @@ def points(tree: ast.AST) -> Iterator[tuple[ast.AST, str, Callable[[ast.AST], No
             yield node, f"{type(node).__name__} condition negated", apply
 
 
-def enumerate_mutants(source: str) -> list[Mutant]:
+def enumerate_mutants(source: str, target: Optional[str] = None) -> list[Mutant]:
+    """The file's mutants in enumeration order, those listed in EXCLUDED marked with the reason.
+
+    Raises ValueError when an exclusion of ``target`` does not match exactly its ``count``."""
     tree = ast.parse(source)
-    return [Mutant(i, getattr(node, "lineno", 0), text) for i, (node, text, _) in enumerate(points(tree))]
+    mutants = [Mutant(i, getattr(node, "lineno", 0), text) for i, (node, text, _) in enumerate(points(tree))]
+    lines = source.splitlines()
+    for exclusion in (e for e in EXCLUDED if e.target == target):
+        matched = [m for m in mutants
+                   if m.description == exclusion.description and lines[m.line - 1].strip() == exclusion.line_text]
+        if len(matched) != exclusion.count:
+            raise ValueError(f"stale exclusion in {target}: {exclusion.description} on {exclusion.line_text!r} "
+                             f"matches {len(matched)} mutants, expected {exclusion.count}")
+        for m in matched:
+            m.excluded_because = exclusion.reason
+    return mutants
 
 
 def mutated_source(source: str, index: int) -> str:
@@ -205,14 +245,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--only", type=int, action="append", help="mutant index to run (with one --target)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--log-dir", type=Path, default=ROOT / ".mutants", help="per-mutant test output")
+    parser.add_argument("--timeout", type=float, default=0,
+                        help="seconds per mutant before it counts as a hang (default: 4 x baseline, at least 120)")
+    parser.add_argument("--run-excluded", action="store_true",
+                        help="run the excluded mutants too: any that is killed is a stale exclusion (exit 1)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     targets = args.target or TARGETS
+    try:
+        enumerated = {target: enumerate_mutants((ROOT / target).read_text(), target) for target in targets}
+    except ValueError as exc:
+        print(exc)
+        return 2
 
     if args.list:
         for target in targets:
-            for m in enumerate_mutants((ROOT / target).read_text()):
-                print(f"{target}:{m.line}  #{m.index}  {m.description}")
+            for m in enumerated[target]:
+                why = f"  EXCLUDED: {m.excluded_because}" if m.excluded_because else ""
+                print(f"{target}:{m.line}  #{m.index}  {m.description}{why}")
         return 0
     for name in PRELOAD:  # shared by every forked child: each mutant then costs only its tests
         try:
@@ -226,42 +276,63 @@ def main(argv: Optional[list[str]] = None) -> int:
     if baseline != "survived":
         print(f"the test selection fails without any mutation ({baseline}); see {args.log_dir / 'baseline.log'}")
         return 2
-    timeout_s = max(60.0, 4 * baseline_s)
+    # generous: a survivor slowed down by a busy machine must not pass for a hang (a kill)
+    timeout_s = args.timeout or max(120.0, 4 * baseline_s)
     print(f"baseline: the selection passes in {baseline_s:.1f}s; timeout per mutant {timeout_s:.0f}s", flush=True)
 
     totals: dict[str, dict[str, int]] = {}
     survivors: list[str] = []
+    excluded: list[str] = []
+    stale: list[str] = []  # excluded, yet killed: the exclusion is wrong
     for target in targets:
         path = ROOT / target
         source = path.read_text()
         module_name = target.removesuffix(".py").replace("/", ".")
-        mutants = enumerate_mutants(source)
+        mutants = enumerated[target]
         if args.only:
             mutants = [m for m in mutants if m.index in args.only]
         if args.limit:
             mutants = mutants[: args.limit]
-        counts = totals.setdefault(target, {"killed": 0, "timeout": 0, "survived": 0})
+        counts = totals.setdefault(target, {"killed": 0, "timeout": 0, "survived": 0, "excluded": 0})
         for m in mutants:
+            line = f"{target}:{m.line}  #{m.index}  {m.description}"
+            if m.excluded_because:
+                counts["excluded"] += 1
+                excluded.append(f"{line}\n      {m.excluded_because}")
+                if not args.run_excluded:
+                    print(f"  {'excluded':8s} {line}", flush=True)
+                    continue
             log = args.log_dir / f"{path.stem}-{m.index}.log"
             result = run_one(module_name, path, mutated_source(source, m.index), timeout_s, log)
+            if m.excluded_because:
+                print(f"  excluded {line} ({result} when run)", flush=True)
+                if result != "survived":
+                    stale.append(line)
+                    log.unlink(missing_ok=True)
+                continue
             counts[result] += 1
-            line = f"{target}:{m.line}  #{m.index}  {m.description}"
             print(f"  {result:8s} {line}", flush=True)
             if result == "survived":
                 survivors.append(line)
             else:
                 log.unlink(missing_ok=True)
 
-    print("\nfile                         killed  timeout  survived  total")
+    print("\nfile                         killed  timeout  survived  excluded  total")
     for target, c in totals.items():
-        print(f"{target:28s} {c['killed']:6d} {c['timeout']:8d} {c['survived']:9d} {sum(c.values()):6d}")
+        print(f"{target:28s} {c['killed']:6d} {c['timeout']:8d} {c['survived']:9d} {c['excluded']:9d} {sum(c.values()):6d}")
     killed = sum(c["killed"] + c["timeout"] for c in totals.values())
-    total = sum(sum(c.values()) for c in totals.values())
-    print(f"{'all':28s} killed {killed}/{total} in {time.monotonic() - started:.0f}s")
+    run = sum(c["killed"] + c["timeout"] + c["survived"] for c in totals.values())
+    print(f"{'all':28s} killed {killed}/{run} run, {len(excluded)} excluded, in {time.monotonic() - started:.0f}s")
     print("\nsurvivors:" if survivors else "\nno survivors")
     for line in survivors:
         print("  " + line)
-    return 1 if survivors else 0
+    if excluded:
+        print("\nexcluded as equivalent by construction (EXCLUDED in this script, docs/reliability.md):")
+        for line in excluded:
+            print("  " + line)
+    for line in stale:
+        print(f"  STALE EXCLUSION (the tests kill it): {line}")
+    return 1 if survivors or stale else 0
 
 
 if __name__ == "__main__":
