@@ -26,6 +26,7 @@ import argparse
 import ast
 import copy
 import os
+import resource
 import signal
 import sys
 import time
@@ -214,12 +215,18 @@ def _run_tests_in_child(module_name: Optional[str], path: Optional[Path], source
     return int(pytest.main([*TESTS, "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", "-o", "addopts="]))
 
 
-def run_one(module_name: Optional[str], path: Optional[Path], source: Optional[str], timeout_s: float, log: Path) -> str:
-    """'killed', 'survived' or 'timeout' (a hang counts as killed: the tests did not pass)."""
+def run_one(module_name: Optional[str], path: Optional[Path], source: Optional[str], timeout_s: float, log: Path,
+            cpu_limit_s: Optional[int] = None) -> tuple[str, float]:
+    """('killed' | 'survived' | 'timeout', CPU seconds the child used). A hang counts as killed
+    (the tests did not pass): the child may use ``cpu_limit_s`` of CPU time (the kernel stops it
+    with SIGXCPU), which does not depend on how busy the machine is; ``timeout_s`` of wall time
+    is only a backstop."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            if cpu_limit_s:
+                resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit_s, cpu_limit_s + 10))
             code = _run_tests_in_child(module_name, path, source, log)
         except BaseException:  # a mutant that does not even import is killed
             import traceback
@@ -229,13 +236,16 @@ def run_one(module_name: Optional[str], path: Optional[Path], source: Optional[s
             os._exit(code if isinstance(code, int) else 1)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
-            return "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+            cpu_s = usage.ru_utime + usage.ru_stime
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
+                return "timeout", cpu_s
+            return ("survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"), cpu_s
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return "timeout"
+    _, _, usage = os.wait4(pid, 0)
+    return "timeout", usage.ru_utime + usage.ru_stime
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -245,8 +255,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--only", type=int, action="append", help="mutant index to run (with one --target)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--log-dir", type=Path, default=ROOT / ".mutants", help="per-mutant test output")
+    parser.add_argument("--cpu-limit", type=int, default=0,
+                        help="CPU seconds per mutant before it counts as a hang (default: 4 x the baseline's, at least 60)")
     parser.add_argument("--timeout", type=float, default=0,
-                        help="seconds per mutant before it counts as a hang (default: 4 x baseline, at least 120)")
+                        help="wall seconds per mutant, a backstop (default: 10 x the baseline's, at least 900)")
     parser.add_argument("--run-excluded", action="store_true",
                         help="run the excluded mutants too: any that is killed is a stale exclusion (exit 1)")
     args = parser.parse_args(argv)
@@ -271,14 +283,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             pass
     args.log_dir.mkdir(exist_ok=True)
     started = time.monotonic()
-    baseline = run_one(None, None, None, 900, args.log_dir / "baseline.log")
+    baseline, baseline_cpu_s = run_one(None, None, None, 3600, args.log_dir / "baseline.log")
     baseline_s = time.monotonic() - started
     if baseline != "survived":
         print(f"the test selection fails without any mutation ({baseline}); see {args.log_dir / 'baseline.log'}")
         return 2
-    # generous: a survivor slowed down by a busy machine must not pass for a hang (a kill)
-    timeout_s = args.timeout or max(120.0, 4 * baseline_s)
-    print(f"baseline: the selection passes in {baseline_s:.1f}s; timeout per mutant {timeout_s:.0f}s", flush=True)
+    # A hang is told by CPU time, which a busy machine does not stretch: a survivor slowed down
+    # by other work must not pass for a hang (a kill). Wall time is only a backstop.
+    cpu_limit_s = args.cpu_limit or max(60, int(4 * baseline_cpu_s) + 1)
+    timeout_s = args.timeout or max(900.0, 10 * baseline_s)
+    print(f"baseline: the selection passes in {baseline_s:.1f}s ({baseline_cpu_s:.1f}s CPU); per mutant at most "
+          f"{cpu_limit_s}s CPU, {timeout_s:.0f}s wall", flush=True)
 
     totals: dict[str, dict[str, int]] = {}
     survivors: list[str] = []
@@ -303,7 +318,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     print(f"  {'excluded':8s} {line}", flush=True)
                     continue
             log = args.log_dir / f"{path.stem}-{m.index}.log"
-            result = run_one(module_name, path, mutated_source(source, m.index), timeout_s, log)
+            result, _ = run_one(module_name, path, mutated_source(source, m.index), timeout_s, log, cpu_limit_s)
             if m.excluded_because:
                 print(f"  excluded {line} ({result} when run)", flush=True)
                 if result != "survived":
