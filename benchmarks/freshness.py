@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
 
-from infra.broker import ensure_topics, start_broker, stop_broker  # noqa: E402
-from pipelines.kafka_config import KafkaSettings  # noqa: E402
-from pipelines.kafka_offsets import OffsetReader  # noqa: E402
+from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
+from pipelines.kafka.settings import KafkaSettings  # noqa: E402
+from pipelines.kafka.offsets import OffsetReader  # noqa: E402
 
 EVENTS_PER_CUSTOMER = 11.5  # what the simulator produces on average
 
@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 def sample_lag(settings: KafkaSettings, topics: list[str], db: Path, stop: threading.Event, samples: list) -> None:
-    from pipelines.reader import open_reader
+    from pipelines.storage.reader import open_reader
 
     reader = OffsetReader(settings)
     try:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra.broker import ensure_topics, start_broker, stop_broker  # noqa: E402
+from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
 from pipelines import logs  # noqa: E402
-from pipelines.kafka_config import FAST_CONSUMER_SETTINGS, KafkaSettings  # noqa: E402
-from pipelines.microbatch import MicroBatchRunner, RunConfig  # noqa: E402
-from pipelines.simulate import generate_customer_events, produce, to_messages  # noqa: E402
-from pipelines.store import Store  # noqa: E402
+from pipelines.kafka.settings import FAST_CONSUMER_SETTINGS, KafkaSettings  # noqa: E402
+from pipelines.local.microbatch import MicroBatchRunner, RunConfig  # noqa: E402
+from pipelines.kafka.simulator import generate_customer_events, produce, to_messages  # noqa: E402
+from pipelines.storage.store import Store  # noqa: E402
 
 
 def free_port() -> int:

@@ -1,6 +1,6 @@
 """CX Journeys pipelines.
 
-For analysts: ``from pipelines import connect, query`` (see pipelines/reader.py)::
+For analysts: ``from pipelines import connect, query`` (see pipelines/storage/reader.py)::
 
     from pipelines import query
     query("SELECT * FROM mart_daily_kpis ORDER BY day DESC")   # polars DataFrame
@@ -17,7 +17,7 @@ __all__ = ["connect", "query"]
 def __getattr__(name: str) -> Any:
     # Lazy, so `cxj --help` and the Beam workers do not import DuckDB just to load the package.
     if name in __all__:
-        from pipelines import reader
+        from pipelines.storage import reader
 
         return getattr(reader, name)
     raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 -- CX Journeys: landing tables (the "raw + core" layer the pipeline writes).
 -- All timestamps are TIMESTAMPTZ; the pipeline's session runs in UTC.
--- Applied idempotently by pipelines/store.py at every start.
+-- Applied idempotently by pipelines/storage/store.py at every start.
 
 -- Every valid, de-duplicated event (one row per event_id), exactly as landed.
 CREATE TABLE IF NOT EXISTS events (

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.kafka_config import KafkaSettings
-from pipelines.simulate import generate_customer_events, to_messages
+from pipelines.kafka.settings import KafkaSettings
+from pipelines.kafka.simulator import generate_customer_events, to_messages
 from tests.support import new_topics, run_once, send
 
 CUSTOMERS = 400

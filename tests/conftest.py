@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 from hypothesis import settings
 
-from pipelines.kafka_config import KafkaSettings
+from pipelines.kafka.settings import KafkaSettings
 from tests.support import free_port, new_topics
 
 
@@ -30,7 +30,7 @@ logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
-    from infra.broker import start_broker, stop_broker
+    from pipelines.kafka.local_broker import start_broker, stop_broker
 
     port = free_port()
     state = tmp_path_factory.mktemp("broker")

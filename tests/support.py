@@ -9,9 +9,9 @@ from typing import Any, Iterable
 
 import duckdb
 
-from pipelines.kafka_config import KafkaSettings
-from pipelines.microbatch import MicroBatchRunner, RunConfig
-from pipelines.store import Store
+from pipelines.kafka.settings import KafkaSettings
+from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.storage.store import Store
 
 JOURNEY_COLUMNS = (
     "journey_id, customer_id, status, started_at, resolved_at, last_event_at, time_to_resolution_s, "
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def new_topics(settings: KafkaSettings, partitions: int = 3) -> dict[str, str]:
     """Unique topic names per test, so tests sharing one broker never see each other's data."""
-    from infra.broker import ensure_topics
+    from pipelines.kafka.local_broker import ensure_topics
 
     suffix = uuid.uuid4().hex[:8]
     topics = {"tickets": f"t-{suffix}.tickets", "chats": f"t-{suffix}.chats", "surveys": f"t-{suffix}.surveys"}

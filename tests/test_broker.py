@@ -16,8 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from infra.broker import BrokerError, BrokerStatus, broker_status, ensure_topics, start_broker, stop_broker
-from pipelines.kafka_config import DEFAULT_TOPICS, KafkaSettings
+from pipelines.kafka.local_broker import BrokerError, BrokerStatus, broker_status, ensure_topics, start_broker, stop_broker
+from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.broker import ensure_topics, start_broker, stop_broker
-from pipelines.kafka_config import KafkaSettings
-from pipelines.kafka_offsets import BrokerUnavailable
+from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker
+from pipelines.kafka.settings import KafkaSettings
+from pipelines.kafka.offsets import BrokerUnavailable
 from tests.support import free_port, send_events, table
 
 TOPICS = {"tickets": "bf.tickets", "chats": "bf.chats", "surveys": "bf.surveys"}
@@ -72,7 +72,7 @@ class Logged:
 
 def landed(db: Path) -> int:
     try:
-        from pipelines.reader import open_reader
+        from pipelines.storage.reader import open_reader
 
         con, _ = open_reader(db, wait_s=2, one_shot=True)
         try:
@@ -213,9 +213,9 @@ def test_once_fails_cleanly_when_the_broker_stops_mid_run(tmp_path):
 
 def test_a_stalled_read_inside_the_beam_stage_is_a_broker_error(broker, topics, tmp_path):
     """A KafkaReadTimeout raised inside the Beam stage comes out of the runner as BrokerUnavailable."""
-    from pipelines.batch_stages import run_ingest
-    from pipelines.microbatch import _broker_errors_named
-    from transforms.kafka_source import OffsetRange
+    from pipelines.local.batch_stages import run_ingest
+    from pipelines.local.microbatch import _broker_errors_named
+    from pipelines.kafka.read import OffsetRange
     from transforms.parse import ParseLimits
 
     send_events(broker, topics, events("s", 3))
@@ -227,8 +227,8 @@ def test_a_stalled_read_inside_the_beam_stage_is_a_broker_error(broker, topics, 
 
 def _stall_once(monkeypatch):
     """The first ingest stage of the run fails as a stalled read would; later ones run for real."""
-    import pipelines.microbatch as microbatch
-    from transforms.kafka_source import KafkaReadTimeout
+    import pipelines.local.microbatch as microbatch
+    from pipelines.kafka.read import KafkaReadTimeout
 
     real = microbatch.run_ingest
     calls = []
@@ -245,9 +245,9 @@ def _stall_once(monkeypatch):
 
 
 def test_follow_retries_a_broker_error_from_inside_a_stage(broker, topics, db, monkeypatch, caplog):
-    from pipelines.microbatch import MicroBatchRunner, RunListener
-    from pipelines.run_config import RunConfig, Stopper
-    from pipelines.store import Store
+    from pipelines.local.microbatch import MicroBatchRunner, RunListener
+    from pipelines.config.run_config import RunConfig, Stopper
+    from pipelines.storage.store import Store
 
     monkeypatch.setenv("CXJ_REPLICA", "off")
     calls = _stall_once(monkeypatch)
@@ -273,8 +273,8 @@ def test_follow_retries_a_broker_error_from_inside_a_stage(broker, topics, db, m
 
 
 def test_once_reports_a_broker_error_from_inside_a_stage_in_one_line(broker, topics, db, monkeypatch, caplog):
-    from pipelines.journey_pipeline import EXIT_BROKER, execute
-    from pipelines.run_config import RunConfig
+    from pipelines.local.driver import EXIT_BROKER, execute
+    from pipelines.config.run_config import RunConfig
 
     monkeypatch.setenv("CXJ_REPLICA", "off")
     _stall_once(monkeypatch)
@@ -297,10 +297,10 @@ def test_end_offsets_are_confirmed_even_when_the_broker_answers_slowly(tmp_path)
 
     Found by tests/test_repeat_window_pipeline.py on a loaded machine: `run --once` landed 1 of 10
     records sent before it started, because the confirming poll gave up after 100 ms and then
-    trusted the reported end (pipelines/kafka_offsets.py, OffsetReader._true_ends; fixed since).
+    trusted the reported end (pipelines/kafka/offsets.py, OffsetReader._true_ends; fixed since).
     """
-    from infra.broker import _pid_path
-    from pipelines.kafka_offsets import OffsetReader
+    from pipelines.kafka.local_broker import _pid_path
+    from pipelines.kafka.offsets import OffsetReader
 
     port = free_port()
     state = tmp_path / "broker"

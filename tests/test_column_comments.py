@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.models import MODELS_DIR, ModelError, load_docs, load_models, render
-from pipelines.reader import connect_replica
-from pipelines.replica import TABLES as REPLICA_TABLES
-from pipelines.store import Store
+from pipelines.storage.models import MODELS_DIR, ModelError, load_docs, load_models, render
+from pipelines.storage.reader import connect_replica
+from pipelines.storage.replica import TABLES as REPLICA_TABLES
+from pipelines.storage.store import Store
 
 LANDING_TABLES = {"events", "journeys", "journey_events", "dead_letters", "pipeline_offsets", "pipeline_batches",
                   "source_fingerprints", "source_resets", "journey_metrics", "journey_handoffs", "journey_revisions",
@@ -121,8 +121,8 @@ def test_a_broken_model_or_yaml_stops_the_store_with_one_line(tmp_path, monkeypa
     """A typo in sql/models must not half-apply the views or end in a traceback."""
     import shutil
 
-    import pipelines.models as models
-    from pipelines.store import StoreError
+    import pipelines.storage.models as models
+    from pipelines.storage.store import StoreError
 
     copy = tmp_path / "models"
     shutil.copytree(MODELS_DIR, copy)

@@ -48,8 +48,8 @@ def test_precedence_flag_env_file_default(tmp_path):
 
 def test_every_option_has_an_environment_variable(tmp_path):
     """CXJ_DB used to be ignored; now every option of every command reads CXJ_<OPTION>."""
-    from pipelines.cli import build_parser
-    from pipelines.config import configurable_actions, env_name, long_option
+    from pipelines.cli.main import build_parser
+    from pipelines.config.layers import configurable_actions, env_name, long_option
 
     _, children = build_parser()
     for command, parser in children.items():

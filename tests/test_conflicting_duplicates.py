@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.simulate import generate_customer_events
+from pipelines.kafka.simulator import generate_customer_events
 from tests.support import JOURNEY_COLUMNS, new_topics, run_once, send, table
 
 Message = tuple[str, bytes, bytes]
@@ -192,7 +192,7 @@ def test_a_later_winner_replaces_the_landed_row_and_moves_the_event(broker, tmp_
     assert table(db, "SELECT count(*) FROM duplicate_deliveries") == [(0,)]
     assert table(db, "SELECT sum(landed), count(*) FROM pipeline_batches") == [(1, 2)]
     assert table(db, "SELECT event_id, old_customer_id, batch_id FROM event_replacements") == [("pair-1", "pair-A", 2)]
-    from pipelines.reader import connect_replica
+    from pipelines.storage.reader import connect_replica
 
     replica = connect_replica(db)
     try:

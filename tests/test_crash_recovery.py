@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.simulate import generate_customer_events, to_messages
+from pipelines.kafka.simulator import generate_customer_events, to_messages
 from tests.support import JOURNEY_COLUMNS, run_once, send, table
 
 KILLS = int(os.environ.get("CXJ_CRASH_KILLS", "10"))
@@ -38,7 +38,7 @@ KILLS = int(os.environ.get("CXJ_CRASH_KILLS", "10"))
 # "cxj-test-hook: paused at <phase> of batch N" and waits to be killed.
 HOOK = r"""
 import os, sys, time
-from pipelines import store
+from pipelines.storage import store
 
 def pause(phase, batch):
     arm = os.environ["CXJ_TEST_ARM"]
@@ -72,7 +72,7 @@ def schema_and_pause(self):
     schema(self)
 
 store.Store._advance_offsets, store.Store.land, store.Store.apply_schema = advance_and_pause, land_and_pause, schema_and_pause
-from pipelines.cli import main
+from pipelines.cli.main import main
 sys.argv = ["cxj", *sys.argv[1:]]
 sys.exit(main())
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.models import MODELS_DIR, SQL_DIR, load_models
+from pipelines.storage.models import MODELS_DIR, SQL_DIR, load_models
 from tests.analyst_data import analyst_db
 
 DBT = Path(sys.executable).parent / "dbt"

@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipelines.kafka_config import KafkaSettings
+from pipelines.kafka.settings import KafkaSettings
 from transforms.dedup import bucket_of
 from transforms.parse import ParseLimits, parse_chunk
-from transforms.staging import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, write_rows
+from transforms.batch_files import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, write_rows
 from tests.support import new_topics, run_once, send, table
 
 MAX_BYTES = 4000

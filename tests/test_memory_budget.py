@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import pytest
 
-from pipelines.simulate import generate_customer_events
+from pipelines.kafka.simulator import generate_customer_events
 from tests.support import new_topics, send, table
 
 ROOT = Path(__file__).resolve().parent.parent

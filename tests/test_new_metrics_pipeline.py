@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.store import sql_literal
+from pipelines.storage.store import sql_literal
 from tests.support import run_once, send_events, table
 from tests.test_service_metrics_golden import (
     CONFIG,
@@ -29,7 +29,7 @@ from tests.test_service_metrics_golden import (
     service_doc,
 )
 from transforms.journeys import journey_id_for
-from transforms.staging import HANDOFF_SCHEMA, JOURNEY_METRICS_SCHEMA
+from transforms.batch_files import HANDOFF_SCHEMA, JOURNEY_METRICS_SCHEMA
 
 METRIC_COLUMNS = [f.name for f in JOURNEY_METRICS_SCHEMA]
 HANDOFF_COLUMNS = [f.name for f in HANDOFF_SCHEMA]

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipelines.kafka_offsets import OffsetReader
+from pipelines.kafka.offsets import OffsetReader
 from tests.support import run_once, send, table
 
 ROUNDS = int(os.environ.get("CXJ_ONCE_ROUNDS", "20"))

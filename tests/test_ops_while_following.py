@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pipelines.reader import connect
+from pipelines.storage.reader import connect
 from tests.support import send_events, table
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from pipelines.simulate import generate_customer_events, to_messages
+from pipelines.kafka.simulator import generate_customer_events, to_messages
 from tests.support import journeys, run_once, send, send_events, table
 
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pipelines import cmd_produce
-from pipelines.backfill import backfill
+from pipelines.cli import produce as cmd_produce
+from pipelines.kafka.file_to_topic import backfill
 from tests.support import run_once, table
 from tests.test_golden import SCENARIOS, check, db_rows
 
@@ -166,7 +166,7 @@ def test_unreadable_file_exits_3(broker, topics, tmp_path):
 def test_dry_run_reports_without_a_broker(tmp_path, content, reason):
     export = tmp_path / "x.jsonl"
     export.write_bytes(content)
-    from pipelines.kafka_config import KafkaSettings
+    from pipelines.kafka.settings import KafkaSettings
 
     report = backfill(export, KafkaSettings(bootstrap_servers="127.0.0.1:1"), {}, dry_run=True, progress=False)
     assert [(r.line, r.reason) for r in report.rejected] == [(1, reason)]

@@ -31,8 +31,8 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from pipelines.microbatch import MicroBatchRunner, RunConfig
-from pipelines.store import Store
+from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.storage.store import Store
 from tests import oracle
 from tests.support import examples, new_topics, run_once, send_events, table
 from tests.test_golden import assemble_all, db_rows, parse_lines, pure_row

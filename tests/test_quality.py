@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import duckdb
 import pytest
 
-from pipelines.simulate import generate_customer_events, to_messages
+from pipelines.kafka.simulator import generate_customer_events, to_messages
 from tests.support import run_once, send, table
 
 
@@ -82,7 +82,7 @@ def test_good_landing_passes_and_is_recorded(landed):
     ],
 )
 def test_corrupted_tables_fail(landed, tmp_path, statement, failing):
-    from pipelines.quality import run_suite
+    from pipelines.ops.checks import run_suite
 
     db, _ = landed
     with duckdb.connect(str(corrupt(db, tmp_path, statement)), read_only=True) as con:

@@ -19,8 +19,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipelines.reader import connect, open_reader, query
-from pipelines.simulate import generate_customer_events, to_messages
+from pipelines.storage.reader import connect, open_reader, query
+from pipelines.kafka.simulator import generate_customer_events, to_messages
 from tests.support import send
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +29,8 @@ STARTS = 8
 # Queries as fast as it can until told to stop; one JSON line per query.
 READER = r"""
 import json, os, sys, time
-from pipelines.reader import connect, query
-from pipelines.cli import main as cli_main
+from pipelines.storage.reader import connect, query
+from pipelines.cli.main import main as cli_main
 db, stop, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 COUNTS = "SELECT (SELECT count(*) FROM events) AS events, (SELECT coalesce(max(batch_id), 0) FROM pipeline_batches) AS batch"
 kept = connect(db) if mode == "kept-open" else None

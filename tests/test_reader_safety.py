@@ -28,11 +28,11 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipelines import cmd_sql
-from pipelines.cli import main as cli_main
-from pipelines.reader import connect, open_reader, query
-from pipelines.replica import TABLES, catalog_path, data_path, lake_dir, read_summary
-from pipelines.simulate import generate_customer_events, to_messages
+from pipelines.cli import sql as cmd_sql
+from pipelines.cli.main import main as cli_main
+from pipelines.storage.reader import connect, open_reader, query
+from pipelines.storage.replica import TABLES, catalog_path, data_path, lake_dir, read_summary
+from pipelines.kafka.simulator import generate_customer_events, to_messages
 from tests.support import new_topics, send
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -383,7 +383,7 @@ def test_hostile_python_api_calls_change_nothing(landed, tmp_path, source):
 
 def test_connect_refuses_a_database_without_replica_instead_of_locking_it(landed, tmp_path):
     """A kept-open connection on the database file would stop the pipeline: refused, one line."""
-    from pipelines.reader import ReplicaNotReady
+    from pipelines.storage.reader import ReplicaNotReady
 
     db = clone(landed["plain"], tmp_path / "plain")
     with pytest.raises(ReplicaNotReady) as refused:
@@ -490,7 +490,7 @@ def drop_batch_files(catalog: Path) -> None:
 def fake_batch_row(catalog: Path) -> None:
     """The reported attack, done out of band: a fake pipeline_batches row (stopped all publishes)."""
     con = duckdb.connect()
-    from pipelines.replica import attach_sql, load_extensions
+    from pipelines.storage.replica import attach_sql, load_extensions
 
     load_extensions(con)
     db = catalog.parent.parent / catalog.parent.name.removesuffix(".lake")

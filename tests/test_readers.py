@@ -2,7 +2,7 @@
 
 A real `cxj run --follow` process lands small batches while a producer keeps sending events
 and a separate reader process queries the tables and marts in a loop through
-`pipelines.reader` (which, while the pipeline holds the database file, attaches the DuckLake
+`pipelines.storage.reader` (which, while the pipeline holds the database file, attaches the DuckLake
 read replica the pipeline publishes after every batch). The reader must never fail, must
 only ever see whole batches, and the number of landed events it sees must never decrease.
 After SIGTERM the database file itself shows the same tables and marts.
@@ -23,8 +23,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipelines.reader import ReplicaNotReady, connect, connect_replica, open_reader, query
-from pipelines.replica import TABLES, catalog_path
+from pipelines.storage.reader import ReplicaNotReady, connect, connect_replica, open_reader, query
+from pipelines.storage.replica import TABLES, catalog_path
 from tests.support import send_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +34,10 @@ CUSTOMERS = 23  # 8 events each: 184 events in batches of at most 9 -> at least 
 MAX_BATCH = 9
 
 # The reader process: every iteration opens a connection the way an analyst would
-# (`pipelines.reader.query`, fresh each time) and also uses one long-lived connection.
+# (`pipelines.storage.reader.query`, fresh each time) and also uses one long-lived connection.
 READER = r"""
 import json, sys, time
-from pipelines.reader import connect, query
+from pipelines.storage.reader import connect, query
 db, stop = sys.argv[1], sys.argv[2]
 import os
 CHECK = '''
@@ -253,14 +253,15 @@ def test_reader_without_pipeline_reads_the_replica(broker, topics, db):
         con.close()
     frame = query("SELECT channel, sum(journeys) AS journeys FROM mart_daily_kpis GROUP BY ALL ORDER BY 1", db)
     assert frame.columns == ["channel", "journeys"] and frame["journeys"].sum() == 3
-    from pipelines import connect as exported_connect, query as exported_query
+    from pipelines import connect as exported_connect
+    from pipelines import query as exported_query
 
     assert exported_connect is connect and exported_query is query
 
 
 def test_crash_between_land_and_publish_is_repaired_at_start(broker, topics, db, monkeypatch):
     """Batches landed without a publish (crash, CXJ_REPLICA=0 run) are published when the writer starts."""
-    from pipelines.store import Store
+    from pipelines.storage.store import Store
     from tests.support import run_once
 
     plan = chunks(6)
@@ -287,7 +288,7 @@ def test_crash_between_land_and_publish_is_repaired_at_start(broker, topics, db,
 
 def test_replica_is_rebuilt_when_it_does_not_match_the_database(broker, topics, db, tmp_path):
     """A replica left from another database (same path, new file) is replaced, never mixed."""
-    from pipelines.store import Store
+    from pipelines.storage.store import Store
     from tests.support import run_once
 
     send_events(broker, topics, [e for chunk in chunks(4) for e in chunk])
@@ -303,8 +304,8 @@ def test_replica_is_rebuilt_when_it_does_not_match_the_database(broker, topics, 
 
 
 def test_changed_view_files_replace_the_replicas_views_without_a_rebuild(db, tmp_path, monkeypatch):
-    import pipelines.replica as replica_module
-    from pipelines.store import Store
+    import pipelines.storage.replica as replica_module
+    from pipelines.storage.store import Store
 
     Store(db).close()
     replica = connect_replica(db)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.microbatch import MicroBatchRunner
-from pipelines.replica import LAKE_ALIAS, TABLES, data_path, lake_dir
-from pipelines.run_config import RunConfig
-from pipelines.store import Store
+from pipelines.local.microbatch import MicroBatchRunner
+from pipelines.storage.replica import LAKE_ALIAS, TABLES, data_path, lake_dir
+from pipelines.config.run_config import RunConfig
+from pipelines.storage.store import Store
 from tests.support import new_topics, send_events, table
 
 
@@ -169,7 +169,7 @@ def test_a_column_change_rebuilds_the_replica(broker, tmp_path, caplog):
 
 def read_like_an_analyst(db: Path) -> tuple[str, int, int]:
     """(source, events, published batch) as a separate reader process sees them while the writer runs."""
-    code = ("import sys; from pipelines.reader import open_reader; con, source = open_reader(sys.argv[1], wait_s=5); "
+    code = ("import sys; from pipelines.storage.reader import open_reader; con, source = open_reader(sys.argv[1], wait_s=5); "
             "print(source, con.execute('SELECT count(*) FROM events').fetchone()[0], "
             "con.execute('SELECT coalesce(max(batch_id), 0) FROM pipeline_batches').fetchone()[0])")
     result = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=120,

@@ -19,8 +19,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipelines.report import Filters, collect
-from pipelines.store import Store
+from pipelines.ops.report import Filters, collect
+from pipelines.storage.store import Store
 from tests.analyst_data import analyst_db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ def test_report_errors_are_one_line(tmp_path, demo_db):
 
 WRITER = """
 import sys
-from pipelines.store import Store
+from pipelines.storage.store import Store
 store = Store(sys.argv[1])          # holds the file, as a running pipeline does, and publishes the replica
 print("ready", flush=True)
 sys.stdin.read()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.kafka_config import KafkaSettings
+from pipelines.kafka.settings import KafkaSettings
 from tests.support import send_events, table
 
 SECRET = "s3cret-Value-42"
@@ -80,68 +80,68 @@ def test_commands_never_print_the_sasl_password(tmp_path, broker):
 #   a reviewed place that no longer exists fails too (the list cannot rot).
 QUOTING = {"sql_literal", "ident", "int", "_ident", "_literal", "self._like"}  # models.py, sql_shell.py: doubling quotes
 REVIEWED = {
-    "replica.py:attach_sql": {"', '.join(options)": "options are literals and a DATA_PATH built with sql_literal"},
-    "replica.py:publish": {
+    "storage/replica.py:attach_sql": {"', '.join(options)": "options are literals and a DATA_PATH built with sql_literal"},
+    "storage/replica.py:publish": {
         "self.source": "ident() of current_database(), set in __init__",
         "window": "SQL text built in publish() from int batch ids",
         "replaced": "SQL text built in publish() from self.source and the window",
         "table": "loop over the module tuples APPENDED/REPLACED/PER_CUSTOMER",
         "touched": "SQL text built in publish() from self.source and int batch ids",
     },
-    "replica.py:compact": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
-    "store.py:_load_staged": {
+    "storage/replica.py:compact": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
+    "storage/store.py:_load_staged": {
         "name": "temp table names are string literals at every call site (staged_events, staged_links, ...)",
         "source": "read_parquet([...]) of staged paths, each quoted with sql_literal in the same function",
     },
-    "store.py:_temp_from_arrow": {"name": "temp table names are string literals at every call site"},
-    "store.py:_journey_snapshot": {"customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()"},
-    "store.py:_land_service_metrics": {"customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()"},
-    "store.py:_land_losing_copies": {"changed": "literal SQL text assigned in the same function"},
-    "store.py:_check_accounting": {"staged": "literal SQL text assigned in the same function"},
-    "replica.py:_create_views": {"self.source": "ident() of current_database(), set in __init__"},
-    "replica.py:_rebuild": {
+    "storage/store.py:_temp_from_arrow": {"name": "temp table names are string literals at every call site"},
+    "storage/store.py:_journey_snapshot": {"customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()"},
+    "storage/store.py:_land_service_metrics": {"customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()"},
+    "storage/store.py:_land_losing_copies": {"changed": "literal SQL text assigned in the same function"},
+    "storage/store.py:_check_accounting": {"staged": "literal SQL text assigned in the same function"},
+    "storage/replica.py:_create_views": {"self.source": "ident() of current_database(), set in __init__"},
+    "storage/replica.py:_rebuild": {
         "table": "loop over the module tuple TABLES",
         "self.source": "ident() of current_database(), set in __init__",
     },
-    "replica.py:_needs_rebuild": {"self.source": "ident() of current_database(), set in __init__"},
-    "replica.py:_last_landed": {"self.source": "ident() of current_database(), set in __init__"},
-    "replica.py:_fingerprint": {
+    "storage/replica.py:_needs_rebuild": {"self.source": "ident() of current_database(), set in __init__"},
+    "storage/replica.py:_last_landed": {"self.source": "ident() of current_database(), set in __init__"},
+    "storage/replica.py:_fingerprint": {
         "self.source": "ident() of current_database(), set in __init__",
         "t": "loop over the module tuple TABLES",
     },
-    "reader_safety.py:check_sql": {"kind.name": "an error message, not SQL: the parser's statement type name"},
-    "reader_safety.py:harden": {
+    "storage/reader_safety.py:check_sql": {"kind.name": "an error message, not SQL: the parser's statement type name"},
+    "storage/reader_safety.py:harden": {
         "_list(dirs)": "_list() quotes every path as a literal (doubling ')",
         "_list(paths)": "_list() quotes every path as a literal (doubling ')",
     },
-    "replica.py:read_summary": {
+    "storage/replica.py:read_summary": {
         "prefix": '"" or "<self.source>." / "<LAKE_ALIAS>." from its call sites (ident()/constant)',
         "t": "loop over the module tuple TABLES",
     },
-    "replica.py:_expire": {
+    "storage/replica.py:_expire": {
         "lake": "sql_literal(LAKE_ALIAS) in the same function",
         "ids": "list of int() snapshot ids read back from the catalog",
     },
-    "store.py:export_history": {
+    "storage/store.py:export_history": {
         "columns": "literal column list in the same function",
         "query": "f-string in the same function built from columns",
         "partitioned": "literal PARTITION_BY clause with int(partitions)",
     },
-    "store.py:land": {
+    "storage/store.py:land": {
         "touched": "literal subquery in the same function",
         "event_columns": "column list of literals and _ts()/_ms_ts() of literal column names, same function",
         "assignments": "SET list joined from literal (column, expression) pairs in the same function",
     },
-    "store.py:count": {"table": "checked against a fixed set of table names just before"},
-    "store.py:record_source_changes": {"where": "literal WHERE of ? placeholders in the same loop"},
-    "summary.py:_histogram": {
+    "storage/store.py:count": {"table": "checked against a fixed set of table names just before"},
+    "storage/store.py:record_source_changes": {"where": "literal WHERE of ? placeholders in the same loop"},
+    "ops/summary.py:_histogram": {
         "column": "literal column names at the two call sites in summarize()",
         "cap": "int literals at the two call sites in summarize()",
     },
-    "summary.py:summarize": {"db_path": "printed as a hint for the user to copy, never executed"},
-    "models.py:catalog_statements": {"m.select": "model SQL read from the repository's sql/models files"},
-    "replica.py:_load_installed_only": {"name": "literal extension names from load_extensions()"},
-    "report.py:collect": {
+    "ops/summary.py:summarize": {"db_path": "printed as a hint for the user to copy, never executed"},
+    "storage/models.py:catalog_statements": {"m.select": "model SQL read from the repository's sql/models files"},
+    "storage/replica.py:_load_installed_only": {"name": "literal extension names from load_extensions()"},
+    "ops/report.py:collect": {
         "where": "Filters.where(): clauses of ? placeholders, values bound as parameters",
         "journeys": "subquery built in collect() from where",
         "label": "_bucket_sql(): CASE text from the module's constant buckets",
@@ -149,9 +149,9 @@ REVIEWED = {
         "landed_where": "Filters: clauses of ? placeholders, values bound as parameters",
         "landed_where.replace('landed_at', 'b.finished_at')": "the same clauses with a column renamed",
     },
-    "sql_shell.py:_tables": {"self._relations()": "literal catalog query"},
-    "sql_shell.py:_schema": {"self._relations()": "literal catalog query"},
-    "sql_shell.py:_describe": {"name": "quoted in _describe() by doubling '"},
+    "cli/sql_shell.py:_tables": {"self._relations()": "literal catalog query"},
+    "cli/sql_shell.py:_schema": {"self._relations()": "literal catalog query"},
+    "cli/sql_shell.py:_describe": {"name": "quoted in _describe() by doubling '"},
 }
 SQL = re.compile(r"\b(SELECT|INSERT|DELETE|COPY|FROM|ATTACH|DETACH|CREATE|DROP|ALTER|UPDATE|USE|LOAD|INSTALL|CALL|"
                  r"DESCRIBE|INTERVAL|WHERE|PRAGMA|SET)\b")
@@ -161,7 +161,7 @@ def _module_constants() -> set[str]:
     """UPPER_CASE names bound at module level to a literal (or arithmetic on literals), in any
     pipelines/ module."""
     constants = set()
-    for path in (ROOT / "pipelines").glob("*.py"):
+    for path in (ROOT / "pipelines").rglob("*.py"):
         for node in ast.parse(path.read_text()).body:
             if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
                     and node.targets[0].id.isupper()
@@ -189,7 +189,7 @@ def sql_interpolations() -> list[tuple[str, str, int]]:
     """(file:function, expression, line) for every {...} in an f-string that holds SQL keywords;
     the function is the innermost one around the f-string."""
     found = []
-    for path in sorted((ROOT / "pipelines").glob("*.py")):
+    for path in sorted((ROOT / "pipelines").rglob("*.py")):
         tree = ast.parse(path.read_text())
         enclosing: dict[ast.AST, str] = {}
 
@@ -205,7 +205,7 @@ def sql_interpolations() -> list[tuple[str, str, int]]:
                 continue
             text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
             if SQL.search(text):
-                found += [(f"{path.name}:{function}", ast.unparse(v.value), node.lineno)
+                found += [(f"{path.relative_to(ROOT / 'pipelines').as_posix()}:{function}", ast.unparse(v.value), node.lineno)
                           for v in node.values if isinstance(v, ast.FormattedValue)]
     return found
 
@@ -239,7 +239,7 @@ def test_the_checker_catches_unquoted_interpolation(tmp_path, monkeypatch):
 
 
 def test_replica_retention_is_parsed_and_bound_not_pasted(monkeypatch):
-    from pipelines.replica import DEFAULT_RETENTION_S, retention_seconds
+    from pipelines.storage.replica import DEFAULT_RETENTION_S, retention_seconds
 
     assert retention_seconds("") == DEFAULT_RETENTION_S == 600
     cases = {"10 minutes": 600, "1 minute": 60, "2 hours": 7200, "1 day": 86400, "30 seconds": 30, "90s": 90,
@@ -257,7 +257,7 @@ def test_replica_snapshot_expiry_runs_with_the_bound_retention(broker, topics, t
     keeps them all, and a hostile value is refused with one warning and changes nothing."""
     import logging
 
-    from pipelines.store import Store
+    from pipelines.storage.store import Store
     from tests.support import run_once
 
     db = tmp_path / "r.duckdb"

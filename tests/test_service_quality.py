@@ -24,7 +24,7 @@ def landed(broker, tmp_path_factory):
 
 
 def report_for(db):
-    from pipelines.quality import run_suite
+    from pipelines.ops.checks import run_suite
 
     with duckdb.connect(str(db), read_only=True) as con:
         return run_suite(con)

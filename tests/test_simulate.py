@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 
-from pipelines.simulate import MALFORMED_KINDS, generate_customer_events, to_messages
+from pipelines.kafka.simulator import MALFORMED_KINDS, generate_customer_events, to_messages
 from transforms.parse import SourceRef, parse_record
 
 START = datetime(2026, 8, 1, tzinfo=timezone.utc)

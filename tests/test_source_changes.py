@@ -10,7 +10,7 @@ letter, and every change of the log is logged and stored in source_resets.
 Retention cannot be produced here: Tansu 0.6 drops the connection on DeleteRecords and keeps no
 retention (a topic created with retention.ms=1000 and retention.bytes=100 still starts at offset 0
 seconds later), and a recreated topic always starts at 0. The retention decision is covered by
-pipelines/source_log_test.py; its record and its effect on `cxj status` by the last test here.
+pipelines/kafka/source_log_test.py; its record and its effect on `cxj status` by the last test here.
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ from typing import Iterator
 
 import pytest
 
-from infra.broker import ensure_topics, start_broker, stop_broker
-from pipelines.kafka_config import KafkaSettings
-from pipelines.source_log import RETENTION, SourceChange
-from pipelines.store import Store
+from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker
+from pipelines.kafka.settings import KafkaSettings
+from pipelines.kafka.source_log import RETENTION, SourceChange
+from pipelines.storage.store import Store
 from tests.support import free_port, run_once, send, table
 
 SEED = int(datetime.now(timezone.utc).timestamp()) % 100_000  # printed on failure via the assertion messages

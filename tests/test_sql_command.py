@@ -24,10 +24,10 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main as cli_main
-from pipelines.sql_output import FORMATS, display_width, rounded_float
-from pipelines.sql_shell import is_complete, split_statements
-from pipelines.store import Store
+from pipelines.cli.main import main as cli_main
+from pipelines.cli.sql_output import FORMATS, display_width, rounded_float
+from pipelines.cli.sql_shell import is_complete, split_statements
+from pipelines.storage.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 CXJ = [sys.executable, "-m", "pipelines.cli", "sql"]
@@ -435,7 +435,7 @@ def test_prompt_ends_cleanly_on_ctrl_d(small_db):
 
 WRITER = """
 import sys
-from pipelines.store import Store
+from pipelines.storage.store import Store
 store = Store(sys.argv[1])          # holds the file and publishes the replica on start
 print("ready", flush=True)
 sys.stdin.read()

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-from pipelines.microbatch import MicroBatchRunner, RunConfig
-from pipelines.store import Store
+from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.storage.store import Store
 from tests.support import send_events, table
 
 

@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 from transforms.events import Event
 from transforms.metrics_config import MetricsConfig
 from transforms.service_metrics import assemble_customer
-from transforms.staging import (
+from transforms.batch_files import (
     HANDOFF_SCHEMA,
     JOURNEY_METRICS_SCHEMA,
     JOURNEY_SCHEMA,

@@ -13,9 +13,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.dedup import bucket_of, payload_hash, winning_copies
-from transforms.kafka_source import RawRecord
-from transforms.parse import ParseLimits, parse_chunk
-from transforms.staging import COPY_SCHEMA, DEAD_LETTER_SCHEMA, EVENT_SCHEMA, write_rows
+from transforms.parse import ParseLimits, RawRecord, parse_chunk
+from transforms.batch_files import COPY_SCHEMA, DEAD_LETTER_SCHEMA, EVENT_SCHEMA, write_rows
 
 Rows = list[dict[str, Any]]
 

@@ -218,8 +218,12 @@ def _event_row(doc: dict[str, Any], text: str, at_us: int, source: SourceRef) ->
     return row
 
 
+# One Kafka record as the readers hand it over: (topic, partition, offset, timestamp ms, value bytes).
+RawRecord = tuple[str, int, int, Optional[int], Optional[bytes]]
+
+
 def parse_chunk(
-    records: Iterable[tuple[str, int, int, Optional[int], Optional[bytes]]],
+    records: Iterable[RawRecord],
     stream_of_topic: dict[str, str],
     now_us: int,
     limits: ParseLimits = ParseLimits(),

@@ -1,0 +1,211 @@
+"""Asking the broker where its partitions begin and end, and what a few offsets hold.
+
+Two facts about brokers shape this module:
+
+* Tansu 0.6 (the local broker) answers ListOffsets with the base offset of a partition's last
+  record batch, not its end; a fetch response's high watermark is right. So end offsets are
+  confirmed by fetching at the reported end and reading the high watermark of the response.
+* A confirmation can come back incomplete (a fetch response not there yet on a loaded
+  machine) and a log can change between two requests, so ends are only trusted after two
+  consecutive complete answers that agree (the second may only have grown), within the
+  configured timeout.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Optional
+
+from pipelines.kafka.settings import KafkaSettings, failure_cause, probe_tls
+from pipelines.kafka.source_log import Fingerprint, fingerprint
+
+PartitionKey = tuple[str, int]
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached; the message says where and why."""
+
+
+class OffsetReader:
+    """Metadata and probe consumers, kept open across batches to avoid reconnecting each time."""
+
+    def __init__(self, settings: KafkaSettings, connect_timeout_s: float = 10.0) -> None:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        self.settings = settings
+        self.probe = None
+        self.timeout_s = connect_timeout_s
+        self.timeout_ms = int(connect_timeout_s * 1000)  # offset requests fail this fast, not after 30 s
+        tls_problem = probe_tls(settings, connect_timeout_s)  # kafka-python would hang on a non-TLS listener
+        if tls_problem:
+            raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
+        try:
+            self.consumer = KafkaConsumer(
+                **settings.client_kwargs(), enable_auto_commit=False, group_id=None,
+                bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+            )
+        except (KafkaError, OSError, ValueError) as exc:
+            raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}{failure_cause(settings)}") from None
+
+    def partitions(self, topics: Iterable[str]) -> tuple[list[PartitionKey], list[str]]:
+        """Partitions of the topics that exist, plus the names of topics that do not.
+
+        Metadata is fetched afresh every time: the client's cache would keep a deleted topic's
+        partitions (or a recreated topic's old partition count) for minutes.
+        """
+        self._call(lambda: self.consumer.topics())  # refreshes the metadata cache
+        found: list[PartitionKey] = []
+        missing: list[str] = []
+        for topic in topics:
+            ids = self._call(lambda: self.consumer.partitions_for_topic(topic))
+            if not ids:
+                missing.append(topic)
+                continue
+            found.extend((topic, p) for p in sorted(ids))
+        return found, missing
+
+    def bounds(self, partitions: list[PartitionKey]) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int]]:
+        """(earliest offsets, confirmed end offsets): the ends of two consecutive agreeing answers."""
+        if not partitions:
+            return {}, {}
+        deadline = time.monotonic() + self.timeout_s
+        previous: Optional[dict[PartitionKey, int]] = None
+        while True:
+            begin, ends, complete = self._bounds_once(partitions, deadline)
+            if complete and previous is not None and all(ends[k] >= previous[k] for k in partitions):
+                return begin, ends
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(
+                    f"Kafka at {self.settings.bootstrap_servers} did not confirm the end offsets of "
+                    f"{len(partitions)} partitions within {self.timeout_s:.0f}s")
+            previous = ends if complete else None
+
+    def _bounds_once(self, partitions: list[PartitionKey], deadline: float) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int], bool]:
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        begin = self._call(lambda: self.consumer.beginning_offsets(tps, timeout_ms=self.timeout_ms))
+        end = self._call(lambda: self.consumer.end_offsets(tps, timeout_ms=self.timeout_ms))
+        reported = {(tp.topic, tp.partition): o for tp, o in end.items()}
+        ends, complete = self._call(lambda: self._confirm_ends(reported, deadline))
+        return {(tp.topic, tp.partition): o for tp, o in begin.items()}, ends, complete
+
+    def _probe(self):  # type: ignore[no-untyped-def]
+        from kafka import KafkaConsumer
+
+        if self.probe is None:
+            self.probe = KafkaConsumer(
+                **self.settings.client_kwargs(), enable_auto_commit=False, group_id=None,
+                fetch_max_wait_ms=10, max_poll_records=10_000, check_crcs=False,
+                auto_offset_reset="none",  # an offset the log no longer has is an answer, not a jump
+                bootstrap_timeout_ms=self.timeout_ms,
+            )
+        return self.probe
+
+    def _assign_fresh(self, offsets: dict[PartitionKey, int]) -> dict:  # type: ignore[type-arg]
+        """Assigns the partitions anew (forgetting high watermarks of earlier fetches) and seeks."""
+        from kafka import TopicPartition
+
+        probe = self._probe()
+        probe.unsubscribe()
+        tps = {TopicPartition(t, p): (t, p) for t, p in offsets}
+        probe.assign(list(tps))
+        for tp, key in tps.items():
+            probe.seek(tp, offsets[key])
+        return tps
+
+    def _confirm_ends(self, reported: dict[PartitionKey, int], deadline: float) -> tuple[dict[PartitionKey, int], bool]:
+        """End offsets confirmed by a fetch at the reported end: its high watermark is the true
+        end. Complete when every partition's fetch response arrived before the deadline."""
+        from kafka.errors import OffsetOutOfRangeError
+
+        probe = self._probe()
+        tps = self._assign_fresh(reported)
+        ends = dict(reported)
+        waiting = set(tps)
+        while waiting:
+            try:
+                polled = probe.poll(timeout_ms=100)
+            except OffsetOutOfRangeError:  # the log shrank under us: not a consistent answer
+                return ends, False
+            for tp, records in polled.items():
+                if records:
+                    ends[tps[tp]] = max(ends[tps[tp]], records[-1].offset + 1)
+            for tp in list(waiting):
+                high = probe.highwater(tp)
+                if high is not None:
+                    ends[tps[tp]] = max(ends[tps[tp]], high)
+                    waiting.discard(tp)
+                    probe.pause(tp)
+            if waiting and time.monotonic() > deadline:
+                return ends, False
+        return ends, True
+
+    def records_at(self, offsets: dict[PartitionKey, int], ends: dict[PartitionKey, int]) -> dict[PartitionKey, Optional[Fingerprint]]:
+        """The fingerprint of the record at each offset, or None when the log holds none there.
+
+        ``ends`` are confirmed end offsets: an offset at or past its end holds nothing (not
+        fetched). Otherwise the first record a fetch from the offset returns decides: the record
+        itself, or a later one (compaction, a transaction marker, another log). No answer within
+        the timeout is a broker failure, never "no record": that would be taken as a changed log.
+        """
+        from kafka.errors import OffsetOutOfRangeError
+
+        found: dict[PartitionKey, Optional[Fingerprint]] = {k: None for k, o in offsets.items() if o >= ends.get(k, 0)}
+        wanted = {k: o for k, o in offsets.items() if k not in found}
+        if not wanted:
+            return found
+        probe = self._probe()
+        tps = self._call(lambda: self._assign_fresh(wanted))
+        waiting = set(tps)
+        deadline = time.monotonic() + self.timeout_s
+        while waiting:
+            try:
+                polled = self._call(lambda: probe.poll(timeout_ms=100))
+            except OffsetOutOfRangeError as exc:  # below the log start now: deleted
+                gone = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+                for tp in gone:
+                    if tp in waiting:
+                        found[tps[tp]] = None
+                        waiting.discard(tp)
+                        probe.pause(tp)
+                if not gone:
+                    raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}") from None
+                continue
+            for tp, records in polled.items():
+                if tp in waiting and records:
+                    first = records[0]
+                    key = tps[tp]
+                    found[key] = (fingerprint(first.offset, first.timestamp, first.key, first.value)
+                                  if first.offset == wanted[key] else None)
+                    waiting.discard(tp)
+                    probe.pause(tp)
+            for tp in list(waiting):
+                high = probe.highwater(tp)
+                if high is not None and high <= wanted[tps[tp]]:  # the log ends before the offset
+                    found[tps[tp]] = None
+                    waiting.discard(tp)
+                    probe.pause(tp)
+            if waiting and time.monotonic() > deadline:
+                where = ", ".join(f"{tps[tp][0]}[{tps[tp][1]}]@{wanted[tps[tp]]}" for tp in sorted(waiting))
+                raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} did not return the records at "
+                                        f"{where} within {self.timeout_s:.0f}s")
+        return found
+
+    def _call(self, fn):  # type: ignore[no-untyped-def]
+        from kafka.errors import KafkaError, OffsetOutOfRangeError
+
+        try:
+            return fn()
+        except OffsetOutOfRangeError:
+            raise
+        except (KafkaError, OSError) as exc:
+            raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}{failure_cause(self.settings)}") from None
+
+    def close(self) -> None:
+        for consumer in (self.consumer, self.probe):
+            try:
+                if consumer is not None:
+                    consumer.close()
+            except Exception:  # closing a consumer of a dead broker must not mask the real error
+                pass

@@ -1,0 +1,577 @@
+"""The micro-batch driver: plan offsets, run the Beam stages, land atomically, repeat.
+
+Each batch is a bounded Beam pipeline run (DESIGN decision 1); journeys that span batches
+are recomputed from the stored events of the customers a batch touches (decision 2); the
+results and the offsets land in one DuckDB transaction (decision 3).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence
+
+from pipelines.ops import failures
+from pipelines.local.batch_stages import run_assemble, run_ingest
+from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
+from pipelines.kafka.offsets import BrokerUnavailable, OffsetReader, PartitionKey
+from pipelines.local.planner import plan_ranges, start_offsets
+from pipelines.config.run_config import RunConfig, Stopper
+from pipelines.kafka.source_log import SourceChange, offsets_to_verify, source_changes
+from pipelines.local.batch_manifest import collect_assembled, collect_staged, verified_reads
+from pipelines.storage.store import BatchFacts, BatchNotAccounted, LandedBatch, Store, StoreError, Suspect
+from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
+from pipelines.kafka.read import OffsetRange, RangeRead, manifest_name, read_range_chunks
+from transforms.parse import ParseLimits, SourceRef, dead_letter
+from transforms.batch_files import DEAD_LETTER_SCHEMA, write_json, write_rows
+
+log = logging.getLogger("cxj.run")
+
+POISON = "poison"  # dead-letter reason of a record isolated as the cause of failing attempts
+
+
+def _is_broker_error(exc: BaseException) -> bool:
+    """Kafka failures inside a Beam stage arrive wrapped by the runner: look down the chain."""
+    from kafka.errors import KafkaError
+
+    from pipelines.kafka.read import KafkaReadTimeout
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (KafkaReadTimeout, KafkaError, ConnectionError)):
+            return True
+        text = str(seen)
+        if any(name in text for name in ("KafkaReadTimeout", "KafkaConnectionError", "KafkaTimeoutError", "NoBrokersAvailable")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _broker_errors_named(stage):  # type: ignore[no-untyped-def]
+    """Runs a stage; a broker failure inside it becomes BrokerUnavailable (retried by --follow)."""
+
+    def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return stage(*args, **kwargs)
+        except Exception as exc:
+            if _is_broker_error(exc):
+                first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                raise BrokerUnavailable(f"reading from Kafka failed: {first[:300]}") from None
+            raise
+
+    return run
+
+
+_RETRY = object()  # an attempt failed and was recorded; plan the batch again (smaller)
+
+
+class StagesBroken(RuntimeError):
+    """The stages fail whatever the records: halving the batch would blame innocent records."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+ENVIRONMENT_ERRORS = ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded")
+
+
+PROGRAMMING_ERRORS = (AttributeError, NameError, ImportError, TypeError, AssertionError)
+
+
+def _is_environment_error(exc: BaseException) -> bool:
+    """A full disk or a permission problem fails every batch alike: no record is to blame, so
+    halving would dead-letter innocent records one by one. Such errors stop the run instead, as
+    do programming errors raised in the driver itself (not inside a Beam stage, whose errors
+    carry "[while running ...]")."""
+    if isinstance(exc, PROGRAMMING_ERRORS) and "[while running" not in str(exc):
+        return True
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PermissionError) or any(text in str(seen) for text in ENVIRONMENT_ERRORS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _shrunk_ranges(suspect: Suspect, ends: dict[PartitionKey, int]) -> list[OffsetRange]:
+    """The next attempt after a failure: the failed attempt's offsets not landed yet, in a
+    fixed order, capped at ``suspect.cap`` offsets (half the failed attempt; the same after a
+    first death, so that a second death on the same offsets can be recognised)."""
+    budget = suspect.cap
+    ranges = []
+    for topic, partition, start, stop in suspect.remaining:
+        stop = min(stop, ends.get((topic, partition), stop))
+        take = min(budget, stop - start)
+        if take > 0:
+            ranges.append(OffsetRange(topic, partition, start, start + take))
+            budget -= take
+        if budget <= 0:
+            break
+    return ranges
+
+
+@dataclass
+class Positions:
+    """Per partition: the next offset to land and the broker's end offset, when last seen."""
+
+    landed: dict[PartitionKey, int]
+    ends: dict[PartitionKey, int]
+    looked_up_at: Optional[float] = None  # Unix time the end-offset look-up started (ends are at least this fresh)
+
+    @property
+    def lag(self) -> int:
+        return sum(max(0, end - self.landed.get(k, 0)) for k, end in self.ends.items())
+
+
+class RunListener:
+    """Observer of a run (metrics exporters, quality gates, progress). Override what you need."""
+
+    def batch_landed(self, batch: LandedBatch, positions: Positions) -> None: ...
+
+    def staged(self, batch_id: int, staging: Path, stage: str) -> None:
+        """A stage of a batch ("ingest", then "assemble") has finished writing ``staging``;
+        its output is checked and read next. (Tests use this seam to take staged files away,
+        as a worker with its own disk would.)"""
+
+    def idle(self, positions: Positions) -> None: ...
+
+    def failed(self, error: BaseException) -> None: ...
+
+
+class MicroBatchRunner:
+    """Owns the store and the broker metadata connection for the life of a run."""
+
+    def __init__(self, config: RunConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.offsets: Optional[OffsetReader] = None
+        self._warned: set[str] = set()
+        self._last_ends: dict[PartitionKey, int] = {}  # confirmed ends at the last look
+        self._seen_ends: dict[PartitionKey, int] = {}  # newest end seen of every partition ever seen in this run
+        self.changed_partitions: set[PartitionKey] = set()  # partitions whose log changed during this run
+        self._looked_up_at: Optional[float] = None
+        self.listeners: list[RunListener] = []
+
+    # ------------------------------------------------------------------ broker
+
+    def _reader(self) -> OffsetReader:
+        if self.offsets is None:
+            self.offsets = OffsetReader(self.config.settings, connect_timeout_s=min(5.0, self.config.broker_timeout_s))
+        return self.offsets
+
+    def _reset_reader(self) -> None:
+        if self.offsets is not None:
+            self.offsets.close()
+        self.offsets = None
+
+    def broker_positions(self) -> tuple[list[PartitionKey], dict[PartitionKey, int], dict[PartitionKey, int]]:
+        """Partitions, earliest and confirmed end offsets, after checking that every partition's
+        log is still the one we landed from (and recording what changed if not)."""
+        reader = self._reader()
+        self._looked_up_at = time.time()
+        partitions, missing = reader.partitions(self.config.topics.values())
+        for topic in missing:
+            self._warn_once(f"topic {topic!r} does not exist on {self.config.settings.bootstrap_servers} (yet)")
+        beginnings, ends = reader.bounds(partitions)
+        self._last_ends = ends
+        self._verify_source_logs(partitions, set(missing), beginnings, ends)
+        self._seen_ends.update(ends)
+        return partitions, beginnings, ends
+
+    def _verify_source_logs(self, partitions: list[PartitionKey], missing: set[str],
+                            beginnings: dict[PartitionKey, int], ends: dict[PartitionKey, int],
+                            only: Optional[set[PartitionKey]] = None) -> list[SourceChange]:
+        """Fetches the last landed record of every partition again and compares its fingerprint.
+
+        A different record or none at all means the broker's log is not the one we landed from
+        (a recreated topic: the local broker keeps data in memory only), whether that happened
+        while we ran or while we were stopped. Such a partition is re-read from its earliest
+        offset: safe, because events are de-duplicated by event_id. Records deleted unread
+        (retention) and removed partitions are counted. Every change is logged and stored in
+        source_resets, with the new resume offset, in one transaction.
+        """
+        stored = self.store.landed_offsets()
+        fingerprints = self.store.source_fingerprints()
+        if only is not None:
+            stored = {k: o for k, o in stored.items() if k in only}
+        wanted = offsets_to_verify(stored, fingerprints, partitions, beginnings, ends)
+        observed = self._reader().records_at(wanted, ends) if wanted else {}
+        changes = source_changes(stored, fingerprints, partitions, missing, beginnings, ends, observed, self._seen_ends)
+        if changes:
+            for change in changes:
+                log.warning("%s", change.message())
+            self.store.record_source_changes(changes, self.store.next_batch_id())
+            self.changed_partitions.update(c.key for c in changes)
+        return changes
+
+    def plan_batch(self, targets: Optional[dict[PartitionKey, int]] = None
+                   ) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int], list[OffsetRange]]:
+        """(resume offsets, confirmed ends, ranges to read) for the next batch.
+
+        The fingerprints of the records at the ends of the ranges are fetched before the
+        stored ones are verified once more: if the log changed at any moment before that
+        last check, the check fails and the batch is planned again; if it changes after it,
+        the fingerprints landed belong to the old log and the next batch's check catches it.
+        """
+        self.store.pending_fingerprints = {}
+        for _ in range(5):
+            partitions, beginnings, ends = self.broker_positions()
+            starts, warnings = start_offsets(partitions, self.store.landed_offsets(), beginnings, ends)
+            for w in warnings:
+                self._warn_once(w)
+            goal = {k: min(ends[k], targets.get(k, ends[k])) if targets else ends[k] for k in partitions}
+            ranges = plan_ranges(starts, goal, self.config.max_batch_events)
+            if not ranges:
+                return starts, ends, ranges
+            reader = self._reader()
+            lasts = reader.records_at({(r.topic, r.partition): r.stop - 1 for r in ranges}, ends)
+            if self._verify_source_logs(partitions, set(), beginnings, ends, only={(r.topic, r.partition) for r in ranges}):
+                continue  # the log changed while planning: plan again from the new positions
+            self.store.pending_fingerprints = {
+                (r.topic, r.partition, r.stop): fp for r in ranges if (fp := lasts.get((r.topic, r.partition))) is not None
+            }
+            return starts, ends, ranges
+        raise BrokerUnavailable("the broker's logs kept changing while a batch was planned (5 attempts)")
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning(message)
+
+    # ------------------------------------------------------------------ batches
+
+    def run_batch(self, targets: Optional[dict[PartitionKey, int]] = None) -> Optional[LandedBatch]:
+        """Lands one batch toward ``targets`` (default: the broker's end offsets now).
+
+        A batch whose stages fail (not for the broker's sake) is retried at once with half the
+        records, until it lands or a single record is left: that record is dead-lettered as
+        ``poison``. Each halving is recorded, so a process that dies on a batch shrinks it
+        across restarts too, and the pipeline never loops forever on one batch.
+        """
+        while True:
+            outcome = self._attempt_batch(targets)
+            if outcome is not _RETRY:
+                return outcome  # type: ignore[return-value]
+
+    def _attempt_batch(self, targets: Optional[dict[PartitionKey, int]]) -> "Optional[LandedBatch] | object":
+        starts, ends, ranges = self.plan_batch(targets)  # resume offsets, confirmed ends, source logs verified
+        for attempt_id, outcome in self.store.settle_dead_attempts():
+            log.warning("attempt %d: the process died while it ran%s", attempt_id,
+                        " again on the same offsets: its batch will be split" if outcome == "died_again" else "; retrying it")
+        suspect = self.store.open_suspect(starts)
+        if suspect is not None:
+            ranges = _shrunk_ranges(suspect, ends)  # the fingerprints of their last records are fetched after reading
+            if suspect.outcome != "died" and suspect.records == 1 and sum(r.size for r in ranges) == 1:
+                return self._land_poison(suspect, ranges[0], starts, ends)
+        if not ranges:
+            for listener in self.listeners:
+                listener.idle(Positions(starts, ends, self._looked_up_at))
+            return None
+        plan = [{"topic": r.topic, "partition": r.partition, "from": r.start, "to": r.stop} for r in ranges]
+        attempt_id = self.store.begin_attempt(plan)
+        try:
+            landed = self._run_and_land(ranges, attempt_id)
+        except (BrokerUnavailable, BatchNotAccounted, StoreError) as exc:
+            self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
+            raise
+        except Exception as exc:
+            if _is_environment_error(exc) or failures.describe(exc, self.config.db, self.config.staging_root):
+                self._finish_quietly(attempt_id, "error", exc)  # a full disk, a vanished directory: no record's fault
+                raise
+            error = _first_line(exc)
+            size = sum(r.size for r in ranges)
+            # before blaming records (a first failure, or the one record about to be dead-lettered)
+            if (suspect is None or size == 1) and not self._stages_work_without_records():
+                self._finish_quietly(attempt_id, "error", exc)
+                raise StagesBroken(f"the batch's stages fail even with no records, so no record is to blame: {error}") from None
+            self.store.finish_attempt(attempt_id, "failed", error)
+            log.warning("a batch of %d records failed (%s); retrying with %s to find the record that causes it",
+                        size, error[:200], f"{max(1, size // 2)} records" if size > 1 else "that record dead-lettered")
+            return _RETRY
+        except BaseException as exc:  # KeyboardInterrupt: not the batch's fault
+            self._finish_quietly(attempt_id, "interrupted", exc)
+            raise
+        positions = Positions(starts | {(t, p): to for t, p, to in landed.extra.pop("stops")}, *self._ends_now(list(ends), ends))
+        landed.extra["lag"] = positions.lag
+        self._report(landed, positions.lag)
+        for listener in self.listeners:
+            listener.batch_landed(landed, positions)
+        return landed
+
+    def _stages_work_without_records(self) -> bool:
+        """A control run of both stages over no records: if it fails too, the failure lies in
+        the environment (threads, memory, disk, runner), not in the batch's records."""
+        probe = self.config.staging_root / "probe"
+        shutil.rmtree(probe, ignore_errors=True)
+        try:
+            probe.mkdir(parents=True)
+            run_ingest([], self.config.settings, self.config.stream_of_topic, 0, probe, self.config.beam_args,
+                       self.config.limits, self.config.read_timeout_s)
+            run_assemble([], probe, self.config.repeat_window_s, self.config.beam_args)
+            return True
+        except Exception:
+            log.debug("the control run without records failed", exc_info=True)
+            return False
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+
+    def _fingerprint_real_stops(self, reads: list[dict]) -> None:
+        """The source-log fingerprint of each range's last record read, where the reader stopped
+        before the planned stop (the byte budget) or the ranges were shrunk after a failure."""
+        wanted = {(r["topic"], r["partition"]): r["stop"] - 1 for r in reads
+                  if r["stop"] > r["start"] and (r["topic"], r["partition"], r["stop"]) not in self.store.pending_fingerprints}
+        if wanted:
+            try:
+                found = self._reader().records_at(wanted, self._last_ends)
+            except Exception as exc:  # a broker failure here is like one while reading
+                raise BrokerUnavailable(f"reading from Kafka failed: {_first_line(exc)}") from None
+            for (topic, partition), fp in found.items():
+                if fp is not None:
+                    self.store.pending_fingerprints[(topic, partition, wanted[(topic, partition)] + 1)] = fp
+
+    def _tell_staged(self, batch_id: int, staging: Path, stage: str) -> None:
+        for listener in self.listeners:
+            staged = getattr(listener, "staged", None)  # listeners need not subclass RunListener
+            if staged is not None:
+                staged(batch_id, staging, stage)
+
+    def _finish_quietly(self, attempt_id: int, outcome: str, exc: BaseException) -> None:
+        try:
+            self.store.finish_attempt(attempt_id, outcome, _first_line(exc))
+        except Exception:  # the store itself may be what failed; the attempt then stays open
+            log.debug("could not record the attempt's outcome", exc_info=True)
+
+    def _run_and_land(self, ranges: list[OffsetRange], attempt_id: int) -> LandedBatch:
+        """Runs the two stages, checks their output and lands it; the staging dir is removed after."""
+        started_at = datetime.now(timezone.utc)
+        batch_id = self.store.next_batch_id()
+        staging = self.config.staging_root / f"batch-{batch_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            ingest = _broker_errors_named(run_ingest)(
+                ranges,
+                self.config.settings,
+                self.config.stream_of_topic,
+                int(started_at.timestamp() * 1_000_000),
+                staging,
+                self.config.beam_args,
+                self.config.limits,
+                self.config.read_timeout_s,
+                budget_bytes=self.config.max_batch_bytes,
+            )
+            self._tell_staged(batch_id, staging, "ingest")
+            reads = verified_reads(staging, ranges, batch_id)
+            self._fingerprint_real_stops(reads)
+            staged = collect_staged(staging)
+            resolution = self.store.resolve_copies(staged, batch_id)
+            assemble_s = 0.0
+            history = staging / "history"
+            if self.store.export_history(history):
+                files = sorted(str(f) for f in history.rglob("*.parquet"))
+                assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args,
+                                          self.config.metrics).seconds
+            self._tell_staged(batch_id, staging, "assemble")
+            collect_assembled(staging, history, staged, batch_id)
+            facts = BatchFacts(
+                batch_id=batch_id,
+                started_at=started_at,
+                ranges=[{"topic": r["topic"], "partition": r["partition"], "from": r["start"], "to": r["stop"]}
+                        for r in reads if r["stop"] > r["start"]],
+                reads=reads,
+                ingest_s=ingest.seconds,
+                assemble_s=assemble_s,
+                attempt_id=attempt_id,
+            )
+            log.debug("batch %d: landing %d new events (%d replacing landed copies) and offsets in one transaction",
+                      batch_id, resolution.new, resolution.replacing)
+            landed = self.store.land(facts, staged)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        landed.extra["stops"] = [(r["topic"], r["partition"], r["to"]) for r in facts.ranges]
+        return landed
+
+    def _land_poison(self, suspect: Suspect, offset_range: OffsetRange,
+                     starts: dict[PartitionKey, int], ends: dict[PartitionKey, int]) -> LandedBatch:
+        """Dead-letters the single record that failed its batch, so the pipeline moves on.
+
+        The record is read directly (not through the stage that failed on it); the dead letter
+        keeps its raw bytes and the failure, and goes through the same checked landing."""
+        started_at = datetime.now(timezone.utc)
+        batch_id = self.store.next_batch_id()
+        staging = self.config.staging_root / f"batch-{batch_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        plan = [{"topic": offset_range.topic, "partition": offset_range.partition,
+                 "from": offset_range.start, "to": offset_range.stop}]
+        attempt_id = self.store.begin_attempt(plan)
+        try:
+            report: dict[PartitionKey, RangeRead] = {}
+            records = [rec for chunk in read_range_chunks(self.config.settings, [offset_range], self.config.read_timeout_s,
+                                                          report=report) for rec in chunk]
+            why = ("the process died twice in a row while its batch ran" if suspect.outcome == "died_again"
+                   else f"a stage failed on it: {suspect.error}")
+            # the record's own metadata is not trusted either: its Kafka timestamp goes in the detail
+            dead = [dead_letter(SourceRef(t, p, o, None), value, POISON,
+                                f"{why} (isolated by halving the batch; Kafka timestamp {ts} ms)")
+                    for t, p, o, ts, value in records]
+            if dead:
+                write_rows(str(staging / f"dead-{offset_range.topic}-{offset_range.partition}-{offset_range.start}.parquet"),
+                           dead, DEAD_LETTER_SCHEMA)
+            write_json(str(staging / manifest_name([offset_range])), [e.to_json() for e in report.values()])
+            self._tell_staged(batch_id, staging, "ingest")
+            reads = verified_reads(staging, [offset_range], batch_id)
+            self._fingerprint_real_stops(reads)
+            staged = collect_staged(staging)
+            self.store.resolve_copies(staged, batch_id)
+            facts = BatchFacts(
+                batch_id=batch_id, started_at=started_at,
+                ranges=[{"topic": r["topic"], "partition": r["partition"], "from": r["start"], "to": r["stop"]}
+                        for r in reads if r["stop"] > r["start"]],
+                reads=reads, ingest_s=0.0, attempt_id=attempt_id,
+            )
+            landed = self.store.land(facts, staged)
+        except (BrokerUnavailable, BatchNotAccounted, StoreError) as exc:
+            self._finish_quietly(attempt_id, "unaccounted" if isinstance(exc, BatchNotAccounted) else "error", exc)
+            raise
+        except Exception as exc:
+            if _is_broker_error(exc):
+                self._finish_quietly(attempt_id, "broker", exc)
+                raise BrokerUnavailable(f"reading from Kafka failed: {_first_line(exc)}") from None
+            self._finish_quietly(attempt_id, "error", exc)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.error("batch %d: dead-lettered %s[%d] offset %d as %s: %s", batch_id, offset_range.topic,
+                  offset_range.partition, offset_range.start, POISON, suspect.error or suspect.outcome)
+        positions = Positions(starts | {(r["topic"], r["partition"]): r["to"] for r in facts.ranges}, ends)
+        landed.extra["lag"] = positions.lag
+        self._report(landed, positions.lag)
+        for listener in self.listeners:
+            listener.batch_landed(landed, positions)
+        return landed
+
+    def _ends_now(self, partitions: list[PartitionKey], planned: dict[PartitionKey, int]) -> tuple[dict[PartitionKey, int], Optional[float]]:
+        """End offsets looked up again after landing: the ones the batch was planned with are stale
+        by now (producers kept sending), and the lag a batch reports must be today's, not the plan's."""
+        looked_up_at = time.time()
+        try:
+            _, ends = self._reader().bounds(partitions)
+        except BrokerUnavailable:
+            return planned, self._looked_up_at  # the next look-up will retry; report what is known
+        return {**planned, **ends}, looked_up_at  # _last_ends stays the plan's: --once targets rely on it
+
+    def _report(self, batch: LandedBatch, remaining: int) -> None:
+        rate = batch.consumed / batch.duration_s if batch.duration_s > 0 else 0.0
+        fields = {
+            "batch_id": batch.batch_id, "records": batch.consumed, "landed": batch.landed,
+            "duplicates": batch.duplicates, "dead_letters": batch.dead_letters,
+            "customers": batch.customers_touched, "journeys": batch.journeys_written,
+            "duration_s": round(batch.duration_s, 3), "records_per_s": round(rate, 1), "lag": remaining,
+        }
+        log.info(
+            "batch %d: %d records (%d landed, %d duplicates, %d dead letters), %d customers, "
+            "%d journeys in %.2fs (%.0f records/s); lag %d",
+            batch.batch_id, batch.consumed, batch.landed, batch.duplicates, batch.dead_letters,
+            batch.customers_touched, batch.journeys_written, batch.duration_s, rate, remaining,
+            extra={"fields": fields},
+        )
+
+    # ------------------------------------------------------------------ loops
+
+    def run_once(self) -> list[LandedBatch]:
+        """Lands everything up to the confirmed end offsets seen at start, then returns.
+
+        After the last batch the end offsets are confirmed once more and compared with what
+        landed: records below the start's end offsets that are still unread (an end offset
+        under-reported during the run) are landed before returning, so "caught up" is true.
+        """
+        deadline = time.monotonic() + self.config.broker_timeout_s
+        while True:
+            try:
+                _, _, targets = self.broker_positions()
+                break
+            except BrokerUnavailable as exc:
+                self._reset_reader()
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"{exc} (gave up after {self.config.broker_timeout_s:.0f}s)") from None
+                log.warning("%s; retrying", exc)
+                time.sleep(1.0)
+        targets = dict(targets)
+        self.changed_partitions.clear()
+        batches: list[LandedBatch] = []
+        started = time.monotonic()
+        rechecks = 0
+        while True:
+            batch = self.run_batch(targets)
+            self._retarget_changed(targets)
+            if batch is not None:
+                batches.append(batch)
+                done = sum(b.consumed for b in batches)
+                remaining = batch.extra.get("lag", 0)
+                log.info("progress: %d records done (%.0f records/s), about %d to go until the end offsets seen at start",
+                         done, done / max(time.monotonic() - started, 1e-9), max(0, remaining - self._arrived_since(targets)))
+                continue
+            short = self._unread_below(targets)
+            self._retarget_changed(targets)
+            if not short:
+                return batches
+            rechecks += 1
+            if rechecks > 5:
+                where = ", ".join(f"{t}[{p}] {n}" for (t, p), n in sorted(short.items()))
+                raise BrokerUnavailable(f"could not read up to the end offsets seen at start: still unread {where}")
+            log.warning("%d records below the end offsets seen at start are still unread (%s): reading on",
+                        sum(short.values()), ", ".join(f"{t}[{p}]" for t, p in sorted(short)))
+
+    def _retarget_changed(self, targets: dict[PartitionKey, int]) -> None:
+        """A partition whose log changed during --once is read to its new log's end."""
+        for key in self.changed_partitions:
+            if key in self._last_ends:
+                targets[key] = self._last_ends[key]
+            else:
+                targets.pop(key, None)
+        self.changed_partitions.clear()
+
+    def _unread_below(self, targets: dict[PartitionKey, int]) -> dict[PartitionKey, int]:
+        """Per partition, records below min(target, confirmed end now) not landed yet."""
+        partitions, beginnings, ends = self.broker_positions()
+        landed = self.store.landed_offsets()
+        short = {k: min(targets[k], ends[k]) - landed.get(k, beginnings.get(k, 0)) for k in partitions if k in targets}
+        return {k: n for k, n in short.items() if n > 0}
+
+    def _arrived_since(self, targets: dict[PartitionKey, int]) -> int:
+        """Messages that arrived after the run started (not part of --once's work)."""
+        if self.offsets is None or not self._last_ends:
+            return 0
+        return sum(max(0, end - targets.get(k, end)) for k, end in self._last_ends.items())
+
+    def follow(self, stopper: Stopper) -> int:
+        """Keeps landing until stopped; broker outages are retried with backoff."""
+        landed = 0
+        backoff = 1.0
+        while not stopper.stopping:
+            try:
+                batch = self.run_batch()
+                backoff = 1.0
+            except BrokerUnavailable as exc:
+                self._reset_reader()
+                for listener in self.listeners:
+                    listener.failed(exc)
+                log.warning("broker unavailable: %s; retrying in %.0fs", exc, backoff)
+                stopper.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if batch is None:
+                stopper.sleep(self.config.poll_interval_s)
+            else:
+                landed += batch.landed
+        return landed
+
+    def close(self) -> None:
+        self._reset_reader()

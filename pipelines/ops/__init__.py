@@ -1,0 +1,1 @@
+"""What operators watch: status, Prometheus metrics, data-quality checks, logs, one-line failure causes, the HTML report."""

@@ -1,0 +1,837 @@
+"""The DuckDB store: the only module that writes the journey tables.
+
+Everything a batch produces lands in one transaction together with the Kafka offsets it
+read, so a crash at any point followed by a restart gives exactly the tables of an
+uninterrupted run (DESIGN decision 3). Keeping all writes here means the storage choice
+can change without touching the pipeline.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import duckdb
+
+from pipelines.storage.replica import open_writer_replica
+from pipelines.kafka.source_log import PARTITION_REMOVED, Fingerprint, SourceChange
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+
+
+class StoreError(RuntimeError):
+    """A one-line, user-facing problem with the database file."""
+
+
+# Failures of the database itself (a full disk, an I/O error, a constraint the data breaks, a
+# database invalidated by an earlier failed write): a database problem, exit 2. Other DuckDB errors
+# (e.g. a binder error) are pipeline bugs and keep their own type (exit 4).
+STORAGE_FAILURES = (duckdb.IOException, duckdb.ConstraintException, duckdb.TransactionException,
+                    duckdb.FatalException, duckdb.PermissionException)
+
+
+def _file_identity(path: Path) -> Optional[tuple[int, int]]:
+    """(device, inode) of the file at ``path`` now; None when nothing is there."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.close()
+    except duckdb.Error:
+        pass
+
+
+def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    """Rolls back if a transaction is still open. A failed write can end the transaction itself
+    (or invalidate the database); the ROLLBACK's own "no transaction is active" error would then
+    replace the real cause in the user's one line, so it is swallowed here."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
+
+
+# How long a writer waits for another process's lock on the database file to go away (a
+# one-shot reader of a database without a replica, `cxj check` storing its result, a
+# notebook): brief holders are waited out instead of failing the start (`cxj run --lock-timeout`).
+DEFAULT_LOCK_TIMEOUT_S = 10.0
+_PID = re.compile(r"\(PID (\d+)\)")
+
+
+def open_with_lock_retry(path: Path, read_only: bool, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retried while another process holds the file's lock, up to the timeout.
+
+    Gives up with one line naming the cause and, when DuckDB reports it, the holder's PID.
+    """
+    deadline = time.monotonic() + max(0.0, lock_timeout_s)
+    pause = 0.05
+    while True:
+        try:
+            if not read_only:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            message = str(exc).splitlines()[0]
+            if "lock" not in message.lower():
+                raise StoreError(f"cannot open {path}: {message}") from None
+            if time.monotonic() >= deadline:
+                pid = _PID.search(message)
+                holder = f"process {pid.group(1)}" if pid else "another process"
+                raise StoreError(
+                    f"{path} is in use by another process ({holder} holds its lock; DuckDB allows one writer), "
+                    f"gave up after {lock_timeout_s:g}s (--lock-timeout)"
+                ) from None
+        except (duckdb.Error, OSError) as exc:
+            raise StoreError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.5)
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ts(column: str) -> str:
+    """Epoch microseconds -> TIMESTAMPTZ, independent of the session time zone."""
+    return f"(make_timestamp({column}) AT TIME ZONE 'UTC')"
+
+
+def _ms_ts(column: str) -> str:
+    return f"(make_timestamp({column} * 1000) AT TIME ZONE 'UTC')"
+
+
+class BatchNotAccounted(RuntimeError):
+    """The staged output does not account for every record the batch read: nothing lands."""
+
+
+@dataclass
+class StagedFiles:
+    """The files a batch's stages produced, by kind (an empty list is a kind with no rows)."""
+
+    events: list[Path] = field(default_factory=list)
+    copies: list[Path] = field(default_factory=list)
+    dead: list[Path] = field(default_factory=list)
+    journeys: list[Path] = field(default_factory=list)
+    links: list[Path] = field(default_factory=list)
+    jmetrics: list[Path] = field(default_factory=list)  # service metrics per journey
+    handoffs: list[Path] = field(default_factory=list)  # every counted handoff
+
+
+@dataclass
+class BatchFacts:
+    """What the driver knows about a batch before landing it."""
+
+    batch_id: int
+    started_at: datetime
+    ranges: list[dict[str, Any]]  # {topic, partition, from, to}: what was really read (the manifests)
+    reads: list[dict[str, Any]]  # the read manifests: {topic, partition, start, stop, records, ...}
+    ingest_s: float
+    assemble_s: float = 0.0
+    attempt_id: Optional[int] = None
+
+    @property
+    def consumed(self) -> int:
+        """Records read, from the read manifests (verified against the staged rows at landing)."""
+        return sum(int(r["records"]) for r in self.reads)
+
+
+@dataclass
+class LandedBatch:
+    batch_id: int
+    consumed: int
+    landed: int
+    duplicates: int
+    dead_letters: int
+    customers_touched: int
+    journeys_written: int
+    duration_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CopyResolution:
+    """How the batch's winning copies compare with what landed before (Store.resolve_copies)."""
+
+    staged: int  # event_ids in the batch
+    new: int  # not landed before
+    replacing: int  # landed before, and the batch's copy wins (the landed row is replaced)
+    losing: int  # landed before, and the landed copy wins
+    in_batch_losers: int  # losing copies within the batch
+
+
+@dataclass
+class Suspect:
+    """A failed batch attempt whose offsets have not all landed: the next attempt shrinks."""
+
+    attempt_id: int
+    records: int  # offsets the failing attempt planned
+    outcome: str  # failed | died | died_again
+    error: str
+    remaining: list[tuple[str, int, int, int]]  # (topic, partition, from, to) not landed yet
+
+    @property
+    def cap(self) -> int:
+        """Offsets the next attempt may plan: the same after a first death, else half."""
+        return self.records if self.outcome == "died" else max(1, self.records // 2)
+
+
+class Store:
+    """A writer connection to the journeys database."""
+
+    def __init__(self, path: Path | str, read_only: bool = False,
+                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        self.con = open_with_lock_retry(self.path, read_only, lock_timeout_s)
+        # The file we opened: DuckDB keeps writing to it through its descriptor even after it was
+        # deleted or replaced, so every landing first checks the path still names this file.
+        self.identity = _file_identity(self.path) if self.path.name != ":memory:" else None
+        self.con.execute("SET TimeZone = 'UTC'")
+        # fingerprints of the records at the ends of the planned ranges, keyed by
+        # (topic, partition, end of range); landed with the offsets (see _advance_offsets)
+        self.pending_fingerprints: dict[tuple[str, int, int], Fingerprint] = {}
+        self.replica = None  # DuckLake read replica, published after every landed batch (pipelines/storage/replica.py)
+        if not read_only:
+            try:
+                self.apply_schema()
+            except StoreError:  # a broken model file (pipelines/storage/models.py): already one line
+                _close_quietly(self.con)
+                raise
+            except (duckdb.Error, OSError) as exc:  # e.g. a full disk: the views are written at every start
+                _close_quietly(self.con)
+                raise StoreError(f"cannot prepare the tables and views in {self.path}: {str(exc).splitlines()[0]}") from None
+            self.replica = open_writer_replica(self.con, self.path)
+
+    def close(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
+        try:
+            self.con.close()
+        except duckdb.Error:  # e.g. a database invalidated by a failed write: the cause was reported already
+            pass
+
+    def verify_file(self, batch_id: Optional[int] = None) -> None:
+        """Raises StoreError when the path no longer names the file this store writes into.
+
+        Without this check a deleted database keeps "landing" batches into an unlinked file that
+        vanishes when the process exits, and the run reports success.
+        """
+        if self.identity is None:
+            return
+        now = _file_identity(self.path)
+        if now == self.identity:
+            return
+        what = "deleted" if now is None else "replaced by another file"
+        lost = f"; batch {batch_id} went into the {'deleted' if now is None else 'old'} file and is not kept" \
+            if batch_id is not None else ""
+        raise StoreError(f"the database file {self.path} was {what} while this run had it open{lost}; "
+                         "stopping so that nothing more is landed where no one can read it")
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- schema
+
+    def apply_schema(self) -> None:
+        """Landing tables (sql/schema.sql), then the model views of sql/models and the column
+        comments from their YAML docs (pipelines/storage/models.py), in one transaction."""
+        from pipelines.storage.models import ModelError, catalog_statements
+
+        try:
+            statements = catalog_statements()
+        except ModelError as exc:  # a broken model or YAML file: one line naming it, nothing applied
+            raise StoreError(f"cannot create the views from sql/models: {exc}") from None
+        self.con.execute((SQL_DIR / "schema.sql").read_text())
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                self.con.execute(statement)
+            self.con.execute("COMMIT")
+        except BaseException:
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:  # the failed statement (e.g. disk full) already ended the transaction
+                pass
+            raise  # the original cause, not the rollback's
+
+    # ---------------------------------------------------------------- reads
+
+    def landed_offsets(self) -> dict[tuple[str, int], int]:
+        rows = self.con.execute('SELECT topic, "partition", next_offset FROM pipeline_offsets').fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def source_fingerprints(self) -> dict[tuple[str, int], Fingerprint]:
+        """The last landed record of each partition, as stored with its offset."""
+        rows = self.con.execute(
+            'SELECT topic, "partition", record_offset, kafka_timestamp_ms, digest FROM source_fingerprints'
+        ).fetchall()
+        return {(t, p): Fingerprint(offset=o, timestamp_ms=ts, digest=d) for t, p, o, ts, d in rows}
+
+    def next_batch_id(self) -> int:
+        return int(self.con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM pipeline_batches").fetchone()[0])
+
+    def count(self, table: str) -> int:
+        if table not in {"events", "journeys", "journey_events", "dead_letters", "pipeline_batches", "event_conflicts",
+                         "duplicate_deliveries", "batch_attempts"}:
+            raise ValueError(f"unknown table {table!r}")
+        return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    # ---------------------------------------------------------------- batch steps
+
+    def _load_staged(self, name: str, files: list[Path], schema: "pa.Schema", batch_id: int) -> None:
+        """A temp table from staged Parquet files; unreadable or short files fail the batch."""
+        self.con.execute(f"DROP TABLE IF EXISTS {name}")
+        for directory in {f.parent for f in files}:
+            if not directory.is_dir():  # the staging directory was removed under the batch
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(directory))
+        if files:
+            source = "read_parquet([" + ", ".join(sql_literal(str(f)) for f in files) + "])"
+            try:
+                self.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {source}")
+            except duckdb.Error as exc:
+                raise BatchNotAccounted(
+                    f"batch {batch_id}: a staged {name.removeprefix('staged_')} file is missing or unreadable: "
+                    f"{str(exc).splitlines()[0][:300]}"
+                ) from None
+            columns = [row[0] for row in self.con.execute(f"DESCRIBE {name}").fetchall()]
+            if columns != schema.names:
+                raise BatchNotAccounted(f"batch {batch_id}: staged {name.removeprefix('staged_')} files have columns {columns}, expected {schema.names}")
+        else:
+            import pyarrow as pa
+
+            self._temp_from_arrow(name, pa.Table.from_pylist([], schema=schema))
+
+    def resolve_copies(self, staged: StagedFiles, batch_id: int) -> CopyResolution:
+        """Loads the staged ingest output and decides, per event_id, which copy wins.
+
+        A batch's winning copy replaces a landed row when it is smaller by the copy order
+        (content hash, then Kafka coordinates; transforms.dedup). The landed row's hash is
+        computed from its stored payload, so nothing about the rule is stored twice.
+        Leaves temp tables batch_events (rows to insert or to replace with), batch_resolution
+        and batch_customers (whose journeys the batch recomputes) for the next steps.
+        """
+        from transforms.dedup import payload_hash
+        from transforms.batch_files import COPY_SCHEMA, DEAD_LETTER_SCHEMA, EVENT_SCHEMA
+
+        self._load_staged("staged_events", staged.events, EVENT_SCHEMA, batch_id)
+        self._load_staged("staged_copies", staged.copies, COPY_SCHEMA, batch_id)
+        self._load_staged("staged_dead", staged.dead, DEAD_LETTER_SCHEMA, batch_id)
+        con = self.con
+        landed_copies = con.execute(
+            """SELECT s.event_id, s.content_hash, s.topic, s."partition", s."offset",
+                      e.payload, e.source_topic, e.source_partition, e.source_offset, e.customer_id
+               FROM staged_events s JOIN events e USING (event_id)"""
+        ).fetchall()
+        resolution = []
+        for event_id, new_hash, topic, partition, offset, payload, old_topic, old_partition, old_offset, old_customer in landed_copies:
+            old_hash = payload_hash(payload)
+            replaces = (new_hash, topic, partition, offset) < (old_hash, old_topic, old_partition, old_offset)
+            resolution.append({"event_id": event_id, "old_hash": old_hash, "new_hash": new_hash,
+                               "replaces": replaces, "old_customer": old_customer})
+        import pyarrow as pa
+
+        self._temp_from_arrow("batch_resolution", pa.Table.from_pylist(resolution, schema=pa.schema(
+            [("event_id", pa.string()), ("old_hash", pa.string()), ("new_hash", pa.string()),
+             ("replaces", pa.bool_()), ("old_customer", pa.string())])))
+        con.execute("DROP TABLE IF EXISTS batch_events")
+        con.execute(
+            """CREATE TEMP TABLE batch_events AS
+               SELECT s.*, r.event_id IS NULL AS is_new FROM staged_events s LEFT JOIN batch_resolution r USING (event_id)
+               WHERE r.event_id IS NULL OR r.replaces"""
+        )
+        con.execute("DROP TABLE IF EXISTS batch_customers")
+        con.execute(
+            """CREATE TEMP TABLE batch_customers AS
+               SELECT customer_id FROM batch_events
+               UNION SELECT old_customer FROM batch_resolution WHERE replaces"""
+        )
+        replacing = sum(1 for r in resolution if r["replaces"])
+        return CopyResolution(
+            staged=int(con.execute("SELECT count(*) FROM staged_events").fetchone()[0]),
+            new=int(con.execute("SELECT count(*) FROM batch_events WHERE is_new").fetchone()[0]),
+            replacing=replacing,
+            losing=len(resolution) - replacing,
+            in_batch_losers=int(con.execute("SELECT count(*) FROM staged_copies").fetchone()[0]),
+        )
+
+    def export_history(self, target: Path, partitions: int = 8) -> int:
+        """Writes all events of the customers the batch touched (old and new, with replaced
+        rows in their new version) for assembly, partitioned by a hash of customer_id so each
+        customer's events share one file."""
+        customers = int(self.con.execute("SELECT count(*) FROM batch_customers").fetchone()[0])
+        if customers == 0:
+            return 0
+        columns = (
+            "event_id, event_type, customer_id, ticket_id, chat_id, survey_id, channel, handler_type, "
+            "agent_id, team, status, author, outcome, csat, nps"
+        )
+        query = f"""
+            SELECT {columns}, at_us FROM batch_events
+            UNION ALL
+            SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
+            WHERE customer_id IN (SELECT customer_id FROM batch_customers)
+              AND event_id NOT IN (SELECT event_id FROM batch_events)
+        """
+        partitioned = f"SELECT *, hash(customer_id) % {int(partitions)} AS part FROM ({query})"
+        self.con.execute(
+            f"COPY ({partitioned}) TO {sql_literal(str(target))} (FORMAT parquet, PARTITION_BY (part), OVERWRITE_OR_IGNORE)"
+        )
+        return customers
+
+    def land(self, facts: BatchFacts, staged: StagedFiles) -> LandedBatch:
+        """One transaction: events (new and replacing), losing copies, dead letters, journeys of
+        touched customers, offsets, the attempt's outcome and the batch row — committed only if
+        every record the batch read is accounted for (``_check_accounting``)."""
+        from transforms.batch_files import HANDOFF_SCHEMA, JOURNEY_METRICS_SCHEMA, JOURNEY_SCHEMA, LINK_SCHEMA
+
+        land_started = datetime.now(timezone.utc)
+        self._load_staged("staged_journeys", staged.journeys, JOURNEY_SCHEMA, facts.batch_id)
+        self._load_staged("staged_links", staged.links, LINK_SCHEMA, facts.batch_id)
+        self._load_staged("staged_jmetrics", staged.jmetrics, JOURNEY_METRICS_SCHEMA, facts.batch_id)
+        self._load_staged("staged_handoffs", staged.handoffs, HANDOFF_SCHEMA, facts.batch_id)
+        self._load_reads(facts.reads)
+        con = self.con
+        self.verify_file()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            event_columns = f"""event_type, {_ts('at_us')}, occurred_at_text, customer_id, ticket_id, chat_id,
+                survey_id, channel, handler_type, agent_id, team, status, author, outcome, csat, nps, payload,
+                topic, "partition", "offset", {_ms_ts('kafka_ts_ms')}"""
+            con.execute(
+                f"INSERT INTO events SELECT event_id, {event_columns}, ?, now() FROM batch_events WHERE is_new",
+                [facts.batch_id],
+            )
+            landed = int(con.execute("SELECT count(*) FROM batch_events WHERE is_new").fetchone()[0])
+            duplicates = self._land_losing_copies(facts.batch_id)
+            assignments = ", ".join(
+                f"{target} = {source}" for target, source in (
+                    ("event_type", "b.event_type"), ("occurred_at", _ts("b.at_us")), ("occurred_at_text", "b.occurred_at_text"),
+                    ("customer_id", "b.customer_id"), ("ticket_id", "b.ticket_id"), ("chat_id", "b.chat_id"),
+                    ("survey_id", "b.survey_id"), ("channel", "b.channel"), ("handler_type", "b.handler_type"),
+                    ("agent_id", "b.agent_id"), ("team", "b.team"), ("status", "b.status"), ("author", "b.author"),
+                    ("outcome", "b.outcome"), ("csat", "b.csat"), ("nps", "b.nps"), ("payload", "b.payload"),
+                    ("source_topic", "b.topic"), ("source_partition", 'b."partition"'), ("source_offset", 'b."offset"'),
+                    ("kafka_timestamp", _ms_ts("b.kafka_ts_ms")), ("batch_id", "?"), ("landed_at", "now()"),
+                )
+            )
+            con.execute(
+                "INSERT INTO event_replacements SELECT event_id, old_hash, new_hash, old_customer, ? "
+                "FROM batch_resolution WHERE replaces",
+                [facts.batch_id],
+            )
+            con.execute(  # the batch's copy beats the landed one: the row is replaced in place
+                f"UPDATE events SET {assignments} FROM batch_events b WHERE events.event_id = b.event_id AND NOT b.is_new",
+                [facts.batch_id],
+            )
+            con.execute(
+                f"""INSERT INTO dead_letters SELECT topic, "partition", "offset", {_ms_ts('kafka_ts_ms')},
+                    raw, reason, detail, ?, now() FROM staged_dead""",
+                [facts.batch_id],
+            )
+            dead = int(con.execute("SELECT count(*) FROM staged_dead").fetchone()[0])
+            touched = "SELECT customer_id FROM batch_customers"
+            before = self._journey_snapshot(touched)  # for journey_revisions
+            con.execute(f"DELETE FROM journeys WHERE customer_id IN ({touched})")
+            con.execute(f"DELETE FROM journey_events WHERE customer_id IN ({touched})")
+            con.execute(
+                f"""INSERT INTO journeys SELECT journey_id, customer_id, status, {_ts('started_at_us')},
+                    {_ts('resolved_at_us')}, {_ts('last_event_at_us')}, now(), time_to_resolution_s,
+                    first_response_s, handoff_count, team_handoff_count, channel_hops, touchpoint_count,
+                    contact_count, reopen_count, csat, nps, fcr, channels, agents, teams, threads,
+                    event_count, ? FROM staged_journeys""",
+                [facts.batch_id],
+            )
+            journeys = int(con.execute("SELECT count(*) FROM staged_journeys").fetchone()[0])
+            con.execute("INSERT INTO journey_events SELECT event_id, journey_id, customer_id FROM staged_links")
+            self._land_service_metrics(facts.batch_id, touched, before)
+            self._check_accounting(facts, landed, duplicates, dead)
+            self._advance_offsets(facts)
+            self._settle_attempts(facts)
+            customers = int(con.execute(f"SELECT count(*) FROM ({touched})").fetchone()[0])
+            finished = datetime.now(timezone.utc)
+            land_s = (finished - land_started).total_seconds()
+            duration = (finished - facts.started_at).total_seconds()
+            con.execute(
+                """INSERT INTO pipeline_batches
+                   SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                          (SELECT min(occurred_at) FROM events WHERE batch_id = ?),
+                          (SELECT max(occurred_at) FROM events WHERE batch_id = ?),
+                          (SELECT min(kafka_timestamp) FROM events WHERE batch_id = ?),
+                          (SELECT max(kafka_timestamp) FROM events WHERE batch_id = ?),
+                          ?""",
+                [
+                    facts.batch_id, facts.started_at, finished, duration, facts.ingest_s, facts.assemble_s,
+                    land_s, facts.consumed, landed, duplicates, dead, customers, journeys,
+                    facts.batch_id, facts.batch_id, facts.batch_id, facts.batch_id,
+                    json.dumps(facts.ranges),
+                ],
+            )
+            con.execute("COMMIT")
+        except STORAGE_FAILURES as exc:
+            _rollback_quietly(con)
+            raise StoreError(f"landing batch {facts.batch_id} into {self.path} failed, nothing of it was kept "
+                             f"(offsets unchanged): {str(exc).splitlines()[0]}") from exc
+        except BaseException:
+            _rollback_quietly(con)
+            raise
+        self.verify_file(facts.batch_id)  # deleted between the check above and the commit
+        if self.replica is not None:
+            self.replica.after_land()  # publish to readers; never fails the batch (retried next time)
+        return LandedBatch(
+            batch_id=facts.batch_id,
+            consumed=facts.consumed,
+            landed=landed,
+            duplicates=duplicates,
+            dead_letters=dead,
+            customers_touched=customers,
+            journeys_written=journeys,
+            duration_s=duration,
+        )
+
+    # ---------------------------------------------------------------- service metrics
+
+    def _journey_snapshot(self, customers: str, with_event_ids: bool = True) -> list[dict[str, Any]]:
+        """The landed journeys (+ service metrics, + event ids) of ``customers`` (a subquery)."""
+        snapshot = rows(
+            self.con,
+            f"""SELECT j.* EXCLUDE (updated_at, batch_id), m.* EXCLUDE (journey_id, customer_id, batch_id),
+                       m.journey_id IS NOT NULL AS _has_metrics
+                FROM journeys j LEFT JOIN journey_metrics m ON m.journey_id = j.journey_id
+                WHERE j.customer_id IN ({customers}) ORDER BY j.journey_id""",
+        )
+        metric_columns = [d[0] for d in self.con.execute("SELECT * EXCLUDE (journey_id, customer_id, batch_id) "
+                                                         "FROM journey_metrics LIMIT 0").description]
+        for row in snapshot:  # landed before the service metrics existed: compare the journey only
+            if not row.pop("_has_metrics"):
+                for name in metric_columns:
+                    row.pop(name, None)
+        if not with_event_ids:  # only the rows before the batch need them (to name successors)
+            return snapshot
+        links: dict[str, list[str]] = {}
+        for event_id, journey_id in self.con.execute(
+            f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers})"
+        ).fetchall():
+            links.setdefault(journey_id, []).append(event_id)
+        for row in snapshot:
+            row["event_ids"] = sorted(links.get(row["journey_id"], []))
+        return snapshot
+
+    def _land_service_metrics(self, batch_id: int, customers: str, before: list[dict[str, Any]]) -> None:
+        """journey_metrics and journey_handoffs of the touched customers, and journey_revisions:
+        how this batch changed their landed journeys (docs/metrics.md, "Revisions"). Runs inside
+        the landing transaction, after the new journeys and links are in."""
+        from transforms.revisions import revisions
+
+        con = self.con
+        con.execute(f"DELETE FROM journey_metrics WHERE customer_id IN ({customers})")
+        con.execute(f"DELETE FROM journey_handoffs WHERE customer_id IN ({customers})")
+        con.execute(
+            f"""INSERT INTO journey_metrics SELECT journey_id, customer_id, calendar,
+                time_to_resolution_business_s, first_response_business_s, {_ts('first_resolved_at_us')},
+                first_resolution_s, first_resolution_business_s, resolution_count, durably_resolved,
+                {_ts('durable_check_at_us')}, repeat_contact_within_s, repeat_contact_thread,
+                repeat_contact_channel, one_contact_resolution, started_with_bot, bot_only,
+                first_bot_response_s, {_ts('bot_handoff_at_us')}, first_human_response_after_bot_s,
+                bot_to_human_handoffs, human_to_bot_handoffs, bot_to_bot_handoffs, team_to_team_handoffs,
+                agent_to_agent_handoffs, escalation_handoffs, post_reply_reassignments,
+                distinct_human_agents, distinct_teams, agent_pingpong_immediate, agent_pingpong_returns,
+                team_pingpong_immediate, team_pingpong_returns, ? FROM staged_jmetrics""",
+            [batch_id],
+        )
+        con.execute(
+            f"""INSERT INTO journey_handoffs SELECT journey_id, customer_id, seq, {_ts('at_us')}, event_id,
+                thread, kind, from_agent, from_team, from_is_bot, to_agent, to_team, to_is_bot,
+                team_changed, agent_changed, escalation, after_first_reply, ? FROM staged_handoffs""",
+            [batch_id],
+        )
+        if not before:
+            return
+        after = self._journey_snapshot(customers, with_event_ids=False)
+        new_links = dict(con.execute(
+            f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers})").fetchall())
+        batch_events = con.execute("SELECT event_id, customer_id, occurred_at FROM events WHERE batch_id = ?",
+                                   [batch_id]).fetchall()
+        found = revisions(before, after, new_links, batch_events)
+        if not found:
+            return
+        import pyarrow as pa
+
+        text, texts = pa.string(), pa.list_(pa.string())
+        schema = pa.schema([("journey_id", text), ("customer_id", text), ("change", text), ("replaced_by", texts),
+                            ("reason", text), ("trigger_event_ids", texts), ("trigger_events", pa.int32()),
+                            ("late_events", pa.int32()), ("changed_columns", texts), ("before", text), ("after", text)])
+        table = pa.Table.from_pylist(found, schema=schema)
+        con.register("revisions_found", table)
+        try:
+            con.execute(
+                """INSERT INTO journey_revisions SELECT ?, now(), journey_id, customer_id, change, replaced_by,
+                   reason, trigger_event_ids, trigger_events, late_events, changed_columns,
+                   before::JSON, after::JSON FROM revisions_found""",
+                [batch_id],
+            )
+        finally:
+            con.unregister("revisions_found")
+
+    def _load_reads(self, reads: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+
+        self._temp_from_arrow("staged_reads", pa.Table.from_pylist(
+            [{"topic": r["topic"], "partition": r["partition"], "start": r["start"], "stop": r["stop"],
+              "records": r["records"]} for r in reads],
+            schema=pa.schema([("topic", pa.string()), ("partition", pa.int32()), ("start", pa.int64()),
+                              ("stop", pa.int64()), ("records", pa.int64())]),
+        ))
+
+    def _temp_from_arrow(self, name: str, data: Any) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {name}")
+        self.con.register("cxj_arrow_input", data)
+        try:
+            self.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM cxj_arrow_input")
+        finally:
+            self.con.unregister("cxj_arrow_input")
+
+    def _land_losing_copies(self, batch_id: int) -> int:
+        """Records every copy that lost (within the batch, to a landed row, or a landed row that
+        a batch copy replaced): a conflict if its content differs from the final winner's, a
+        plain duplicate delivery if not. Returns how many copies lost: the batch's duplicates."""
+        con = self.con
+        con.execute("DROP TABLE IF EXISTS batch_losers")
+        con.execute(
+            f"""CREATE TEMP TABLE batch_losers AS
+                WITH winner AS (
+                    SELECT s.event_id, CASE WHEN r.event_id IS NULL OR r.replaces THEN s.content_hash
+                                            ELSE r.old_hash END AS winner_hash
+                    FROM staged_events s LEFT JOIN batch_resolution r USING (event_id)
+                ), losers AS (
+                    SELECT event_id, content_hash AS loser_hash, payload, topic, "partition", "offset",
+                           {_ms_ts('kafka_ts_ms')} AS kafka_timestamp FROM staged_copies
+                    UNION ALL
+                    SELECT s.event_id, s.content_hash, s.payload, s.topic, s."partition", s."offset",
+                           {_ms_ts('s.kafka_ts_ms')} FROM staged_events s
+                    JOIN batch_resolution r USING (event_id) WHERE NOT r.replaces
+                    UNION ALL
+                    SELECT e.event_id, r.old_hash, e.payload::VARCHAR, e.source_topic, e.source_partition,
+                           e.source_offset, e.kafka_timestamp FROM events e
+                    JOIN batch_resolution r USING (event_id) WHERE r.replaces
+                )
+                SELECT l.*, w.winner_hash FROM losers l JOIN winner w USING (event_id)"""
+        )
+        changed = "SELECT event_id, old_hash, new_hash FROM batch_resolution WHERE replaces AND old_hash <> new_hash"
+        # earlier conflicts of a replaced event now lose to the new winner
+        con.execute(f"UPDATE event_conflicts SET winner_hash = c.new_hash FROM ({changed}) c "
+                    "WHERE event_conflicts.event_id = c.event_id")
+        # plain duplicates of a replaced winner are conflicting copies now
+        con.execute(
+            f"""INSERT INTO event_conflicts
+                SELECT d.event_id, c.new_hash, d.content_hash, e.payload::VARCHAR, d.topic, d."partition", d."offset",
+                       d.kafka_timestamp, ?, now()
+                FROM duplicate_deliveries d JOIN ({changed}) c USING (event_id) JOIN events e USING (event_id)""",
+            [batch_id],
+        )
+        con.execute(f"DELETE FROM duplicate_deliveries WHERE event_id IN (SELECT event_id FROM ({changed}))")
+        con.execute(
+            """INSERT INTO event_conflicts SELECT event_id, winner_hash, loser_hash, payload, topic, "partition",
+                   "offset", kafka_timestamp, ?, now() FROM batch_losers WHERE loser_hash <> winner_hash""",
+            [batch_id],
+        )
+        con.execute(
+            """INSERT INTO duplicate_deliveries SELECT event_id, loser_hash, topic, "partition", "offset",
+                   kafka_timestamp, ? FROM batch_losers WHERE loser_hash = winner_hash""",
+            [batch_id],
+        )
+        return int(con.execute("SELECT count(*) FROM batch_losers").fetchone()[0])
+
+    def _check_accounting(self, facts: BatchFacts, landed: int, duplicates: int, dead: int) -> None:
+        """Inside the landing transaction: every record read is in exactly one staged output,
+        per range as the read manifests say, and consumed = landed + duplicates + dead letters;
+        every event of a touched customer that belongs to a thread has its journey."""
+        con = self.con
+        staged = """SELECT topic, "partition", "offset" FROM staged_events
+                    UNION ALL SELECT topic, "partition", "offset" FROM staged_copies
+                    UNION ALL SELECT topic, "partition", "offset" FROM staged_dead"""
+        short = con.execute(
+            f"""SELECT r.topic, r."partition", r.start, r.stop, r.records, count(s."offset"), count(DISTINCT s."offset")
+                FROM staged_reads r LEFT JOIN ({staged}) s
+                  ON s.topic = r.topic AND s."partition" = r."partition" AND s."offset" >= r.start AND s."offset" < r.stop
+                GROUP BY ALL HAVING count(s."offset") <> r.records OR count(DISTINCT s."offset") <> r.records
+                ORDER BY ALL LIMIT 1"""
+        ).fetchone()
+        if short is not None:
+            topic, partition, start, stop, records, rows, distinct = short
+            raise BatchNotAccounted(
+                f"batch {facts.batch_id}: {topic}[{partition}] offsets {start}..{stop - 1}: the read stage read "
+                f"{records} records but the staged output holds {rows} ({distinct} distinct); staged files are missing or short"
+            )
+        stray = con.execute(
+            f"""SELECT count(*) FROM ({staged}) s ANTI JOIN staged_reads r
+                ON s.topic = r.topic AND s."partition" = r."partition" AND s."offset" >= r.start AND s."offset" < r.stop"""
+        ).fetchone()[0]
+        if stray:
+            raise BatchNotAccounted(f"batch {facts.batch_id}: {stray} staged rows lie outside the ranges the read stage covered")
+        if facts.consumed != landed + duplicates + dead:
+            raise BatchNotAccounted(
+                f"batch {facts.batch_id}: consumed {facts.consumed} but accounted for {landed + duplicates + dead} "
+                f"({landed} landed + {duplicates} duplicates + {dead} dead letters)"
+            )
+        unlinked = con.execute(
+            """SELECT count(*) FROM (SELECT event_id FROM events
+                                     WHERE customer_id IN (SELECT customer_id FROM batch_customers)
+                                       AND NOT starts_with(event_type, 'survey.')) e
+               ANTI JOIN staged_links l USING (event_id)"""
+        ).fetchone()[0]
+        orphans = con.execute(
+            "SELECT count(*) FROM staged_links l ANTI JOIN staged_journeys j USING (journey_id)"
+        ).fetchone()[0]
+        if unlinked or orphans:
+            raise BatchNotAccounted(
+                f"batch {facts.batch_id}: staged journeys are missing or short ({unlinked} events without a journey, "
+                f"{orphans} links to missing journeys)"
+            )
+
+    # ---------------------------------------------------------------- attempts (poison isolation)
+
+    def begin_attempt(self, ranges: list[dict[str, Any]]) -> int:
+        """Records an attempt before its stages run (committed at once): if the process dies
+        on the batch, the next start finds the attempt without an outcome."""
+        attempt_id = int(self.con.execute("SELECT coalesce(max(attempt_id), 0) + 1 FROM batch_attempts").fetchone()[0])
+        records = sum(int(r["to"]) - int(r["from"]) for r in ranges)
+        self.con.execute(
+            "INSERT INTO batch_attempts VALUES (?, now(), ?, ?, NULL, NULL, NULL, false)",
+            [attempt_id, json.dumps(ranges), records],
+        )
+        return attempt_id
+
+    def finish_attempt(self, attempt_id: int, outcome: str, error: str = "") -> None:
+        self.con.execute(
+            "UPDATE batch_attempts SET outcome = ?, error = ?, finished_at = now() WHERE attempt_id = ?",
+            [outcome, error[:1000] or None, attempt_id],
+        )
+
+    def settle_dead_attempts(self) -> list[tuple[int, str]]:
+        """Attempts left without an outcome: the process died on them. A second death in a row
+        on the same ranges counts against the batch (``died_again``), a first one does not (a
+        kill or a power cut is not the batch's fault). Returns (attempt_id, outcome) settled."""
+        settled = []
+        open_attempts = self.con.execute(
+            "SELECT attempt_id, ranges::VARCHAR FROM batch_attempts WHERE outcome IS NULL ORDER BY attempt_id"
+        ).fetchall()
+        for attempt_id, ranges in open_attempts:
+            before = self.con.execute(
+                "SELECT outcome, ranges::VARCHAR FROM batch_attempts WHERE attempt_id < ? ORDER BY attempt_id DESC LIMIT 1",
+                [attempt_id],
+            ).fetchone()
+            again = before is not None and before[0] in ("died", "died_again") and json.loads(before[1]) == json.loads(ranges)
+            outcome = "died_again" if again else "died"
+            self.finish_attempt(attempt_id, outcome, "the process died while this attempt ran")
+            settled.append((attempt_id, outcome))
+        return settled
+
+    def open_suspect(self, starts: dict[tuple[str, int], int]) -> Optional[Suspect]:
+        """The newest failed attempt (a stage failure, two deaths in a row, or the very last
+        attempt if the process died on it) with offsets still to land from ``starts``."""
+        last = self.con.execute("SELECT max(attempt_id) FROM batch_attempts").fetchone()[0]
+        rows = self.con.execute(
+            """SELECT attempt_id, ranges::VARCHAR, records, outcome, coalesce(error, '') FROM batch_attempts
+               WHERE NOT resolved AND (outcome IN ('failed', 'died_again') OR (outcome = 'died' AND attempt_id = ?))
+               ORDER BY attempt_id DESC""",
+            [last],
+        ).fetchall()
+        for attempt_id, ranges, records, outcome, error in rows:
+            remaining = []
+            for r in json.loads(ranges):
+                key = (r["topic"], int(r["partition"]))
+                at = starts.get(key)
+                if at is not None and int(r["from"]) <= at < int(r["to"]):
+                    remaining.append((key[0], key[1], at, int(r["to"])))
+            if remaining:
+                return Suspect(int(attempt_id), int(records), outcome, error, sorted(remaining))
+        return None
+
+    def _settle_attempts(self, facts: BatchFacts) -> None:
+        """In the landing transaction: the attempt landed; failures whose offsets have all
+        landed now are resolved."""
+        if facts.attempt_id is not None:
+            self.finish_attempt(facts.attempt_id, "landed")
+        landed = self.landed_offsets()
+        for attempt_id, ranges in self.con.execute(
+            "SELECT attempt_id, ranges::VARCHAR FROM batch_attempts WHERE NOT resolved AND outcome IN ('failed', 'died', 'died_again')"
+        ).fetchall():
+            if all(landed.get((r["topic"], int(r["partition"])), 0) >= int(r["to"]) for r in json.loads(ranges)):
+                self.con.execute("UPDATE batch_attempts SET resolved = true WHERE attempt_id = ?", [attempt_id])
+
+    def rewind_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Moves stored offsets back (never forward): re-reading is safe, skipping is not."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for (topic, partition), offset in offsets.items():
+                self.con.execute(
+                    'UPDATE pipeline_offsets SET next_offset = ?, updated_at = now() '
+                    'WHERE topic = ? AND "partition" = ? AND next_offset > ?',
+                    [offset, topic, partition, offset],
+                )
+            self.con.execute("COMMIT")
+        except BaseException:
+            _rollback_quietly(self.con)
+            raise
+
+    def record_source_changes(self, changes: list[SourceChange], batch_id: int) -> None:
+        """One transaction: the new resume offsets (rewound, past deleted records, or dropped
+        for a removed partition), their fingerprints cleared, and a source_resets row each."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for c in changes:
+                where = 'WHERE topic = ? AND "partition" = ?'
+                self.con.execute(f"DELETE FROM source_fingerprints {where}", [c.topic, c.partition])
+                if c.kind == PARTITION_REMOVED or c.to_offset is None:
+                    self.con.execute(f"DELETE FROM pipeline_offsets {where}", [c.topic, c.partition])
+                else:
+                    self.con.execute(f"UPDATE pipeline_offsets SET next_offset = ?, updated_at = now() {where}",
+                                     [c.to_offset, c.topic, c.partition])
+                self.con.execute(
+                    "INSERT INTO source_resets VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?)",
+                    [c.topic, c.partition, c.kind, c.from_offset, c.to_offset, c.records, c.detail, batch_id],
+                )
+            self.con.execute("COMMIT")
+        except duckdb.Error as exc:
+            _rollback_quietly(self.con)
+            raise StoreError(f"recording a change of the broker's log in {self.path} failed (offsets unchanged): "
+                             f"{str(exc).splitlines()[0]}") from exc
+        except BaseException:
+            _rollback_quietly(self.con)
+            raise
+
+    def _advance_offsets(self, facts: BatchFacts) -> None:
+        """Inside the landing transaction: next offsets and the fingerprint of each range's last record."""
+        for r in facts.ranges:
+            key = [r["topic"], r["partition"]]
+            self.con.execute('DELETE FROM pipeline_offsets WHERE topic = ? AND "partition" = ?', key)
+            self.con.execute(
+                "INSERT INTO pipeline_offsets VALUES (?, ?, ?, ?, now())",
+                [r["topic"], r["partition"], r["to"], facts.batch_id],
+            )
+            self.con.execute('DELETE FROM source_fingerprints WHERE topic = ? AND "partition" = ?', key)
+            fp = self.pending_fingerprints.get((r["topic"], r["partition"], r["to"]))
+            if fp is not None:  # none: the range's last offset held no record (a transaction marker)
+                self.con.execute(
+                    "INSERT INTO source_fingerprints VALUES (?, ?, ?, ?, ?, ?, now())",
+                    [*key, fp.offset, fp.timestamp_ms, fp.digest, facts.batch_id],
+                )
+
+
+def rows(con: duckdb.DuckDBPyConnection, query: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    cursor = con.execute(query, list(params))
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
