@@ -148,7 +148,9 @@ def _parse(
         return (NOT_JSON, str(exc))
     if not isinstance(doc, dict):
         return (NOT_OBJECT, f"top-level JSON is {type(doc).__name__}, expected object")
-    if _too_deep(doc, limits.max_depth):
+    # Each level needs its own opening bracket, so a message with at most max_depth of them
+    # cannot be too deep: most events skip the walk (which would add ~8% to parsing one).
+    if text.count("{") + text.count("[") > limits.max_depth and _too_deep(doc, limits.max_depth):
         return (TOO_DEEP, f"nesting deeper than {limits.max_depth}")
     version = doc.get("schema_version")
     if type(version) is not int or version not in SUPPORTED_VERSIONS:
