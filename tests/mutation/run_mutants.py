@@ -218,9 +218,30 @@ def _run_tests_in_child(module_name: Optional[str], path: Optional[Path], source
         sys.modules[module_name] = module
         setattr(transforms, module_name.rsplit(".", 1)[1], module)
         exec(compile(source, str(path), "exec"), module.__dict__)
+    # Hypothesis' health checks and deadlines measure wall time: on a busy machine they fail a
+    # test that is merely descheduled, which would count a mutant as killed by the load. The CI
+    # profile (tests/conftest.py) without them; a real hang is caught by the CPU limit instead.
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("mutation", derandomize=True, database=None, print_blob=True, deadline=None,
+                              suppress_health_check=list(HealthCheck))
+    os.environ["CXJ_HYPOTHESIS_PROFILE"] = "mutation"
     import pytest
 
     return int(pytest.main([*TESTS, "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", "-o", "addopts="]))
+
+
+def _killed_by(log: Path) -> str:
+    """The first failing test and its error, from pytest's short summary in the child's log."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "?"
+    failed = [line.split(" ", 1)[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    if failed:
+        return failed[0][:160]
+    errors = [line for line in lines if line.startswith(("E ", "Traceback")) or "Error" in line[:40]]
+    return (errors[-1] if errors else "no summary").strip()[:160]
 
 
 def run_one(module_name: Optional[str], path: Optional[Path], source: Optional[str], timeout_s: float, log: Path,
@@ -334,7 +355,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     log.unlink(missing_ok=True)
                 continue
             counts[result] += 1
-            print(f"  {result:8s} {line}", flush=True)
+            why = f"  <- {_killed_by(log)}" if result == "killed" else ""
+            print(f"  {result:8s} {line}{why}", flush=True)
             if result == "survived":
                 survivors.append(line)
             else:
