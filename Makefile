@@ -43,8 +43,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
 # Mutation check of the pure journey and parsing logic (tests/mutation/run_mutants.py): one
-# mutant at a time against the fast pure tests. Not part of `make test` or CI: it takes an hour
-# or more on two busy cores. Smoke run: `$(BIN)/python tests/mutation/run_mutants.py --limit 5`.
+# mutant at a time against the fast pure tests. Not part of `make test` or CI: about 10 minutes
+# of CPU time, far longer in wall time on a busy machine (docs/reliability.md, "Mutation check").
+# Smoke run: `$(BIN)/python tests/mutation/run_mutants.py --limit 5`.
 mutate: $(STAMP)
 	$(BIN)/python tests/mutation/run_mutants.py
 
