@@ -125,8 +125,9 @@ class SharedLake(Replica):
             options.insert(0, f"DATA_PATH {sql_literal(self.target.data_path)}")
         try:
             load_extensions(self.con, postgres=True)
+            options_sql = ", ".join(options)
             self._retrying("attach", lambda: self.con.execute(
-                f"ATTACH {sql_literal(self.target.attach_target)} AS {ident(LAKE_ALIAS)} ({', '.join(options)})"),
+                f"ATTACH {sql_literal(self.target.attach_target)} AS {ident(LAKE_ALIAS)} ({options_sql})"),
                 also=_lost_creation_race)
         except (duckdb.Error, ReplicaError) as exc:
             self.close()
