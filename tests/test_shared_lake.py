@@ -267,19 +267,21 @@ def test_customer_seen_by_two_writers_is_reported(broker, postgres, tmp_path):
     two writers: the lake records the customer in lake_conflicts, the writer logs it, and
     `cxj status --lake` says WARN (exit 1) instead of showing merged journeys as fine."""
     topics = new_topics(broker, partitions=2)
-    base = {"customer_id": "c-split", "channel": "email"}
-    events = [
-        {**base, "event_id": "e1", "event_type": "ticket.created", "occurred_at": "2026-09-01T10:00:00Z", "ticket_id": "t1"},
-        {**base, "event_id": "e2", "event_type": "ticket.message", "occurred_at": "2026-09-01T10:05:00Z", "ticket_id": "t1",
-         "author": "agent", "agent_id": "a1"},
-        {**base, "event_id": "e3", "event_type": "ticket.created", "occurred_at": "2026-09-01T10:00:00Z", "ticket_id": "t9",
-         "customer_id": "c-fine"},
-    ]
+    events = generate_customer_events(3, SEED, datetime(2026, 9, 1, tzinfo=timezone.utc))
+    customers = sorted({e["customer_id"] for e in events})
+    split = customers[0]  # its events alternate between the partitions; the others stay on one
+    home = {customers[1]: 0, customers[2]: 1}
     from kafka import KafkaProducer
 
     producer = KafkaProducer(**broker.client_kwargs())
-    for event, partition in zip(events, (0, 1, 0)):  # e2 of c-split lands on the other partition
-        producer.send(topics["tickets"], key=event["customer_id"].encode(), value=json.dumps(event).encode(), partition=partition)
+    alternate = 0
+    for stream, key, value in to_messages(events, SEED):
+        customer = key.decode()
+        if customer == split:
+            partition, alternate = alternate, 1 - alternate
+        else:
+            partition = home[customer]
+        producer.send(topics[stream], key=key, value=value, partition=partition)
     producer.flush()
     producer.close()
     url = postgres.new_database("lake_conflict")
@@ -294,8 +296,9 @@ def test_customer_seen_by_two_writers_is_reported(broker, postgres, tmp_path):
         rows = con.execute("SELECT kind, key, writer_id, other_writer_id FROM lake_conflicts ORDER BY ALL").fetchall()
     finally:
         con.close()
-    assert rows == [("customer", "c-split", "w2", "w1")]
-    assert "also landed by writer(s) 'w1'" in logs[1] and "c-split" in logs[1]
+    assert rows == [("customer", split, "w2", "w1")]
+    assert "also landed by writer(s) 'w1'" in logs[1] and split in logs[1]
+    assert "landed by writer" not in logs[0]  # w1 published first: the conflict is found by the second
     status = subprocess.run(cxj("status", "--lake", url, "--bootstrap-servers", broker.bootstrap_servers,
                                 "--topic-tickets", topics["tickets"], "--topic-chats", topics["chats"],
                                 "--topic-surveys", topics["surveys"]),
