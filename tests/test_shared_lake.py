@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,7 +180,7 @@ def test_two_writers_at_once_equal_a_single_run(broker, postgres, dataset, singl
     started = time.monotonic()
     writers = [
         (start(run_args(broker, dataset["topics"], tmp / f"two-{n}.duckdb", url, tmp / "two-data",
-                        "--partitions", parts, "--writer-id", f"w{n}"), tmp / f"two-{n}.log"), tmp / f"two-{n}.log")
+                        "--partitions", parts, "--writer-id", f"w{n}", "--verbose"), tmp / f"two-{n}.log"), tmp / f"two-{n}.log")
         for n, parts in ((1, "0,1"), (2, "2-3"))
     ]
     for proc, log in writers:
@@ -206,8 +207,12 @@ def test_two_writers_at_once_equal_a_single_run(broker, postgres, dataset, singl
         assert "publishing to shared lake" in (tmp / f"two-{n}.log").read_text()
     assert seen["bad"] == [], f"reader saw half a batch: {seen['bad']}"
     assert seen["queries"] >= 3 and seen["states"] >= 2, seen
-    print(f"two writers: {writers_s:.1f}s; reader {seen['queries']} queries, slowest {seen['slowest_s']:.2f}s, "
-          f"{seen['states']} distinct states")
+    publishes = sorted(float(m) for n in (1, 2) for m in re.findall(
+        r"replica: published batches \d+-\d+ \(\d+ customers\) in ([0-9.]+)s", (tmp / f"two-{n}.log").read_text()))
+    retried = sum((tmp / f"two-{n}.log").read_text().count("lost a commit conflict") for n in (1, 2))
+    print(f"\ntwo writers: {writers_s:.1f}s for {dataset['sent']} messages; {len(publishes)} publishes, median "
+          f"{publishes[len(publishes) // 2]:.2f}s, max {publishes[-1]:.2f}s; {retried} commits retried after a conflict; "
+          f"reader {seen['queries']} queries, slowest {seen['slowest_s']:.2f}s, {seen['states']} distinct states")
 
 
 def test_killed_writer_republishes_without_doubling(broker, postgres, dataset, single_run):
@@ -259,6 +264,14 @@ def test_killed_writer_republishes_without_doubling(broker, postgres, dataset, s
     # once more: nothing new to land, nothing published twice
     log = tmp / "k-2c.log"
     finish(start(run_args(broker, topics, db2, url, tmp / "k-data", "--partitions", "2,3", "--writer-id", "w2", *small), log), log)
+    assert contents(url) == once and accounting(url) == got
+    # a writer keeps its partitions and its id: both refused with one line, nothing published
+    for args, code, says in ((("--partitions", "2,3", "--writer-id", "w1"), 4, "which --partitions leaves out"),
+                             (("--partitions", "0,1", "--writer-id", "w9"), 2, "publishes to the lake as writer 'w1'")):
+        done = subprocess.run(run_args(broker, topics, db1, url, tmp / "k-data", *args, *small), cwd=ROOT,
+                              capture_output=True, text=True, timeout=240)
+        errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+        assert done.returncode == code and len(errors) == 1 and says in errors[0], done.stderr[-2000:]
     assert contents(url) == once and accounting(url) == got
 
 
