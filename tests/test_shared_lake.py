@@ -124,7 +124,7 @@ import json, sys, time
 from pipelines.storage.reader import connect
 url, stop = sys.argv[1], sys.argv[2]
 import os
-con = connect(lake=url, wait_s=120)
+con = connect(lake=url, wait_s=900)  # the first writer creates the lake; slow on a loaded machine
 seen, bad, slowest, states = 0, [], 0.0, set()
 while not os.path.exists(stop):
     t = time.perf_counter()
