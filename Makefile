@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser broker-start broker-stop bench clean lint explore report dbt-build mutate
+.PHONY: demo test install browser postgres broker-start broker-stop bench clean lint explore report dbt-build mutate
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ demo: $(STAMP)
 browser:
 	@bash infra/install-chromium.sh
 
-test: $(STAMP) browser
+# Debian's PostgreSQL server binaries for the shared-lake tests, which start a throwaway cluster
+# themselves (installed only when missing; no service is started).
+postgres:
+	@bash infra/install-postgres.sh
+
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q
 
 report: $(STAMP)

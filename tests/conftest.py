@@ -52,3 +52,16 @@ def topics(broker: KafkaSettings) -> dict[str, str]:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "journeys.duckdb"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator["ThrowawayPostgres"]:
+    """A throwaway PostgreSQL cluster for the shared lake (tests/postgres_cluster.py): started on
+    a free port with its socket in a temporary folder, stopped and deleted at the end."""
+    from tests.postgres_cluster import ThrowawayPostgres
+
+    cluster = ThrowawayPostgres().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -78,6 +78,22 @@ def test_commands_never_print_the_sasl_password(tmp_path, broker):
 # - anything else only where it is reviewed: file, function AND expression, with the reason it is
 #   safe. The same name in a new place, or a new expression, fails until someone reviews it, and
 #   a reviewed place that no longer exists fails too (the list cannot rot).
+# Why each value interpolated into SQL in storage/shared_lake.py is safe (placed per function below).
+LAKE_REASONS = {
+    "self.source": "ident() of current_database(), set in Replica.__init__",
+    "source": "SharedLake.source: ident() of current_database()",
+    "self._mine": "WRITER_COLUMN = sql_literal(writer id), set in _open",
+    "mine": "self._mine: WRITER_COLUMN = sql_literal(writer id), set in _open",
+    "writer": "sql_literal(self.writer_id) in the same function",
+    "table": "loop over the module tuples TABLES/APPENDED/REPLACED/PER_CUSTOMER, or TABLES at _columns' call sites",
+    "database": "self.source (ident()) or the constant LAKE_ALIAS at _columns' call sites",
+    "window": "SQL text built in the same function from int batch ids",
+    "touched": "_touched(): SQL text from self.source and the int window",
+    "replaced": "SQL text built in the same function from self.source and the int window",
+    "found": "SQL text built in the same function from self.source, self._mine and the int window",
+    "options_sql": "joined in the same function from literals and a DATA_PATH built with sql_literal",
+    "lake": "sql_literal(LAKE_ALIAS) in the same function",
+}
 QUOTING = {"sql_literal", "ident", "int", "_ident", "_literal", "self._like"}  # models.py, sql_shell.py: doubling quotes
 REVIEWED = {
     "storage/replica.py:attach_sql": {"', '.join(options)": "options are literals and a DATA_PATH built with sql_literal"},
@@ -117,7 +133,17 @@ REVIEWED = {
     "storage/replica.py:read_summary": {
         "prefix": '"" or "<self.source>." / "<LAKE_ALIAS>." from its call sites (ident()/constant)',
         "t": "loop over the module tuple TABLES",
+        "where": "SharedLake._mine: WRITER_COLUMN = sql_literal(writer id), the only caller passing it",
+        "condition": "' WHERE ' + where (above) or empty, same function",
     },
+    **{f"storage/shared_lake.py:{function}": {e: LAKE_REASONS[e] for e in expressions.split()} for function, expressions in {
+        "writer_identity": "source", "_open": "options_sql", "_columns": "database table",
+        "_ensure_tables": "table self.source", "_state": "self._mine", "_views_current": "self._mine",
+        "_create_views": "self.source", "_replace_views": "self._mine", "_touched": "self.source window",
+        "_publish_once": "mine touched self.source window replaced table writer",
+        "_rebuild_once": "table mine writer self.source", "_record_conflicts": "mine self.source window found",
+        "_expire": "lake",
+    }.items()},
     "storage/replica.py:_expire": {
         "lake": "sql_literal(LAKE_ALIAS) in the same function",
         "ids": "list of int() snapshot ids read back from the catalog",

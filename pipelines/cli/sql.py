@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipelines.cli.sql_output import FORMATS, OutputError, Sink
+from pipelines.config.lake_options import add_lake_arguments
 
 log = logging.getLogger("cxj.sql")
 
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-read", type=Path, action="append", default=[], metavar="DIR",
                         help="also let the query read files under DIR, read-only (repeatable; env CXJ_SQL_ALLOW_READ); "
                              "off by default: queries read only the journey data (docs/security.md)")
+    add_lake_arguments(parser, writer=False)
 
 
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -66,7 +68,7 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
             return EXIT_SQL
     try:
         con, source = open_reader(args.db, one_shot=not interactive, allow_read=args.allow_read,
-                                  outputs=[args.output] if args.output else [])
+                                  outputs=[args.output] if args.output else [], lake=args.lake)
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE
@@ -119,6 +121,9 @@ def repl(con, source: str, args: argparse.Namespace) -> int:
     if source == "replica":
         banner = (f"cxj sql: reading the read replica of {args.db} (published through batch "
                   f"{published_batch(con)}; every statement sees the latest; never blocks the pipeline).")
+    elif source == "lake":
+        banner = ("cxj sql: reading the shared lake (every writer's published batches; every statement sees the "
+                  "latest; never blocks a writer).")
     else:
         banner = f"cxj sql: reading {args.db} (read-only). The pipeline cannot start while this prompt is open."
     shell = Shell(con, fmt=args.format, max_rows=args.max_rows, output=args.output)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipelines.config.durations import parse_duration
+from pipelines.config.lake_options import add_lake_arguments
 from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
 from pipelines.ops.status import DEFAULT_MAX_DEAD_LETTER_RATE
 
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-dead-letter-rate", type=_rate, default=DEFAULT_MAX_DEAD_LETTER_RATE, metavar="FRACTION",
                         help="CRIT when more than this share of the recent records went to dead letters, WARN past half "
                              "(default %(default)s)")
+    add_lake_arguments(parser, writer=False)
     add_kafka_arguments(parser)
 
 
@@ -65,7 +67,8 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     try:
         report = collect(args.db, settings_from_args(args), list(topics_from_args(args).values()),
-                         args.max_lag, args.max_staleness, max_dead_letter_rate=args.max_dead_letter_rate)
+                         args.max_lag, args.max_staleness, max_dead_letter_rate=args.max_dead_letter_rate,
+                         lake=args.lake)
     except StoreError as exc:
         if args.json:
             print(json.dumps({"level": CRIT, "level_name": "CRIT", "reasons": [str(exc)]}))

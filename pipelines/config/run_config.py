@@ -42,6 +42,10 @@ class RunConfig:
     lock_timeout_s: float = 10.0  # wait this long for another process's lock on --db at start
     # service metrics settings: calendars, durable days, repeat-contact window (--calendars FILE)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # shared lake (pipelines/storage/shared_lake.py): where to publish, as whom, which partitions
+    lake: Optional[object] = None  # a pipelines.storage.lake_target.LakeTarget; None: local replica
+    writer_id: Optional[str] = None
+    partitions: Optional[frozenset[int]] = None  # partition indices of every topic to read; None: all
 
     @property
     def stream_of_topic(self) -> dict[str, str]:

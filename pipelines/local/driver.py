@@ -16,6 +16,7 @@ from pipelines.config.durations import parse_duration
 from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
 from pipelines.kafka.offsets import BrokerUnavailable
 from pipelines.config.run_config import DEFAULT_MAX_BATCH_BYTES, RunConfig, Stopper
+from pipelines.config.lake_options import add_lake_arguments, lake_target_of
 from pipelines.storage.store import StoreError
 from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
@@ -74,6 +75,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calendars", type=Path, default=None, metavar="FILE",
                         help="TOML file of business-hours calendars and service-metric settings "
                              "(default: Mon-Fri 09:00-17:00 UTC, durable 7 days, repeat contact 7 days)")
+    add_lake_arguments(parser, writer=True)
     add_kafka_arguments(parser)
 
 
@@ -97,6 +99,9 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         check=args.check,
         lock_timeout_s=float(args.lock_timeout),
         metrics=_metrics_config(getattr(args, "calendars", None)),
+        lake=lake_target_of(args),
+        writer_id=getattr(args, "writer_id", None),
+        partitions=getattr(args, "partitions", None),
     )
 
 
@@ -130,10 +135,16 @@ def execute(config: RunConfig, follow: bool, listeners: Sequence[object] = ()) -
         log.error("%s", exc)
         return EXIT_PIPELINE
     try:
-        store = Store(config.db, lock_timeout_s=config.lock_timeout_s)
+        store = Store(config.db, lock_timeout_s=config.lock_timeout_s, lake=config.lake, writer_id=config.writer_id)
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STORE
+    unselected = outside_partitions(store, config.partitions)
+    if unselected:
+        store.close()
+        log.error("%s has landed partitions %s, which --partitions leaves out: a writer keeps its partitions "
+                  "(another writer reading them would land their events twice; docs/storage.md)", config.db, unselected)
+        return EXIT_PIPELINE
     runner = MicroBatchRunner(config, store)
     metrics = None
     runner.listeners.extend(listeners)  # type: ignore[arg-type]
@@ -208,6 +219,14 @@ def execute(config: RunConfig, follow: bool, listeners: Sequence[object] = ()) -
         runner.close()
         store.close()
     return EXIT_OK
+
+
+def outside_partitions(store: "Store", partitions: Optional[frozenset[int]]) -> str:
+    """'topic/partition, ...' landed in ``store`` but not among ``partitions`` ('' if none)."""
+    if partitions is None:
+        return ""
+    outside = sorted(f"{t}/{p}" for t, p in store.landed_offsets() if p not in partitions)
+    return ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
 
 
 class _FileWatch:

@@ -176,6 +176,8 @@ class MicroBatchRunner:
         reader = self._reader()
         self._looked_up_at = time.time()
         partitions, missing = reader.partitions(self.config.topics.values())
+        if self.config.partitions is not None:  # --partitions: this writer's share of every topic
+            partitions = [k for k in partitions if k[1] in self.config.partitions]
         for topic in missing:
             self._warn_once(f"topic {topic!r} does not exist on {self.config.settings.bootstrap_servers} (yet)")
         beginnings, ends = reader.bounds(partitions)

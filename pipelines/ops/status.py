@@ -69,19 +69,21 @@ def _iso(value: Optional[datetime]) -> Optional[str]:
     return value.astimezone(timezone.utc).isoformat() if value is not None else None
 
 
-def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, int], int], dict[tuple[str, int], Any]]:
+def read_tables(db: Path, now: datetime, lake: Optional[str] = None
+                ) -> tuple[StatusReport, dict[tuple[str, int], int], dict[tuple[str, int], Any]]:
     """Everything status needs from the database, in one read-only connection: the report so
-    far, the landed offsets and the fingerprints of the last landed records."""
+    far, the landed offsets and the fingerprints of the last landed records. ``lake``: a
+    shared lake (--lake / CXJ_LAKE) instead of ``db``: every writer's offsets and batches."""
     from pipelines.storage.reader import open_reader
 
-    con, source = open_reader(db, one_shot=True)
+    con, source = open_reader(db, one_shot=True, lake=lake)
     try:
         report = StatusReport(checked_at=_iso(now) or "", db=str(db), source=source)
         landed = {(t, p): o for t, p, o in con.execute('SELECT topic, "partition", next_offset FROM pipeline_offsets').fetchall()}
         newest = con.execute("SELECT max(occurred_at) FROM events").fetchone()[0]
         last = con.execute(
             """SELECT batch_id, finished_at, duration_s, consumed, landed, duplicates, dead_letters
-               FROM pipeline_batches ORDER BY batch_id DESC LIMIT 1"""
+               FROM pipeline_batches ORDER BY finished_at DESC, batch_id DESC LIMIT 1"""
         ).fetchone()
         dead = con.execute(
             """SELECT reason, count(*) FROM dead_letters WHERE landed_at >= ? - INTERVAL 1 HOUR
@@ -94,6 +96,8 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
             from pipelines.storage.reader import replica_disagreement
 
             report.replica_problem = replica_disagreement(con, db)
+        elif source == "lake":
+            report.replica_problem = shared_lake_problem(con)
         recent = con.execute(
             """SELECT count(*), coalesce(sum(consumed), 0), coalesce(sum(dead_letters), 0) FROM pipeline_batches
                WHERE finished_at >= ? - to_seconds(?)""",
@@ -126,6 +130,18 @@ def read_tables(db: Path, now: datetime) -> tuple[StatusReport, dict[tuple[str, 
         report.dead_letter_rate = report.recent_dead_letters / report.recent_consumed
         report.dead_letter_basis = basis
     return report, landed, fingerprints
+
+
+def shared_lake_problem(con: Any) -> Optional[str]:
+    """Customers or events that two writers of a shared lake landed (their journeys are wrong)."""
+    from pipelines.storage.shared_lake import conflicts_summary
+
+    found = conflicts_summary(con)
+    if not found or not (found[0] or found[1]):
+        return None
+    customers, events, writers = found
+    return (f"{customers} customers landed by two writers ({events} event ids), writers {', '.join(writers)}: "
+            "their journeys are split and wrong; see lake_conflicts (docs/storage.md \"Shared lake\")")
 
 
 def _fingerprints(con: Any) -> dict:  # type: ignore[type-arg]
@@ -263,9 +279,10 @@ def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Opti
 
 
 def collect(db: Path, settings: Any, topics: list[str], max_lag: Optional[int], max_staleness_s: Optional[float],
-            now: Optional[datetime] = None, max_dead_letter_rate: Optional[float] = DEFAULT_MAX_DEAD_LETTER_RATE) -> StatusReport:
+            now: Optional[datetime] = None, max_dead_letter_rate: Optional[float] = DEFAULT_MAX_DEAD_LETTER_RATE,
+            lake: Optional[str] = None) -> StatusReport:
     now = now or datetime.now(timezone.utc)
-    report, landed, fingerprints = read_tables(db, now)
+    report, landed, fingerprints = read_tables(db, now, lake)
     add_broker_positions(report, landed, settings, topics, fingerprints)
     evaluate(report, max_lag, max_staleness_s, max_dead_letter_rate)
     return report

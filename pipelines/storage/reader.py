@@ -36,11 +36,14 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import duckdb
 
 from pipelines.storage.reader_safety import CONNECT_CONFIG, ReaderConnection, allowed_read_dirs, harden
-from pipelines.storage.replica import LAKE_ALIAS, STATE_TABLE, attach_sql, catalog_path, data_path, lake_dir, load_extensions, ReplicaError
+from pipelines.storage.replica import (LAKE_ALIAS, STATE_TABLE, attach_sql, catalog_path, data_path, lake_dir, load_extensions,
+                                       ReplicaError, sql_literal)
 from pipelines.storage.store import StoreError
 
 if TYPE_CHECKING:
     import polars
+
+    from pipelines.storage.lake_target import LakeTarget
 
 DEFAULT_DB = Path("data/journeys.duckdb")
 
@@ -77,19 +80,30 @@ def _is_lock_error(exc: duckdb.Error) -> bool:
 
 
 def open_reader(db: Path | str = DEFAULT_DB, wait_s: float = 10.0, *, one_shot: bool = False,
-                allow_read: Sequence[Path | str] = (), outputs: Sequence[Path] = ()) -> tuple[ReaderConnection, str]:
-    """(connection, source): source is 'replica', or 'database' for a one-shot read of a
-    database without a replica. See the module docstring for which is chosen and why.
+                allow_read: Sequence[Path | str] = (), outputs: Sequence[Path] = (),
+                lake: "Optional[str | LakeTarget]" = None) -> tuple[ReaderConnection, str]:
+    """(connection, source): source is 'replica', 'lake' (a shared lake), or 'database' for a
+    one-shot read of a database without a replica. See the module docstring for which is
+    chosen and why.
 
     ``allow_read``: extra directories the reader may read files from (plus CXJ_SQL_ALLOW_READ).
     ``outputs``: files the calling command writes itself (``cxj sql --output``).
+    ``lake``: a shared lake (``--lake`` spec or target; default CXJ_LAKE) instead of ``db``'s replica.
     """
     path = Path(db)
+    target = _lake_target(lake)
+    read_dirs = allowed_read_dirs(allow_read)
+    deadline = time.monotonic() + wait_s
+    while target is not None:
+        try:
+            return connect_shared_lake(target, read_dirs, outputs), "lake"
+        except ReplicaNotReady:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.2)
     for output in outputs:
         if _protected(path, Path(output)):
             raise StoreError(f"refusing to write a result to {output}: readers never overwrite the database or its replica")
-    read_dirs = allowed_read_dirs(allow_read)
-    deadline = time.monotonic() + wait_s
     while True:
         if catalog_path(path).exists():
             try:
@@ -141,13 +155,74 @@ def _open_database(path: Path, read_dirs: Sequence[Path], outputs: Sequence[Path
     return ReaderConnection(con, "database", outputs, protected=lambda target: _protected(path, target))
 
 
-def connect(db: Path | str = DEFAULT_DB, wait_s: float = 10.0, allow_read: Sequence[Path | str] = ()) -> ReaderConnection:
-    """A read-only connection to the journey tables and marts of ``db``, on the read replica.
+def connect(db: Path | str = DEFAULT_DB, wait_s: float = 10.0, allow_read: Sequence[Path | str] = (),
+            lake: "Optional[str | LakeTarget]" = None) -> ReaderConnection:
+    """A read-only connection to the journey tables and marts of ``db``, on the read replica
+    (or on the shared lake ``lake`` / CXJ_LAKE: every writer's rows, the same names).
 
     Waits up to ``wait_s`` seconds for a just-started pipeline to publish the replica; keeping
     it open never stops the pipeline. Close it when done (or use it as a context manager).
     """
-    return open_reader(db, wait_s, allow_read=allow_read)[0]
+    return open_reader(db, wait_s, allow_read=allow_read, lake=lake)[0]
+
+
+def _lake_target(lake: "Optional[str | LakeTarget]") -> "Optional[LakeTarget]":
+    from pipelines.storage.lake_target import LakeSpecError, LakeTarget, lake_from_env
+
+    if isinstance(lake, LakeTarget):
+        return lake
+    try:
+        return lake_from_env(lake)
+    except LakeSpecError as exc:
+        raise StoreError(str(exc)) from None
+
+
+_NO_SECRETS: Optional[str] = None
+
+
+def _no_secrets_dir() -> str:
+    global _NO_SECRETS
+    if _NO_SECRETS is None or not os.path.isdir(_NO_SECRETS):
+        import atexit
+        import shutil
+        import tempfile
+
+        _NO_SECRETS = tempfile.mkdtemp(prefix="cxj-no-secrets-")
+        atexit.register(shutil.rmtree, _NO_SECRETS, True)
+    return _NO_SECRETS
+
+
+def connect_shared_lake(target: "LakeTarget", read_dirs: Sequence[Path] = (), outputs: Sequence[Path] = ()) -> ReaderConnection:
+    """A locked-down read-only connection to a shared lake (PostgreSQL catalog, shared_lake.py).
+
+    Every statement sees one committed snapshot of the catalog, i.e. whole publishes of every
+    writer; reading takes no lock any writer waits for (PostgreSQL MVCC)."""
+    # The postgres extension looks up secrets while attaching, which fails outright when
+    # persistent secrets are off; an empty private folder gives it none to find (a reader
+    # cannot create any: CREATE SECRET is refused like every non-query statement).
+    con = duckdb.connect(config={**CONNECT_CONFIG, "allow_persistent_secrets": True, "secret_directory": _no_secrets_dir()})
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        load_extensions(con, postgres=True)
+        con.execute(f"ATTACH {sql_literal(target.attach_target)} AS {LAKE_ALIAS} (READ_ONLY)")
+        con.execute(f"USE {LAKE_ALIAS}")
+        row = con.execute(
+            f"SELECT value FROM ducklake_options({sql_literal(LAKE_ALIAS)}) WHERE option_name = 'data_path'").fetchone()
+        data = Path(str(row[0])) if row and row[0] else None
+        # DuckLake reads its Parquet files through DuckDB's file system: allow that folder only
+        harden(con, [*([data] if data else []), *read_dirs], outputs)
+        con.execute(f"SELECT published_batch_id FROM {STATE_TABLE}").fetchall()
+    except duckdb.CatalogException:
+        con.close()
+        raise ReplicaNotReady(f"the {target.describe()} has no published batch yet (no writer has started)") from None
+    except (duckdb.Error, ReplicaError) as exc:
+        con.close()
+        if "creating a new ducklake is explicitly disabled" in str(exc).lower():  # no writer has created it yet
+            raise ReplicaNotReady(f"the {target.describe()} does not exist yet (the first writer creates it)") from None
+        raise StoreError(f"cannot open the {target.describe()}: {str(exc).splitlines()[0]}") from None
+    return ReaderConnection(con, "lake", outputs,
+                            protected=lambda target_path: data is not None and (Path(target_path).resolve() == data.resolve()
+                                                                                or data.resolve() in Path(target_path).resolve().parents))
 
 
 def connect_replica(db: Path | str = DEFAULT_DB, read_dirs: Sequence[Path] = (),
@@ -187,9 +262,10 @@ def published_batch(con: ReaderConnection | duckdb.DuckDBPyConnection) -> Option
         return None
 
 
-def query(sql: str, db: Path | str = DEFAULT_DB, allow_read: Sequence[Path | str] = ()) -> "polars.DataFrame":
+def query(sql: str, db: Path | str = DEFAULT_DB, allow_read: Sequence[Path | str] = (),
+          lake: "Optional[str | LakeTarget]" = None) -> "polars.DataFrame":
     """Runs one query and returns a polars DataFrame; the connection is closed right away."""
-    con, _source = open_reader(db, one_shot=True, allow_read=allow_read)
+    con, _source = open_reader(db, one_shot=True, allow_read=allow_read, lake=lake)
     try:
         relation = con.sql(sql)
         if relation is None:

@@ -143,15 +143,16 @@ def extension_file(name: str) -> Optional[Path]:
     return None
 
 
-def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
+def load_extensions(con: duckdb.DuckDBPyConnection, postgres: bool = False) -> None:
     """LOADs sqlite_scanner and ducklake from their wheels by path, else the usual way.
 
     Also turns off multi-threaded SQLite scans for the whole DuckDB instance: DuckLake reads its
     catalog inside one SQLite transaction, but the extra scan threads use connections outside
     it, and a reader then sometimes saw half of a concurrent commit (e.g. a batch's new journey
     rows without the deletion of the old ones; reproduced, docs/storage.md).
+    ``postgres``: also postgres_scanner, for a shared lake's PostgreSQL catalog (lake_target.py).
     """
-    for name in ("sqlite_scanner", "ducklake"):
+    for name in ("sqlite_scanner", *(("postgres_scanner",) if postgres else ()), "ducklake"):
         path = extension_file(name)
         try:
             if path:
@@ -222,19 +223,21 @@ LEFT JOIN (SELECT coalesce(max(batch_id), 0) AS batch_id, max_by(started_at, bat
 SIDECAR = "published.json"  # the database's summary as of the last verified publish (for `cxj status`)
 
 
-def read_summary(con: "duckdb.DuckDBPyConnection | object", prefix: str = "") -> dict[str, int]:
+def read_summary(con: "duckdb.DuckDBPyConnection | object", prefix: str = "", where: str = "") -> dict[str, int]:
     """Row counts of every table, last batch, landed total and sum of the stored offsets.
 
     Computed the same way on the database and on the replica, so any difference means the
     replica does not show what the database landed (a failed publish, or tampering). Small
     separate queries: measured faster than one query of scalar subqueries on a busy machine.
     Call it inside one transaction (or on a reader, whose statements each see one snapshot)
-    when the copy may change meanwhile.
+    when the copy may change meanwhile. ``where``: a condition on every table (a shared lake's
+    rows of one writer, see shared_lake.py).
     """
-    summary = {t: int(con.execute(f"SELECT count(*) FROM {prefix}{t}").fetchone()[0]) for t in TABLES}
+    condition = f" WHERE {where}" if where else ""
+    summary = {t: int(con.execute(f"SELECT count(*) FROM {prefix}{t}{condition}").fetchone()[0]) for t in TABLES}
     last, landed = con.execute(
-        f"SELECT coalesce(max(batch_id), 0), coalesce(sum(landed), 0) FROM {prefix}pipeline_batches").fetchone()
-    offsets = con.execute(f"SELECT coalesce(sum(next_offset), 0) FROM {prefix}pipeline_offsets").fetchone()[0]
+        f"SELECT coalesce(max(batch_id), 0), coalesce(sum(landed), 0) FROM {prefix}pipeline_batches{condition}").fetchone()
+    offsets = con.execute(f"SELECT coalesce(sum(next_offset), 0) FROM {prefix}pipeline_offsets{condition}").fetchone()[0]
     summary.update(last_batch=int(last), landed_total=int(landed), offsets_total=int(offsets))
     return summary
 
@@ -273,14 +276,25 @@ def enabled() -> bool:
     return os.environ.get("CXJ_REPLICA", "1").strip().lower() not in {"0", "false", "off", "no"}
 
 
-def open_writer_replica(con: duckdb.DuckDBPyConnection, db: Path | str) -> Optional["Replica"]:
+def open_writer_replica(con: duckdb.DuckDBPyConnection, db: Path | str, lake: Optional[object] = None,
+                        writer_id: Optional[str] = None) -> Optional["Replica"]:
     """Attaches the replica of ``db`` and catches it up; on failure warns and returns None
-    (the pipeline keeps landing; readers then cannot read while it runs)."""
+    (the pipeline keeps landing; readers then cannot read while it runs).
+
+    ``lake`` (a lake_target.LakeTarget): publish to that shared lake instead of the local
+    replica, as writer ``writer_id`` (shared_lake.py)."""
     if not enabled():
         return None
     try:
-        replica = Replica(con, db)
+        if lake is not None:
+            from pipelines.storage.shared_lake import SharedLake
+
+            replica: Replica = SharedLake(con, db, lake, writer_id)  # type: ignore[arg-type]
+        else:
+            replica = Replica(con, db)
     except (ReplicaError, duckdb.Error, OSError) as exc:
+        if lake is not None:  # asked for by name: landing where no reader looks would be a silent failure
+            raise ReplicaError(str(exc).splitlines()[0]) from None
         log.warning("read replica disabled: %s", str(exc).splitlines()[0])
         return None
     replica.after_land()

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional
 
 import duckdb
 
-from pipelines.storage.replica import open_writer_replica
+from pipelines.storage.replica import ReplicaError, open_writer_replica
 from pipelines.kafka.source_log import PARTITION_REMOVED, Fingerprint, SourceChange
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
@@ -190,7 +190,8 @@ class Store:
     """A writer connection to the journeys database."""
 
     def __init__(self, path: Path | str, read_only: bool = False,
-                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, lake: Optional[Any] = None,
+                 writer_id: Optional[str] = None) -> None:
         self.path = Path(path)
         self.con = open_with_lock_retry(self.path, read_only, lock_timeout_s)
         # The file we opened: DuckDB keeps writing to it through its descriptor even after it was
@@ -210,7 +211,11 @@ class Store:
             except (duckdb.Error, OSError) as exc:  # e.g. a full disk: the views are written at every start
                 _close_quietly(self.con)
                 raise StoreError(f"cannot prepare the tables and views in {self.path}: {str(exc).splitlines()[0]}") from None
-            self.replica = open_writer_replica(self.con, self.path)
+            try:  # lake: a shared lake to publish to instead of the local replica (storage/shared_lake.py)
+                self.replica = open_writer_replica(self.con, self.path, lake, writer_id)
+            except ReplicaError as exc:
+                _close_quietly(self.con)
+                raise StoreError(f"cannot publish to the shared lake: {exc}") from None
 
     def close(self) -> None:
         if self.replica is not None:
