@@ -33,6 +33,17 @@ log = logging.getLogger("cxj.run")
 
 POISON = "poison"  # dead-letter reason of a record isolated as the cause of failing attempts
 
+# Load only the part of a touched customer's history that the batch can still change
+# (pipelines/storage/store.py, Store._freeze_settled_journeys). Benchmarks switch it off to
+# measure what it saves; results are the same either way.
+PRUNE_SETTLED_HISTORY = True
+
+
+def history_horizon_s(config: RunConfig) -> float:
+    """How far back in event time any journey rule looks from a new event: the repeat window
+    (joining a journey), the durable-resolution window and the repeat-contact window."""
+    return max(config.repeat_window_s, config.metrics.durable_us / 1e6, config.metrics.repeat_contact_window_us / 1e6)
+
 
 def _is_broker_error(exc: BaseException) -> bool:
     """Kafka failures inside a Beam stage arrive wrapped by the runner: look down the chain."""
@@ -375,7 +386,7 @@ class MicroBatchRunner:
             resolution = self.store.resolve_copies(staged, batch_id)
             assemble_s = 0.0
             history = staging / "history"
-            if self.store.export_history(history):
+            if self.store.export_history(history, horizon_s=history_horizon_s(self.config) if PRUNE_SETTLED_HISTORY else None):
                 files = sorted(str(f) for f in history.rglob("*.parquet"))
                 assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args,
                                           self.config.metrics).seconds
@@ -397,6 +408,7 @@ class MicroBatchRunner:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         landed.extra["stops"] = [(r["topic"], r["partition"], r["to"]) for r in facts.ranges]
+        landed.extra["settled_journeys"] = dict(self.store.settled_journeys)
         return landed
 
     def _land_poison(self, suspect: Suspect, offset_range: OffsetRange,

@@ -98,6 +98,35 @@ def open_with_lock_retry(path: Path, read_only: bool, lock_timeout_s: float) -> 
         pause = min(pause * 2, 0.5)
 
 
+# Rows of journeys the batch recomputes: all of the touched customers' except the settled ones
+# (Store._freeze_settled_journeys) the batch leaves as landed.
+_NOT_FROZEN = "journey_id NOT IN (SELECT journey_id FROM batch_frozen)"
+
+
+def settled_prefix(journeys: list[tuple[str, str, int, int, int]], horizon_us: int) -> list[str]:
+    """The ids of a customer's landed journeys that a batch cannot change (see
+    Store._freeze_settled_journeys): the longest prefix, in order of start, of journeys that
+    are not open and ended more than ``horizon_us`` before the cutoff, and whose events all
+    precede the start of the first journey after the prefix.
+
+    ``journeys``: (journey_id, status, started_at_us, last_event_at_us, earliest batch event
+    of the customer in epoch us), sorted by start. Pure, so it is tested on its own."""
+    if not journeys:
+        return []
+    latest = max(last for _, _, _, last, _ in journeys)
+    cutoff = min(journeys[0][4], latest) - horizon_us
+    count = 0
+    for _, status, _, last, _ in journeys:
+        if status == "open" or last >= cutoff:
+            break
+        count += 1
+    while count > 0 and count < len(journeys):
+        if max(last for _, _, _, last, _ in journeys[:count]) < journeys[count][2]:
+            break
+        count -= 1
+    return [journey_id for journey_id, *_ in journeys[:count]]
+
+
 def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -201,6 +230,9 @@ class Store:
         # fingerprints of the records at the ends of the planned ranges, keyed by
         # (topic, partition, end of range); landed with the offsets (see _advance_offsets)
         self.pending_fingerprints: dict[tuple[str, int, int], Fingerprint] = {}
+        # per customer, the landed journeys the last batch left as they were (settled, see
+        # _freeze_settled_journeys): reported with the batch, and read by tests
+        self.settled_journeys: dict[str, int] = {}
         self.replica = None  # DuckLake read replica, published after every landed batch (pipelines/storage/replica.py)
         if not read_only:
             try:
@@ -363,6 +395,7 @@ class Store:
                SELECT customer_id FROM batch_events
                UNION SELECT old_customer FROM batch_resolution WHERE replaces"""
         )
+        self._clear_frozen()
         replacing = sum(1 for r in resolution if r["replaces"])
         return CopyResolution(
             staged=int(con.execute("SELECT count(*) FROM staged_events").fetchone()[0]),
@@ -372,13 +405,21 @@ class Store:
             in_batch_losers=int(con.execute("SELECT count(*) FROM staged_copies").fetchone()[0]),
         )
 
-    def export_history(self, target: Path, partitions: int = 8) -> int:
-        """Writes all events of the customers the batch touched (old and new, with replaced
-        rows in their new version) for assembly, partitioned by a hash of customer_id so each
-        customer's events share one file."""
+    def export_history(self, target: Path, partitions: int = 8, horizon_s: Optional[float] = None) -> int:
+        """Writes the events of the customers the batch touched (old and new, with replaced rows
+        in their new version) for assembly, partitioned by a hash of customer_id so each
+        customer's events share one file.
+
+        With ``horizon_s`` (the longest look-back of any journey rule: the repeat window, the
+        durable-resolution and repeat-contact windows), the events of journeys that can no
+        longer change are left out (``_freeze_settled_journeys``); their rows stay as landed.
+        Without it, every touched customer's whole history is exported.
+        """
         customers = int(self.con.execute("SELECT count(*) FROM batch_customers").fetchone()[0])
         if customers == 0:
             return 0
+        if horizon_s is not None:
+            self._freeze_settled_journeys(int(round(horizon_s * 1_000_000)))
         columns = (
             "event_id, event_type, customer_id, ticket_id, chat_id, survey_id, channel, handler_type, "
             "agent_id, team, status, author, outcome, csat, nps"
@@ -389,12 +430,96 @@ class Store:
             SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
             WHERE customer_id IN (SELECT customer_id FROM batch_customers)
               AND event_id NOT IN (SELECT event_id FROM batch_events)
+              AND event_id NOT IN (SELECT event_id FROM batch_frozen_events)
         """
         partitioned = f"SELECT *, hash(customer_id) % {int(partitions)} AS part FROM ({query})"
         self.con.execute(
             f"COPY ({partitioned}) TO {sql_literal(str(target))} (FORMAT parquet, PARTITION_BY (part), OVERWRITE_OR_IGNORE)"
         )
         return customers
+
+    # ---------------------------------------------------------------- settled journeys
+
+    def _clear_frozen(self) -> None:
+        """Empty frozen sets: by default every touched customer's journeys are recomputed."""
+        con = self.con
+        self.settled_journeys = {}
+        con.execute("DROP TABLE IF EXISTS batch_frozen")
+        con.execute("CREATE TEMP TABLE batch_frozen (journey_id VARCHAR, customer_id VARCHAR)")
+        con.execute("DROP TABLE IF EXISTS batch_frozen_events")
+        con.execute("CREATE TEMP TABLE batch_frozen_events (event_id VARCHAR, customer_id VARCHAR)")
+
+    def _freeze_settled_journeys(self, horizon_us: int) -> int:
+        """Fills batch_frozen with the landed journeys of touched customers that this batch
+        cannot change, and batch_frozen_events with their events. Returns how many events.
+
+        Journeys are formed by one pass over a customer's threads in order of their start, and
+        every rule looks back at most ``horizon_us`` (a new thread joins the latest journey if it
+        ended at most the repeat window before; durability and repeat contact look 7 days past a
+        resolution; "now" is the customer's latest event). So a customer's journeys can be split
+        into a settled prefix and the rest, and only the rest is recomputed, when all hold:
+
+        * the prefix (in order of start) holds only journeys that are not open and whose last
+          event lies more than ``horizon_us`` before both the batch's earliest event of that
+          customer and the customer's latest landed journey event;
+        * every event of the prefix lies before the start of the first journey after it (so
+          the pass over the rest never looks back into the prefix);
+        * no event of the batch names a ticket or chat that an event of the prefix names
+          (it would extend, link to or move a survey of a settled thread);
+        * no event of that customer is replaced by a conflicting copy in this batch (the old
+          version's time is not bounded).
+        Otherwise the customer's whole history is recomputed. Results are identical either way
+        (tests/test_history_pruning.py compares against whole-history runs).
+        """
+        con = self.con
+        self._clear_frozen()
+        rows = con.execute(
+            """WITH earliest AS (
+                   SELECT customer_id, min(at_us) AS first_new_us FROM batch_events GROUP BY customer_id
+               ), risky AS (
+                   SELECT customer_id FROM batch_events WHERE NOT is_new
+                   UNION SELECT old_customer FROM batch_resolution WHERE replaces
+               )
+               SELECT j.customer_id, j.journey_id, j.status, epoch_us(j.started_at), epoch_us(j.last_event_at),
+                      n.first_new_us
+               FROM journeys j JOIN earliest n USING (customer_id)
+               WHERE j.customer_id NOT IN (SELECT customer_id FROM risky)
+               ORDER BY j.customer_id, j.started_at, j.journey_id"""
+        ).fetchall()
+        by_customer: dict[str, list[tuple[str, str, int, int, int]]] = {}
+        for customer_id, journey_id, status, started_us, last_us, first_new_us in rows:
+            by_customer.setdefault(customer_id, []).append((journey_id, status, started_us, last_us, first_new_us))
+        frozen: list[tuple[str, str]] = []
+        for customer_id, journeys in by_customer.items():
+            frozen.extend((journey_id, customer_id) for journey_id in settled_prefix(journeys, horizon_us))
+        if not frozen:
+            return 0
+        import pyarrow as pa
+
+        self._temp_from_arrow("batch_frozen", pa.table(
+            {"journey_id": [j for j, _ in frozen], "customer_id": [c for _, c in frozen]}))
+        con.execute("DROP TABLE IF EXISTS batch_frozen_events")
+        con.execute(
+            """CREATE TEMP TABLE batch_frozen_events AS
+               SELECT e.event_id, e.customer_id, e.ticket_id, e.chat_id
+               FROM events e SEMI JOIN (SELECT je.event_id FROM journey_events je
+                                        SEMI JOIN batch_frozen f ON je.journey_id = f.journey_id) l
+                 ON e.event_id = l.event_id
+               WHERE e.customer_id IN (SELECT customer_id FROM batch_frozen)"""
+        )
+        # a batch event that names a settled ticket or chat: that customer is recomputed whole
+        con.execute(
+            """DELETE FROM batch_frozen WHERE customer_id IN (
+                   SELECT b.customer_id FROM batch_events b JOIN batch_frozen_events f
+                     ON b.customer_id = f.customer_id AND b.ticket_id = f.ticket_id
+                   UNION
+                   SELECT b.customer_id FROM batch_events b JOIN batch_frozen_events f
+                     ON b.customer_id = f.customer_id AND b.chat_id = f.chat_id)"""
+        )
+        con.execute("DELETE FROM batch_frozen_events WHERE customer_id NOT IN (SELECT customer_id FROM batch_frozen)")
+        self.settled_journeys = dict(con.execute(
+            "SELECT customer_id, count(*) FROM batch_frozen GROUP BY customer_id").fetchall())
+        return int(con.execute("SELECT count(*) FROM batch_frozen_events").fetchone()[0])
 
     def land(self, facts: BatchFacts, staged: StagedFiles) -> LandedBatch:
         """One transaction: events (new and replacing), losing copies, dead letters, journeys of
@@ -449,8 +574,8 @@ class Store:
             dead = int(con.execute("SELECT count(*) FROM staged_dead").fetchone()[0])
             touched = "SELECT customer_id FROM batch_customers"
             before = self._journey_snapshot(touched)  # for journey_revisions
-            con.execute(f"DELETE FROM journeys WHERE customer_id IN ({touched})")
-            con.execute(f"DELETE FROM journey_events WHERE customer_id IN ({touched})")
+            con.execute(f"DELETE FROM journeys WHERE customer_id IN ({touched}) AND {_NOT_FROZEN}")
+            con.execute(f"DELETE FROM journey_events WHERE customer_id IN ({touched}) AND {_NOT_FROZEN}")
             con.execute(
                 f"""INSERT INTO journeys SELECT journey_id, customer_id, status, {_ts('started_at_us')},
                     {_ts('resolved_at_us')}, {_ts('last_event_at_us')}, now(), time_to_resolution_s,
@@ -470,17 +595,18 @@ class Store:
             land_s = (finished - land_started).total_seconds()
             duration = (finished - facts.started_at).total_seconds()
             con.execute(
-                """INSERT INTO pipeline_batches
+                f"""INSERT INTO pipeline_batches
                    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                          (SELECT min(occurred_at) FROM events WHERE batch_id = ?),
-                          (SELECT max(occurred_at) FROM events WHERE batch_id = ?),
-                          (SELECT min(kafka_timestamp) FROM events WHERE batch_id = ?),
-                          (SELECT max(kafka_timestamp) FROM events WHERE batch_id = ?),
+                          -- the rows this batch inserted or replaced (its events, without
+                          -- scanning the whole events table)
+                          (SELECT min({_ts('at_us')}) FROM batch_events),
+                          (SELECT max({_ts('at_us')}) FROM batch_events),
+                          (SELECT min({_ms_ts('kafka_ts_ms')}) FROM batch_events),
+                          (SELECT max({_ms_ts('kafka_ts_ms')}) FROM batch_events),
                           ?""",
                 [
                     facts.batch_id, facts.started_at, finished, duration, facts.ingest_s, facts.assemble_s,
                     land_s, facts.consumed, landed, duplicates, dead, customers, journeys,
-                    facts.batch_id, facts.batch_id, facts.batch_id, facts.batch_id,
                     json.dumps(facts.ranges),
                 ],
             )
@@ -515,7 +641,7 @@ class Store:
             f"""SELECT j.* EXCLUDE (updated_at, batch_id), m.* EXCLUDE (journey_id, customer_id, batch_id),
                        m.journey_id IS NOT NULL AS _has_metrics
                 FROM journeys j LEFT JOIN journey_metrics m ON m.journey_id = j.journey_id
-                WHERE j.customer_id IN ({customers}) ORDER BY j.journey_id""",
+                WHERE j.customer_id IN ({customers}) AND j.{_NOT_FROZEN} ORDER BY j.journey_id""",
         )
         metric_columns = [d[0] for d in self.con.execute("SELECT * EXCLUDE (journey_id, customer_id, batch_id) "
                                                          "FROM journey_metrics LIMIT 0").description]
@@ -527,7 +653,7 @@ class Store:
             return snapshot
         links: dict[str, list[str]] = {}
         for event_id, journey_id in self.con.execute(
-            f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers})"
+            f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers}) AND {_NOT_FROZEN}"
         ).fetchall():
             links.setdefault(journey_id, []).append(event_id)
         for row in snapshot:
@@ -541,8 +667,8 @@ class Store:
         from transforms.revisions import revisions
 
         con = self.con
-        con.execute(f"DELETE FROM journey_metrics WHERE customer_id IN ({customers})")
-        con.execute(f"DELETE FROM journey_handoffs WHERE customer_id IN ({customers})")
+        con.execute(f"DELETE FROM journey_metrics WHERE customer_id IN ({customers}) AND {_NOT_FROZEN}")
+        con.execute(f"DELETE FROM journey_handoffs WHERE customer_id IN ({customers}) AND {_NOT_FROZEN}")
         con.execute(
             f"""INSERT INTO journey_metrics SELECT journey_id, customer_id, calendar,
                 time_to_resolution_business_s, first_response_business_s, {_ts('first_resolved_at_us')},
@@ -566,7 +692,7 @@ class Store:
             return
         after = self._journey_snapshot(customers, with_event_ids=False)
         new_links = dict(con.execute(
-            f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers})").fetchall())
+            f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers}) AND {_NOT_FROZEN}").fetchall())
         batch_events = con.execute("SELECT event_id, customer_id, occurred_at FROM events WHERE batch_id = ?",
                                    [batch_id]).fetchall()
         found = revisions(before, after, new_links, batch_events)
@@ -695,7 +821,7 @@ class Store:
             """SELECT count(*) FROM (SELECT event_id FROM events
                                      WHERE customer_id IN (SELECT customer_id FROM batch_customers)
                                        AND NOT starts_with(event_type, 'survey.')) e
-               ANTI JOIN staged_links l USING (event_id)"""
+               ANTI JOIN staged_links l USING (event_id) ANTI JOIN batch_frozen_events f USING (event_id)"""
         ).fetchone()[0]
         orphans = con.execute(
             "SELECT count(*) FROM staged_links l ANTI JOIN staged_journeys j USING (journey_id)"
