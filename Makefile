@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser postgres broker-start broker-stop bench clean lint explore report dbt-build mutate
+.PHONY: demo test install browser postgres broker-start broker-stop bench bench-quick bench-guard clean lint explore report dbt-build mutate
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,16 @@ broker-start: $(STAMP)
 broker-stop: $(STAMP)
 	$(BIN)/cxj broker stop
 
+# the three performance targets (throughput, freshness, growth) in one run: benchmarks/run_all.py;
+# bench-quick runs them at a small scale, bench-guard the CI regression guard's measurement
 bench: $(STAMP)
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --quick
+
+bench-guard: $(STAMP)
+	$(BIN)/python benchmarks/guard.py
 
 # Mutation check of the pure journey and parsing logic (tests/mutation/run_mutants.py): one
 # mutant at a time against the fast pure tests. Not part of `make test` or CI: about 10 minutes

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
-from pipelines import logs  # noqa: E402
+from pipelines.ops import logs  # noqa: E402
 from pipelines.kafka.settings import FAST_CONSUMER_SETTINGS, KafkaSettings  # noqa: E402
 from pipelines.local.microbatch import MicroBatchRunner, RunConfig  # noqa: E402
 from pipelines.kafka.simulator import generate_customer_events, produce, to_messages  # noqa: E402

@@ -1,0 +1,414 @@
+"""All three performance targets in one run (`make bench`; `make bench-quick` for a small scale).
+
+1. throughput: raw kafka-python consumption of N pre-produced events, then `run --once` of the
+   same topics, in the same run; reports both rates and their ratio (target >= 0.5).
+2. freshness: `cxj run --follow` while `cxj simulate --rate R` offers R events/s; reports
+   p50/p95/p99/max of landed_at - Kafka record timestamp per event, and how far the read replica
+   trails the database (each batch's landing vs the moment a reader first sees it).
+3. growth: a batch of the next 5,000 events on an empty store vs on a store holding 1M events and
+   1M+ journeys (ratio; target <= 1.5), a 5-event batch for a customer with 200k stored events
+   (target < 1 s), and the peak RSS of `cxj run --once` over backlogs of two sizes (flat).
+
+Every figure goes to stdout and to benchmarks/results/run_all.json. Ratios compare work measured
+in the same run; absolute seconds depend on the machine and on what else runs on it.
+
+  .venv/bin/python benchmarks/run_all.py [--quick] [--only throughput,freshness,growth] [--no-prune]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import duckdb  # noqa: E402
+
+from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
+from pipelines.kafka.offsets import BrokerUnavailable  # noqa: E402
+from pipelines.kafka.settings import KafkaSettings  # noqa: E402
+from pipelines.kafka.simulator import generate_customer_events, produce, to_messages  # noqa: E402
+from pipelines.ops import logs  # noqa: E402
+import pipelines.local.microbatch as microbatch  # noqa: E402
+from pipelines.local.microbatch import MicroBatchRunner, RunConfig  # noqa: E402
+from pipelines.storage.store import Store  # noqa: E402
+from throughput import consume_all, free_port, simulate_at_least  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Scale:
+    throughput_events: int
+    freshness: tuple[tuple[float, float], ...]  # (events/s, seconds)
+    growth_base_events: int  # real events landed through the pipeline
+    growth_store_events: int  # the store is grown to this many events (and journeys) by copying
+    whale_events: int
+    backlogs: tuple[int, int]
+
+
+FULL = Scale(200_000, ((2000, 60), (5000, 30)), 100_000, 1_000_000, 200_000, (100_000, 200_000))
+QUICK = Scale(20_000, ((2000, 15),), 20_000, 100_000, 10_000, (10_000, 20_000))
+CXJ = [sys.executable, "-m", "pipelines.cli"]
+START = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+def topics_named(prefix: str) -> dict[str, str]:
+    return {"tickets": f"{prefix}.tickets", "chats": f"{prefix}.chats", "surveys": f"{prefix}.surveys"}
+
+
+def kafka_args(settings: KafkaSettings, topics: dict[str, str]) -> list[str]:
+    return ["--bootstrap-servers", settings.bootstrap_servers, "--topic-tickets", topics["tickets"],
+            "--topic-chats", topics["chats"], "--topic-surveys", topics["surveys"]]
+
+
+@dataclass
+class Landed:
+    wall_s: float  # wall-clock seconds of run --once
+    cpu_s: float  # CPU seconds of this process meanwhile (Beam and DuckDB run in it; the broker does not)
+    batches: list
+    retries: int = 0
+
+
+def land(db: Path, settings: KafkaSettings, topics: dict[str, str], max_batch_events: int = 50_000) -> Landed:
+    """run --once in this process. On a machine this busy the local broker sometimes misses the
+    offset look-up's 5 s deadline: the run is then resumed (from the landed offsets, as a
+    restart would) and the retry is counted."""
+    config = RunConfig(db=db, settings=settings, topics=topics, max_batch_events=max_batch_events)
+    out = Landed(0.0, 0.0, [])
+    for attempt in range(10):
+        with Store(db) as store:
+            runner = MicroBatchRunner(config, store)
+            started, cpu = time.perf_counter(), time.process_time()
+            try:
+                out.batches += runner.run_once()
+                out.wall_s += time.perf_counter() - started
+                out.cpu_s += time.process_time() - cpu
+                return out
+            except BrokerUnavailable as exc:
+                out.wall_s += time.perf_counter() - started
+                out.cpu_s += time.process_time() - cpu
+                out.retries += 1
+                print(f"  (broker too slow to answer, resuming: {exc})", flush=True)
+            finally:
+                runner.close()
+    raise RuntimeError("the broker kept timing out")
+
+
+# ---------------------------------------------------------------------------------- throughput
+
+def throughput(settings: KafkaSettings, events: int) -> dict[str, Any]:
+    topics = topics_named("tp")
+    ensure_topics(settings, topics.values(), 3)
+    messages = simulate_at_least(events, 1)
+    produce(messages, settings, topics)
+    count, seconds = consume_all(settings, list(topics.values()))
+    baseline = count / seconds
+    work = Path(tempfile.mkdtemp(prefix="cxj-tp-"))
+    landed = land(work / "tp.duckdb", settings, topics)
+    wall, batches = landed.wall_s, landed.batches
+    consumed = sum(b.consumed for b in batches)
+    with duckdb.connect(str(work / "tp.duckdb"), read_only=True) as con:
+        ingest, assemble, land_s, duration = con.execute(
+            "SELECT sum(ingest_s), sum(assemble_s), sum(land_s), sum(duration_s) FROM pipeline_batches").fetchone()
+    rate = consumed / wall
+    out = {"events": consumed, "kafka_python_records_per_s": round(baseline), "pipeline_records_per_s": round(rate),
+           "ratio": round(rate / baseline, 3), "batches": len(batches),
+           "stage_seconds": {"ingest": round(ingest, 2), "assemble": round(assemble, 2), "land": round(land_s, 2),
+                             "outside_batches": round(wall - duration, 2)},
+           "us_per_event_wall": round(wall / consumed * 1e6, 1), "us_per_event_cpu": round(landed.cpu_s / consumed * 1e6, 1),
+           "broker_retries": landed.retries}
+    print(f"throughput: kafka-python {baseline:,.0f} rec/s, pipeline {rate:,.0f} rec/s ({consumed:,} events, "
+          f"{len(batches)} batches): ratio {out['ratio']:.3f}; stages {out['stage_seconds']}", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------- freshness
+
+def _watch_replica(db: Path, stop: threading.Event, seen: dict[int, float]) -> None:
+    """When each batch first becomes visible to readers (polled every 0.2 s)."""
+    from pipelines.storage.reader import open_reader
+
+    while not stop.wait(0.2):
+        try:
+            con, _source = open_reader(db, wait_s=0.5)
+        except Exception:
+            continue
+        try:
+            now = time.time()
+            for (batch_id,) in con.execute("SELECT batch_id FROM pipeline_batches").fetchall():
+                seen.setdefault(int(batch_id), now)
+        except Exception:
+            pass
+        finally:
+            con.close()
+
+
+def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str, Any]:
+    topics = topics_named(f"fresh{int(rate)}")
+    ensure_topics(settings, topics.values(), 3)
+    work = Path(tempfile.mkdtemp(prefix="cxj-fresh-"))
+    db = work / "fresh.duckdb"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.Popen([*CXJ, "run", "--follow", "--quiet", "--db", str(db), "--poll-interval", "0.2s",
+                            *kafka_args(settings, topics)], cwd=ROOT, env=env)
+    customers = int(rate * seconds / 11.5) + 1  # the simulator writes ~11.5 events per customer
+    start = (datetime.now(timezone.utc) - timedelta(days=90)).isoformat()
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_replica, args=(db, stop, seen), daemon=True)
+    try:
+        deadline = time.time() + 60
+        while not db.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # the first (empty) cycles
+        watcher.start()
+        began = time.time()
+        subprocess.run([*CXJ, "simulate", "--quiet", "--customers", str(customers), "--seed", "5", "--start", start,
+                        "--rate", str(rate), *kafka_args(settings, topics)], cwd=ROOT, env=env, check=True)
+        load_s = time.time() - began
+        sent = _end_offsets(settings, topics)
+        deadline = time.time() + 180
+        while time.time() < deadline and _landed(db, seen) < sent:
+            time.sleep(0.5)
+        time.sleep(1.0)  # the replica's last publish
+    finally:
+        stop.set()
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=120)
+    with duckdb.connect(str(db), read_only=True) as con:
+        p50, p95, p99, worst, events = con.execute(
+            """SELECT quantile_cont(l, 0.5), quantile_cont(l, 0.95), quantile_cont(l, 0.99), max(l), count(*)
+               FROM (SELECT epoch(landed_at) - epoch(kafka_timestamp) AS l FROM events)""").fetchone()
+        finished = dict(con.execute("SELECT batch_id, epoch(finished_at) FROM pipeline_batches").fetchall())
+        cycle = con.execute("SELECT median(duration_s), count(*) FROM pipeline_batches").fetchone()
+    lags = sorted(seen[b] - finished[b] for b in finished if b in seen)
+    replica = {"batches_seen": len(lags), "p50": _q(lags, 0.5), "p99": _q(lags, 0.99), "max": round(lags[-1], 2) if lags else None}
+    out = {"offered_per_s": rate, "load_seconds": round(load_s, 1), "events": events, "batches": cycle[1],
+           "median_batch_s": round(cycle[0] or 0, 2),
+           "latency_s": {"p50": round(p50, 2), "p95": round(p95, 2), "p99": round(p99, 2), "max": round(worst, 2)},
+           "replica_lag_s": replica}
+    print(f"freshness @ {rate:.0f}/s: {events:,} events in {cycle[1]} batches; landed_at - Kafka timestamp "
+          f"p50 {p50:.2f}s p95 {p95:.2f}s p99 {p99:.2f}s max {worst:.2f}s; replica behind by p50 {replica['p50']}s "
+          f"max {replica['max']}s", flush=True)
+    return out
+
+
+def _q(values: list[float], q: float) -> Optional[float]:
+    return round(values[min(len(values) - 1, int(q * len(values)))], 2) if values else None
+
+
+def _end_offsets(settings: KafkaSettings, topics: dict[str, str]) -> int:
+    from pipelines.kafka.offsets import OffsetReader
+
+    reader = OffsetReader(settings)
+    try:
+        partitions, _ = reader.partitions(topics.values())
+        return sum(reader.bounds(partitions)[1].values())
+    finally:
+        reader.close()
+
+
+def _landed(db: Path, seen: dict[int, float]) -> int:
+    try:
+        with duckdb.connect(str(db), read_only=True) as con:
+            return int(con.execute("SELECT coalesce(sum(next_offset), 0) FROM pipeline_offsets").fetchone()[0])
+    except duckdb.Error:  # the writer holds the lock: ask again
+        return -1
+
+
+# ---------------------------------------------------------------------------------- growth
+
+def whale_events(customer: str, events: int, end: datetime) -> list[dict[str, Any]]:
+    """One customer with ``events`` events: tickets of 500 messages each, 40 days apart, ending
+    at ``end`` (journeys that ended long ago, as a long-lived account accumulates)."""
+    per_ticket = 500
+    tickets = max(1, events // per_ticket)
+    docs: list[dict[str, Any]] = []
+    for t in range(tickets):
+        t0 = end - timedelta(days=40 * (tickets - t))
+        tid = f"WT{t}"
+        docs.append({"event_type": "ticket.created", "ticket_id": tid, "channel": "email", "_at": t0})
+        docs.append({"event_type": "ticket.assigned", "ticket_id": tid, "handler_type": "agent", "agent_id": "ag1",
+                     "team": "billing", "_at": t0 + timedelta(minutes=1)})
+        for m in range(per_ticket - 3):
+            docs.append({"event_type": "ticket.message", "ticket_id": tid, "channel": "email",
+                         "author": "customer" if m % 2 else "agent", "_at": t0 + timedelta(minutes=2 + m)})
+        docs.append({"event_type": "ticket.status_changed", "ticket_id": tid, "status": "solved",
+                     "_at": t0 + timedelta(minutes=per_ticket + 5)})
+    return [_doc(customer, f"{customer}-{i}", d) for i, d in enumerate(docs)]
+
+
+def _doc(customer: str, event_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    doc = {"event_id": event_id, "schema_version": 1, "customer_id": customer,
+           "occurred_at": fields["_at"].isoformat().replace("+00:00", "Z")}
+    doc.update({k: v for k, v in fields.items() if k != "_at"})
+    return doc
+
+
+def send_docs(settings: KafkaSettings, topics: dict[str, str], docs: list[dict[str, Any]]) -> None:
+    produce(to_messages(docs, 0, 0.0, 0.0, 0.0), settings, topics)
+
+
+def grow_store(db: Path, target_events: int) -> dict[str, int]:
+    """Copies the landed rows of other customers until events and journeys each hold at least
+    ``target_events`` rows (ids suffixed per copy, so nothing collides); then the read replica
+    is rebuilt on the next start. The batches measured afterwards touch only the original
+    customers, whose rows are real."""
+    with duckdb.connect(str(db)) as con:
+        base_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+        base_journeys = con.execute("SELECT count(*) FROM journeys").fetchone()[0]
+        copies = max(0, -(-target_events // max(1, min(base_events, base_journeys))) - 1)
+        for k in range(1, copies + 1):
+            s = f"'#{k}'"
+            con.execute(f"INSERT INTO events SELECT * REPLACE (event_id || {s} AS event_id, customer_id || {s} AS customer_id) "
+                        f"FROM events WHERE NOT contains(event_id, '#')")
+            for table in ("journeys", "journey_metrics"):
+                con.execute(f"INSERT INTO {table} SELECT * REPLACE (journey_id || {s} AS journey_id, customer_id || {s} AS customer_id) "
+                            f"FROM {table} WHERE NOT contains(journey_id, '#')")
+            con.execute(f"INSERT INTO journey_events SELECT * REPLACE (event_id || {s} AS event_id, journey_id || {s} AS journey_id, "
+                        f"customer_id || {s} AS customer_id) FROM journey_events WHERE NOT contains(event_id, '#')")
+        sizes = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("events", "journeys", "journey_events")}
+        con.execute("CHECKPOINT")
+    import shutil
+
+    from pipelines.storage.replica import lake_dir
+
+    shutil.rmtree(lake_dir(db), ignore_errors=True)  # rebuilt from the grown database on the next start
+    return sizes
+
+
+def peak_rss_mb(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> float:
+    """Peak resident memory of a `cxj run --once` child (its own rusage, via wait4)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([*CXJ, "run", "--once", "--quiet", "--db", str(db), *kafka_args(settings, topics)],
+                             cwd=ROOT, env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"cxj run --once exited {child.returncode}")
+    return round(usage.ru_maxrss / 1024, 1)
+
+
+def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="cxj-growth-"))
+    customers = max(10, int(scale.growth_base_events / 11.5))
+    events = generate_customer_events(customers, 7, START)
+    for e in events:
+        e.pop("_at", None)
+    base, batch = events[:-5000], events[-5000:]
+    # the same 5,000 events on an empty store
+    empty_topics = topics_named("g-empty")
+    ensure_topics(settings, empty_topics.values(), 3)
+    send_docs(settings, empty_topics, batch)
+    empty = land(work / "empty.duckdb", settings, empty_topics)
+    # a grown store: base events landed for real, copied up to the target, then the same batch
+    big_topics = topics_named("g-big")
+    ensure_topics(settings, big_topics.values(), 3)
+    send_docs(settings, big_topics, base)
+    big = work / "big.duckdb"
+    land(big, settings, big_topics)
+    sizes = grow_store(big, scale.growth_store_events)
+    with Store(big):  # the replica's rebuild happens at open: not part of the measured batch
+        pass
+    send_docs(settings, big_topics, batch)
+    grown = land(big, settings, big_topics)
+    # a customer with a long history, then 5 new events for them
+    whale = whale_events("whale-1", scale.whale_events, START - timedelta(days=30))
+    send_docs(settings, big_topics, whale)
+    whale_landing = land(big, settings, big_topics)
+    last = datetime.fromisoformat(whale[-1]["occurred_at"].replace("Z", "+00:00"))
+    five = [_doc("whale-1", f"whale-1-new-{i}", f) for i, f in enumerate([
+        {"event_type": "ticket.created", "ticket_id": "WNEW", "channel": "web", "_at": last + timedelta(days=20)},
+        {"event_type": "ticket.assigned", "ticket_id": "WNEW", "handler_type": "agent", "agent_id": "ag2", "team": "billing",
+         "_at": last + timedelta(days=20, minutes=1)},
+        {"event_type": "ticket.message", "ticket_id": "WNEW", "channel": "web", "author": "agent",
+         "_at": last + timedelta(days=20, minutes=2)},
+        {"event_type": "ticket.message", "ticket_id": "WNEW", "channel": "web", "author": "customer",
+         "_at": last + timedelta(days=20, minutes=3)},
+        {"event_type": "ticket.status_changed", "ticket_id": "WNEW", "status": "solved", "_at": last + timedelta(days=20, minutes=4)},
+    ])]
+    send_docs(settings, big_topics, five)
+    five_landing = land(big, settings, big_topics)
+    # the same 5 events for a customer without history: what the 5 events cost by themselves
+    small_topics = topics_named("g-five")
+    ensure_topics(settings, small_topics.values(), 3)
+    send_docs(settings, small_topics, [{**d, "customer_id": "fresh-1", "event_id": d["event_id"] + "-fresh"} for d in five])
+    five_fresh = land(big, settings, small_topics)
+    with duckdb.connect(str(big), read_only=True) as con:
+        whale_stored = con.execute("SELECT count(*) FROM events WHERE customer_id = 'whale-1'").fetchone()[0]
+        five_stage = con.execute("SELECT duration_s, ingest_s, assemble_s, land_s FROM pipeline_batches "
+                                 "WHERE batch_id = (SELECT max(batch_id) FROM events WHERE customer_id = 'whale-1')").fetchone()
+    # peak memory over backlogs of two sizes
+    rss = {}
+    for n in scale.backlogs:
+        t = topics_named(f"g-backlog{n}")
+        ensure_topics(settings, t.values(), 3)
+        produce(simulate_at_least(n, 3), settings, t)
+        rss[str(n)] = peak_rss_mb(work / f"backlog{n}.duckdb", settings, t)
+    out = {
+        "batch_events": sum(b.consumed for b in grown.batches),
+        "grown_store": sizes,
+        "empty_store": {"wall_s": round(empty.wall_s, 2), "cpu_s": round(empty.cpu_s, 2)},
+        "grown_store_batch": {"wall_s": round(grown.wall_s, 2), "cpu_s": round(grown.cpu_s, 2)},
+        "ratio_wall": round(grown.wall_s / empty.wall_s, 2), "ratio_cpu": round(grown.cpu_s / empty.cpu_s, 2),
+        "whale_stored_events": whale_stored, "whale_history_landing_s": round(whale_landing.wall_s, 1),
+        "five_event_batch": {"wall_s": round(five_landing.wall_s, 2), "cpu_s": round(five_landing.cpu_s, 2),
+                             "stages_s": dict(zip(("duration", "ingest", "assemble", "land"), (round(x, 2) for x in five_stage)))},
+        "five_events_no_history": {"wall_s": round(five_fresh.wall_s, 2), "cpu_s": round(five_fresh.cpu_s, 2)},
+        "peak_rss_mb_by_backlog": rss,
+        "broker_retries": empty.retries + grown.retries + five_landing.retries + five_fresh.retries,
+    }
+    print(f"growth: 5,000-event batch on an empty store {out['empty_store']}, on a grown store {sizes}: "
+          f"{out['grown_store_batch']} (ratio wall {out['ratio_wall']}, CPU {out['ratio_cpu']}); 5 events for a customer "
+          f"with {whale_stored:,} events: {out['five_event_batch']} vs {out['five_events_no_history']} without history; "
+          f"peak RSS by backlog {rss} MB", flush=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small scale (about 3-5 minutes)")
+    parser.add_argument("--only", default="throughput,freshness,growth")
+    parser.add_argument("--no-prune", action="store_true", help="recompute whole histories (the engine before pruning)")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/run_all.json")
+    args = parser.parse_args()
+    logs.configure(quiet=True)
+    if args.no_prune:
+        microbatch.PRUNE_SETTLED_HISTORY = False
+    scale = QUICK if args.quick else FULL
+    wanted = set(args.only.split(","))
+    port = free_port()
+    work = Path(tempfile.mkdtemp(prefix="cxj-bench-"))
+    start_broker(port=port, partitions=3, topics=[], state_dir=work / "broker")
+    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
+    results: dict[str, Any] = {"scale": "quick" if args.quick else "full", "prune": not args.no_prune,
+                               "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
+    try:
+        if "throughput" in wanted:
+            results["throughput"] = throughput(settings, scale.throughput_events)
+        if "freshness" in wanted:
+            results["freshness"] = [freshness(settings, rate, seconds) for rate, seconds in scale.freshness]
+        if "growth" in wanted:
+            results["growth"] = growth(settings, scale)
+    finally:
+        stop_broker(port=port, state_dir=work / "broker")
+    results["load_average_at_end"] = os.getloadavg()[0]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    print(f"results: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
