@@ -144,6 +144,9 @@ def main() -> int:
         measured = measure(settings, make_topics, work)
     finally:
         stop_broker(port=port, state_dir=work / "broker")
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(measured, indent=2))
     if args.write_baseline:
         BASELINE.write_text(json.dumps({**measured, "note": "written by benchmarks/guard.py --write-baseline; "

@@ -75,6 +75,9 @@ def main() -> int:
     print("batch  records  duration  ingest  assemble  land  other(plan+resolve+export)")
     for r in rows:
         print("  ".join(str(x) for x in r))
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     print(f"outside the batches (planning, offset checks, replica publish): "
           f"{wall - sum(r[2] for r in rows):.2f}s of {total:.2f}s")
     for sort in ("tottime", "cumulative"):

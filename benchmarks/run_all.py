@@ -60,6 +60,7 @@ class Scale:
 FULL = Scale(200_000, ((2000, 60), (5000, 30)), 100_000, 1_000_000, 200_000, (100_000, 200_000))
 QUICK = Scale(20_000, ((2000, 15),), 20_000, 100_000, 10_000, (10_000, 20_000))
 CXJ = [sys.executable, "-m", "pipelines.cli"]
+RUN_TAG = f"{os.getpid()}-"  # this run's temporary folders (removed at the end)
 START = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
 
@@ -114,7 +115,7 @@ def throughput(settings: KafkaSettings, events: int) -> dict[str, Any]:
     produce(messages, settings, topics)
     count, seconds = consume_all(settings, list(topics.values()))
     baseline = count / seconds
-    work = Path(tempfile.mkdtemp(prefix="cxj-tp-"))
+    work = Path(tempfile.mkdtemp(prefix=f"cxj-tp-{RUN_TAG}"))
     landed = land(work / "tp.duckdb", settings, topics)
     wall, batches = landed.wall_s, landed.batches
     consumed = sum(b.consumed for b in batches)
@@ -157,7 +158,7 @@ def _watch_replica(db: Path, stop: threading.Event, seen: dict[int, float]) -> N
 def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str, Any]:
     topics = topics_named(f"fresh{int(rate)}")
     ensure_topics(settings, topics.values(), 3)
-    work = Path(tempfile.mkdtemp(prefix="cxj-fresh-"))
+    work = Path(tempfile.mkdtemp(prefix=f"cxj-fresh-{RUN_TAG}"))
     db = work / "fresh.duckdb"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = subprocess.Popen([*CXJ, "run", "--follow", "--quiet", "--db", str(db), "--poll-interval", "0.2s",
@@ -288,6 +289,18 @@ def grow_store(db: Path, target_events: int) -> dict[str, int]:
     return sizes
 
 
+def _stages(db: Path, landed: Landed, batch_ids: tuple[int, ...] = ()) -> dict[str, float]:
+    """Seconds of the landed batches by stage; "outside" is the rest of the wall time (planning,
+    offset look-ups, the replica publish after the commit)."""
+    ids = batch_ids or tuple(b.batch_id for b in landed.batches)
+    with duckdb.connect(str(db), read_only=True) as con:
+        duration, ingest, assemble, land_s = con.execute(
+            f"SELECT sum(duration_s), sum(ingest_s), sum(assemble_s), sum(land_s) FROM pipeline_batches "
+            f"WHERE batch_id IN ({', '.join(str(int(i)) for i in ids)})").fetchone()
+    return {"ingest": round(ingest, 2), "assemble": round(assemble, 2), "land": round(land_s, 2),
+            "other_in_batch": round(duration - ingest - assemble - land_s, 2), "outside_batch": round(landed.wall_s - duration, 2)}
+
+
 def peak_rss_mb(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> float:
     """Peak resident memory of a `cxj run --once` child (its own rusage, via wait4)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -301,7 +314,7 @@ def peak_rss_mb(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> fl
 
 
 def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="cxj-growth-"))
+    work = Path(tempfile.mkdtemp(prefix=f"cxj-growth-{RUN_TAG}"))
     customers = max(10, int(scale.growth_base_events / 11.5))
     events = generate_customer_events(customers, 7, START)
     for e in events:
@@ -345,6 +358,7 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     ensure_topics(settings, small_topics.values(), 3)
     send_docs(settings, small_topics, [{**d, "customer_id": "fresh-1", "event_id": d["event_id"] + "-fresh"} for d in five])
     five_fresh = land(big, settings, small_topics)
+    stages = {"empty": _stages(work / "empty.duckdb", empty), "grown": _stages(big, grown, (grown.batches[0].batch_id,))}
     with duckdb.connect(str(big), read_only=True) as con:
         whale_stored = con.execute("SELECT count(*) FROM events WHERE customer_id = 'whale-1'").fetchone()[0]
         five_stage = con.execute("SELECT duration_s, ingest_s, assemble_s, land_s FROM pipeline_batches "
@@ -362,6 +376,7 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "empty_store": {"wall_s": round(empty.wall_s, 2), "cpu_s": round(empty.cpu_s, 2)},
         "grown_store_batch": {"wall_s": round(grown.wall_s, 2), "cpu_s": round(grown.cpu_s, 2)},
         "ratio_wall": round(grown.wall_s / empty.wall_s, 2), "ratio_cpu": round(grown.cpu_s / empty.cpu_s, 2),
+        "batch_stages_s": stages,
         "whale_stored_events": whale_stored, "whale_history_landing_s": round(whale_landing.wall_s, 1),
         "five_event_batch": {"wall_s": round(five_landing.wall_s, 2), "cpu_s": round(five_landing.cpu_s, 2),
                              "stages_s": dict(zip(("duration", "ingest", "assemble", "land"), (round(x, 2) for x in five_stage)))},
@@ -403,6 +418,11 @@ def main() -> int:
             results["growth"] = growth(settings, scale)
     finally:
         stop_broker(port=port, state_dir=work / "broker")
+        import shutil
+
+        for folder in Path(tempfile.gettempdir()).glob(f"cxj-*-{RUN_TAG}*"):
+            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     results["load_average_at_end"] = os.getloadavg()[0]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
