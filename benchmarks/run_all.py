@@ -221,11 +221,19 @@ def _end_offsets(settings: KafkaSettings, topics: dict[str, str]) -> int:
 
 
 def _landed(db: Path, seen: dict[int, float]) -> int:
+    """Offsets landed so far, as readers see them (the writer holds the database's lock)."""
+    from pipelines.storage.reader import open_reader
+
     try:
-        with duckdb.connect(str(db), read_only=True) as con:
-            return int(con.execute("SELECT coalesce(sum(next_offset), 0) FROM pipeline_offsets").fetchone()[0])
-    except duckdb.Error:  # the writer holds the lock: ask again
+        con, _source = open_reader(db, wait_s=1.0)
+    except Exception:  # the replica is being built: ask again
         return -1
+    try:
+        return int(con.execute("SELECT coalesce(sum(next_offset), 0) FROM pipeline_offsets").fetchone()[0])
+    except Exception:
+        return -1
+    finally:
+        con.close()
 
 
 # ---------------------------------------------------------------------------------- growth
