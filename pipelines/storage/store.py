@@ -562,10 +562,11 @@ class Store:
                 "FROM batch_resolution WHERE replaces",
                 [facts.batch_id],
             )
-            con.execute(  # the batch's copy beats the landed one: the row is replaced in place
-                f"UPDATE events SET {assignments} FROM batch_events b WHERE events.event_id = b.event_id AND NOT b.is_new",
-                [facts.batch_id],
-            )
+            if con.execute("SELECT count(*) FROM batch_events WHERE NOT is_new").fetchone()[0]:
+                con.execute(  # the batch's copy beats the landed one: the row is replaced in place
+                    f"UPDATE events SET {assignments} FROM batch_events b WHERE events.event_id = b.event_id AND NOT b.is_new",
+                    [facts.batch_id],
+                )  # (skipped when nothing is replaced: the join would still read the whole events table)
             con.execute(
                 f"""INSERT INTO dead_letters SELECT topic, "partition", "offset", {_ms_ts('kafka_ts_ms')},
                     raw, reason, detail, ?, now() FROM staged_dead""",
