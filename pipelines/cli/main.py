@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipelines.cli.demo", "start the local broker, simulate customers, land journeys, print a summary"),
     "run": ("pipelines.cli.run", "run the journey pipeline (micro-batches from Kafka into DuckDB)"),
+    "stream": ("pipelines.cli.stream", "run the streaming job on a distributed runner (Kafka -> per-customer state -> DuckLake)"),
     "simulate": ("pipelines.cli.simulate", "send realistic simulated contract events to Kafka (or live, at wall-clock time)"),
     "broker": ("pipelines.cli.broker", "start/stop/inspect the local Kafka-compatible broker (Tansu)"),
     "produce": ("pipelines.cli.produce", "replay a JSONL(.gz) export of contract events into Kafka (backfill)"),

@@ -166,12 +166,16 @@ class _ReadPartition(beam.DoFn):
         key = (spec.topic, spec.partition)
         deadline = time.monotonic() + self.options.read_timeout_s
         polls = 0
+        last_claimed = restriction.start - 1
         while True:
             polled = consumer.poll(timeout_ms=int(self.options.poll_interval_s * 1000), max_records=5000).get(tp, [])
             polls += 1
             for record in polled:
+                if record.offset < restriction.start or record.offset <= last_claimed:
+                    continue
                 if not tracker.try_claim(record.offset):
                     return  # the runner split or checkpointed the range here
+                last_claimed = record.offset
                 ts_ms = record.timestamp if record.timestamp is not None and record.timestamp >= 0 else int(time.time() * 1000)
                 if self.options.timestamp_policy == "event":
                     ts_ms = event_time_ms(record.value, ts_ms)
@@ -194,7 +198,8 @@ class _ReadPartition(beam.DoFn):
             if restriction.stop != UNBOUNDED_STOP:
                 if position >= restriction.stop:
                     # offsets without records (transaction markers) up to the stop: claim them
-                    tracker.try_claim(restriction.stop - 1)
+                    if last_claimed < restriction.stop - 1:
+                        tracker.try_claim(restriction.stop - 1)
                     return
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"reading {spec.topic}[{spec.partition}] stalled for "
@@ -241,29 +246,27 @@ def plan_partitions(settings: KafkaSettings, topics: list[str], start: str | dic
                     stop_at_end: bool, timeout_s: float = 30.0) -> list[PartitionSpec]:
     """One spec per partition of ``topics``: start at `earliest`, `latest`, or given offsets
     (missing partitions start at the earliest), stop at the end offsets seen now when
-    ``stop_at_end`` (the bounded mode), else never."""
-    from kafka import KafkaConsumer, TopicPartition
+    ``stop_at_end`` (the bounded mode), else never.
 
-    consumer = KafkaConsumer(**settings.client_kwargs(), enable_auto_commit=False, group_id=None,
-                             bootstrap_timeout_ms=int(timeout_s * 1000))
+    Bounds come from the local engine's OffsetReader, which confirms end offsets by fetching:
+    some brokers (the local Tansu) report the last batch's base offset as the end."""
+    from pipelines.kafka.offsets import OffsetReader
+
+    reader = OffsetReader(settings, timeout_s)
     try:
-        partitions: list[TopicPartition] = []
-        for topic in topics:
-            ids = consumer.partitions_for_topic(topic)
-            if not ids:
-                raise ValueError(f"topic {topic} does not exist on {settings.bootstrap_servers}")
-            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-        earliest = consumer.beginning_offsets(partitions)
-        end = consumer.end_offsets(partitions)
+        partitions, missing = reader.partitions(topics)
+        if missing:
+            raise ValueError(f"topic {missing[0]} does not exist on {settings.bootstrap_servers}")
+        earliest, end = reader.bounds(partitions)
     finally:
-        consumer.close()
+        reader.close()
     specs = []
-    for tp in partitions:
+    for key in partitions:
         if start == "latest":
-            first = end[tp]
+            first = end[key]
         elif isinstance(start, dict):
-            first = max(earliest[tp], min(start.get((tp.topic, tp.partition), earliest[tp]), end[tp]))
+            first = max(earliest[key], min(start.get(key, earliest[key]), end[key]))
         else:
-            first = earliest[tp]
-        specs.append(PartitionSpec(tp.topic, tp.partition, first, end[tp] if stop_at_end else UNBOUNDED_STOP))
+            first = earliest[key]
+        specs.append(PartitionSpec(key[0], key[1], first, end[key] if stop_at_end else UNBOUNDED_STOP))
     return specs
