@@ -64,12 +64,18 @@ def run_stream(tmp: Path, records: list[tuple[str, int, int, bytes]], watermark_
     data = str(tmp / "data")
     stream = TestStream()
     watermark_ms = 0
+    pending: list[TimestampedValue] = []  # one bundle per watermark segment (a bundle per record is slow)
     for index, (topic, partition, offset, value) in enumerate(records):
         if watermark_steps and index in watermark_steps and watermark_steps[index] > watermark_ms:
+            if pending:
+                stream = stream.add_elements(pending)
+                pending = []
             watermark_ms = watermark_steps[index]
             stream = stream.advance_watermark_to(watermark_ms / 1000.0)
         ts = at_ms(value)
-        stream = stream.add_elements([TimestampedValue((topic, partition, offset, ts, value, watermark_ms), ts / 1000.0)])
+        pending.append(TimestampedValue((topic, partition, offset, ts, value, watermark_ms), ts / 1000.0))
+    if pending:
+        stream = stream.add_elements(pending)
     stream = stream.advance_watermark_to_infinity()
     config = StreamConfig(topics=TOPICS, catalog=catalog, data_path=data, repeat_window_s=repeat_window_s,
                           allowed_lateness_s=allowed_lateness_s)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -82,20 +83,20 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     elif sqlite_path:
         data_path = str(Path(sqlite_path).parent / "data")
     else:
-        print("cxj stream: error: --store-data is required with a postgres: catalog", flush=True)
+        print("cxj stream: error: --store-data is required with a postgres: catalog", file=sys.stderr)
         return EXIT_STORE
     if args.store_shards < 1 or args.store_batch < 1:
-        print("cxj stream: error: --store-shards and --store-batch must be at least 1")
+        print("cxj stream: error: --store-shards and --store-batch must be at least 1", file=sys.stderr)
         return EXIT_STORE
     try:
         plan = plan_runner(extra, bounded=args.stop_at_end)
     except RunnerProblem as exc:
-        print(f"cxj stream: error: {exc}")
+        print(f"cxj stream: error: {exc}", file=sys.stderr)
         return EXIT_STORE
     try:
         check_endpoints(plan, args.job_endpoint_timeout)
     except EndpointUnreachable as exc:
-        print(f"cxj stream: error: {exc}")
+        print(f"cxj stream: error: {exc}", file=sys.stderr)
         return EXIT_PIPELINE
     return _run(args, extra, plan, catalog, data_path, sqlite_path)
 
@@ -120,15 +121,15 @@ def _run(args: argparse.Namespace, extra: Sequence[str], plan, catalog: str, dat
         with LakeStore(catalog, data_path, config.repeat_window_s) as store:
             start = store.resume_offsets() if args.start_from == "store" else args.start_from
     except (StoreUnavailable, ReplicaError, OSError) as exc:
-        print(f"cxj stream: error: store {catalog}: {str(exc).splitlines()[0]}")
+        print(f"cxj stream: error: store {catalog}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_STORE
     except Exception as exc:  # duckdb.Error and friends: one line
-        print(f"cxj stream: error: store {catalog}: {str(exc).splitlines()[0]}")
+        print(f"cxj stream: error: store {catalog}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_STORE
     try:
         specs = plan_partitions(config.settings, list(config.topics.values()), start, args.stop_at_end)
     except Exception as exc:  # kafka errors: NoBrokersAvailable, KafkaTimeoutError, a missing topic
-        print(f"cxj stream: error: cannot reach Kafka at {config.settings.bootstrap_servers}: {str(exc).splitlines()[0] or type(exc).__name__}")
+        print(f"cxj stream: error: cannot reach Kafka at {config.settings.bootstrap_servers}: {str(exc).splitlines()[0] or type(exc).__name__}", file=sys.stderr)
         return EXIT_BROKER
     to_read = sum(s.stop - s.start for s in specs) if args.stop_at_end else None
     log.info("cxj stream: runner %s, %d partitions, %s, store %s", plan.name, len(specs),
@@ -151,7 +152,7 @@ def _run(args: argparse.Namespace, extra: Sequence[str], plan, catalog: str, dat
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        print(f"cxj stream: error: pipeline failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
+        print(f"cxj stream: error: pipeline failed: {_one_line(exc)}", file=sys.stderr)
         return EXIT_PIPELINE
     seconds = time.perf_counter() - started
     with LakeStore(catalog, data_path, config.repeat_window_s) as store:
@@ -160,3 +161,11 @@ def _run(args: argparse.Namespace, extra: Sequence[str], plan, catalog: str, dat
           f"events {counts['events']}, duplicates {counts['event_copies']}, dead letters {counts['dead_letters']}, "
           f"journeys {counts['journeys']} in the store", flush=True)
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The cause in one line: gRPC errors keep it in details(), Beam's in the last line."""
+    details = getattr(exc, "details", None)
+    text = details() if callable(details) else str(exc)
+    lines = [line.strip() for line in str(text or "").strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1][:300] if lines else '(no message)'}"
