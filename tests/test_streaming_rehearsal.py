@@ -62,7 +62,8 @@ def portable_services(tmp_path: Path) -> Iterator[dict]:
     worker_dir.mkdir()
     site = worker_site(worker_dir / "site")
     job_port, pool_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    # workers write bytecode into their copy of the code: the proof of where they imported it from
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     job = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
                             "--port", str(job_port)], cwd=job_dir, env=env,
                            stdout=(job_dir / "out.log").open("w"), stderr=subprocess.STDOUT)

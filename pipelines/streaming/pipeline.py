@@ -49,7 +49,8 @@ class StreamConfig:
                              self.idle_after_s, self.poll_interval_s, self.read_timeout_s)
 
 
-def build_from_records(records: beam.PCollection, config: StreamConfig) -> None:
+def build_from_records(records: beam.PCollection, config: StreamConfig) -> beam.pvalue.DoOutputsTuple:
+    """The graph after the source; returns the per-customer stage's outputs (updates, late_repair)."""
     parsed = records | "Parse" >> ParseRecords(config.stream_of_topic, config.limits)
     assembled = parsed["events"] | "Assemble" >> AssembleCustomerJourneys(
         config.repeat_window_s, config.allowed_lateness_s, config.metrics)
@@ -61,6 +62,7 @@ def build_from_records(records: beam.PCollection, config: StreamConfig) -> None:
     (tagged
      | "Together" >> beam.Flatten()
      | "Store" >> WriteToLake(config.catalog, config.data_path, config.repeat_window_s, config.metrics))
+    return assembled
 
 
 def build(pipeline: beam.Pipeline, config: StreamConfig, specs: list[PartitionSpec]) -> None:
