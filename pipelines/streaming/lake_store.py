@@ -226,7 +226,8 @@ class LakeStore:
     def land(self, updates: Iterable[Row], dead_letters: Iterable[Row]) -> LandResult:
         """Lands customer updates and dead letters in one transaction (retried as a whole)."""
         updates = list(updates)
-        dead_letters = list(dead_letters)
+        # the same record twice in one batch (a replay) is one dead letter, as it is across batches
+        dead_letters = list({coordinates(d): d for d in dead_letters}.values())
         if not updates and not dead_letters:
             return LandResult(attempts=0)
         started = time.perf_counter()
