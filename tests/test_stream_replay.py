@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipelines.kafka.settings import KafkaSettings
 from tests.support import send, send_events
 from tests.test_streaming import golden_records, read_store
@@ -26,6 +28,7 @@ def snapshot(catalog: str, data: str) -> dict[str, list]:
     return out
 
 
+@pytest.mark.slow  # three cxj runs; the short form is pipelines/streaming/lake_store_test.py (the store's idempotence)
 def test_reading_everything_again_changes_nothing(broker: KafkaSettings, tmp_path: Path) -> None:
     from tests.support import new_topics
 
