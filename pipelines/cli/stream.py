@@ -116,7 +116,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str], plan, catalog: str, dat
         topics=topics_from_args(args), catalog=catalog, data_path=data_path, settings=settings_from_args(args),
         repeat_window_s=args.repeat_window, allowed_lateness_s=args.allowed_lateness,
         timestamp_policy=args.timestamp_policy, max_out_of_orderness_s=args.max_out_of_orderness,
-        idle_after_s=args.idle_after, read_timeout_s=args.read_timeout)
+        idle_after_s=args.idle_after, read_timeout_s=args.read_timeout, store_shards=args.store_shards,
+        store_batch=args.store_batch)
     try:
         with LakeStore(catalog, data_path, config.repeat_window_s) as store:
             start = store.resume_offsets() if args.start_from == "store" else args.start_from

@@ -39,6 +39,8 @@ class StreamConfig:
     idle_after_s: float = 5.0
     poll_interval_s: float = 0.5
     read_timeout_s: float = 60.0
+    store_shards: int = 2  # concurrent store writers
+    store_batch: int = 500  # updates per store transaction at most
 
     @property
     def stream_of_topic(self) -> dict[str, str]:
@@ -61,7 +63,8 @@ def build_from_records(records: beam.PCollection, config: StreamConfig) -> beam.
     )
     (tagged
      | "Together" >> beam.Flatten()
-     | "Store" >> WriteToLake(config.catalog, config.data_path, config.repeat_window_s, config.metrics))
+     | "Store" >> WriteToLake(config.catalog, config.data_path, config.repeat_window_s, config.metrics,
+                              shards=config.store_shards, batch_size=config.store_batch))
     return assembled
 
 
