@@ -101,7 +101,7 @@ def read_store(catalog: str, data: str, query: str) -> list[tuple]:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        load_extensions(con)
+        load_extensions(con, postgres=catalog.startswith("postgres:"))
         con.execute(attach_statement(catalog, data, read_only=True))
         return con.execute(query.replace("{lake}", ALIAS)).fetchall()
     finally:

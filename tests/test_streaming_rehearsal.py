@@ -86,7 +86,9 @@ def portable_services(tmp_path: Path) -> Iterator[dict]:
                 process.kill()
 
 
-def test_portable_rehearsal_accounts_for_every_message(broker: KafkaSettings, portable_services: dict, tmp_path: Path) -> None:
+def test_portable_rehearsal_accounts_for_every_message(broker: KafkaSettings, portable_services: dict, tmp_path: Path,
+                                                       postgres) -> None:
+    from pipelines.storage.lake_target import parse_lake
     from tests.support import new_topics
 
     topics = new_topics(broker)
@@ -97,11 +99,14 @@ def test_portable_rehearsal_accounts_for_every_message(broker: KafkaSettings, po
     sent += send(broker, topics, broken)
 
     shared = tmp_path / "shared-store"
+    lake_db = postgres.new_database("rehearsal")
     driver_dir = tmp_path / "driver"
     driver_dir.mkdir()
     started = time.perf_counter()
     command = [sys.executable, "-m", "pipelines.cli.main", "stream", "--stop-at-end",
-               "--store", str(shared / "catalog.sqlite"), "--bootstrap-servers", broker.bootstrap_servers,
+               # the PostgreSQL-catalog store many writers share; its data folder is the one shared directory
+               "--store", lake_db, "--store-data", str(shared / "data"),
+               "--bootstrap-servers", broker.bootstrap_servers,
                "--topic-tickets", topics["tickets"], "--topic-chats", topics["chats"], "--topic-surveys", topics["surveys"],
                "--runner=PortableRunner", f"--job_endpoint=localhost:{portable_services['job_port']}",
                "--environment_type=EXTERNAL", f"--environment_config=localhost:{portable_services['pool_port']}"]
@@ -109,7 +114,7 @@ def test_portable_rehearsal_accounts_for_every_message(broker: KafkaSettings, po
     wall_s = time.perf_counter() - started
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
-    catalog, data = f"sqlite:{shared / 'catalog.sqlite'}", str(shared / "data")
+    catalog, data = "postgres:" + parse_lake(lake_db).libpq, str(shared / "data")
     events, copies, dead = read_store(catalog, data, """SELECT (SELECT count(*) FROM {lake}.events),
         (SELECT count(*) FROM {lake}.event_copies), (SELECT count(*) FROM {lake}.dead_letters)""")[0]
     assert events + copies + dead == sent, (events, copies, dead, sent)

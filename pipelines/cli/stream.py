@@ -35,7 +35,8 @@ log = logging.getLogger("cxj.stream")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=str(DEFAULT_STORE), metavar="CATALOG",
-                        help="DuckLake catalog: a SQLite file (default %(default)s), sqlite:PATH or postgres:CONNINFO")
+                        help="DuckLake catalog: a SQLite file (default %(default)s), sqlite:PATH, or PostgreSQL for many writers: "
+                             "postgresql://[user@]host[:port]/db or postgres:CONNINFO (no password in it: PGPASSWORD)")
     parser.add_argument("--store-data", default=None, metavar="DIR",
                         help="where the store writes Parquet; every worker must reach it (default: data/ next to a "
                              "SQLite catalog)")
@@ -67,9 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _catalog(text: str) -> tuple[str, str]:
-    """(catalog for ATTACH, absolute path of the SQLite file or '')."""
-    if text.startswith("postgres:"):
-        return text, ""
+    """(catalog for ATTACH, absolute path of the SQLite file or ''). A PostgreSQL catalog is given as
+    for `cxj run --lake` (postgresql://[user@]host[:port]/database or postgres:<libpq keywords>,
+    never with a password: PGPASSWORD or ~/.pgpass), and checked the same way."""
+    if text.lower().startswith(("postgres:", "postgresql:", "postgres://", "postgresql://")):
+        from pipelines.storage.lake_target import parse_lake
+
+        return "postgres:" + parse_lake(text).libpq, ""
     path = Path(text[len("sqlite:"):] if text.startswith("sqlite:") else text).expanduser().absolute()
     return f"sqlite:{path}", str(path)
 
@@ -77,7 +82,13 @@ def _catalog(text: str) -> tuple[str, str]:
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from pipelines.streaming.runners import EndpointUnreachable, RunnerProblem, check_endpoints, plan_runner
 
-    catalog, sqlite_path = _catalog(args.store)
+    from pipelines.storage.lake_target import LakeSpecError
+
+    try:
+        catalog, sqlite_path = _catalog(args.store)
+    except LakeSpecError as exc:
+        print(f"cxj stream: error: {str(exc).replace('--lake', '--store')}", file=sys.stderr)
+        return EXIT_STORE
     if args.store_data:
         data_path = str(Path(args.store_data).expanduser().absolute())
     elif sqlite_path:

@@ -170,7 +170,7 @@ class LakeStore:
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
-            load_extensions(con)
+            load_extensions(con, postgres=self.catalog.startswith("postgres:"))
             with self._writer_lock():
                 self._prepare_sqlite_catalog()
                 con.execute(attach_statement(self.catalog, self.data_path))
