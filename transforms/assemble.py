@@ -1,31 +1,43 @@
-"""Beam wrapper around journey assembly.
+"""Journey assembly as a Beam composite.
 
 The store exports the touched customers' full history as files partitioned by a hash of
 customer_id, so all events of a customer are in one file: each file is assembled on its own,
-with no shuffle, and its journeys are staged under the same partition name (a retried
-bundle rewrites its own files).
+with no shuffle. The composite writes nothing; its four outputs are ``(partition key, rows)``
+elements that the sinks at the end of the pipeline write under the partition's name (a retried
+bundle rewrites its own files):
+
+    history files | AssembleJourneys -> .journeys, .links, .journey_metrics, .handoffs
 """
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any, Iterator
+from typing import Iterator, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
 
+from transforms.batch_files import KeyedRows, Rows, read_rows
 from transforms.events import Event
 from transforms.metrics_config import MetricsConfig
 from transforms.service_metrics import assemble_customer
-from transforms.batch_files import (
-    HANDOFF_SCHEMA,
-    JOURNEY_METRICS_SCHEMA,
-    JOURNEY_SCHEMA,
-    LINK_SCHEMA,
-    read_rows,
-    write_rows,
-)
 
-Rows = list[dict[str, Any]]
+# Output tags (attribute names of the composite's result)
+JOURNEYS = "journeys"
+LINKS = "links"
+JOURNEY_METRICS = "journey_metrics"
+HANDOFFS = "handoffs"
+
+
+def partition_dir_key(directory_name: str) -> str:
+    """A history partition's key (``part=7`` -> ``part-7``): the key of the files assembled
+    from it."""
+    return directory_name.replace("=", "-") or "all"
+
+
+def partition_key(history_file: str) -> str:
+    """The key of the partition a history file belongs to (``part=7/data_0.parquet``)."""
+    return partition_dir_key(PurePosixPath(history_file).parent.name)
 
 
 def assemble_rows(rows: Rows, repeat_window_s: float, config: MetricsConfig = MetricsConfig()) -> tuple[Rows, Rows, Rows, Rows]:
@@ -50,33 +62,43 @@ def assemble_rows(rows: Rows, repeat_window_s: float, config: MetricsConfig = Me
     return journeys, links, metrics, handoffs
 
 
-class _AssembleFile(beam.DoFn):
-    def __init__(self, repeat_window_s: float, staging: str, config: MetricsConfig) -> None:
+def read_partition(history_file: str) -> KeyedRows:
+    return partition_key(history_file), read_rows(history_file)
+
+
+class _AssemblePartition(beam.DoFn):
+    """One partition's events -> its journeys on the main output and the links, service metrics
+    and handoffs on their tags; all four always, even empty (the landing step requires them)."""
+
+    def __init__(self, repeat_window_s: float, config: MetricsConfig) -> None:
         self.repeat_window_s = repeat_window_s
-        self.staging = staging
         self.config = config
         self.journeys = Metrics.counter("cxj", "journeys_assembled")
 
-    def process(self, history_file: str) -> Iterator[int]:
-        journeys, links, metrics, handoffs = assemble_rows(read_rows(history_file), self.repeat_window_s, self.config)
-        name = PurePosixPath(history_file).parent.name.replace("=", "-") or "all"
-        write_rows(f"{self.staging}/journeys-{name}.parquet", journeys, JOURNEY_SCHEMA)
-        write_rows(f"{self.staging}/links-{name}.parquet", links, LINK_SCHEMA)
-        write_rows(f"{self.staging}/jmetrics-{name}.parquet", metrics, JOURNEY_METRICS_SCHEMA)
-        write_rows(f"{self.staging}/handoffs-{name}.parquet", handoffs, HANDOFF_SCHEMA)
+    def process(self, partition: KeyedRows) -> Iterator[Union[KeyedRows, TaggedOutput]]:
+        key, rows = partition
+        journeys, links, metrics, handoffs = assemble_rows(rows, self.repeat_window_s, self.config)
         self.journeys.inc(len(journeys))
-        yield len(journeys)
+        yield key, journeys
+        yield TaggedOutput(LINKS, (key, links))
+        yield TaggedOutput(JOURNEY_METRICS, (key, metrics))
+        yield TaggedOutput(HANDOFFS, (key, handoffs))
 
 
 class AssembleJourneys(beam.PTransform):
-    """History files (one partition of customers each) -> staged journeys, links, service metrics
-    and handoffs."""
+    """History files (one partition of whole customers each) -> ``.journeys``, ``.links``
+    (event -> journey), ``.journey_metrics`` (service metrics) and ``.handoffs``, each as
+    ``(partition key, rows)``."""
 
-    def __init__(self, repeat_window_s: float, staging: str, config: MetricsConfig = MetricsConfig()) -> None:
+    def __init__(self, repeat_window_s: float, config: MetricsConfig = MetricsConfig()) -> None:
         super().__init__()
         self.repeat_window_s = repeat_window_s
-        self.staging = staging
         self.config = config
 
-    def expand(self, files: beam.PCollection) -> beam.PCollection:
-        return files | "AssemblePartition" >> beam.ParDo(_AssembleFile(self.repeat_window_s, self.staging, self.config))
+    def expand(self, history_files: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (
+            history_files
+            | "ReadHistoryPartition" >> beam.Map(read_partition)
+            | "AssemblePartition" >> beam.ParDo(_AssemblePartition(self.repeat_window_s, self.config)).with_outputs(
+                LINKS, JOURNEY_METRICS, HANDOFFS, main=JOURNEYS)
+        )

@@ -1,16 +1,22 @@
-"""File formats of a batch's intermediate results, and the sink that writes them.
+"""File formats of a batch's intermediate results, and the sinks that write them.
 
-Beam stages hand their results to the landing step as Parquet files in a per-batch staging
-directory: portable to any runner with a shared filesystem (written through Beam's
-FileSystems), and bulk-loadable by DuckDB without row-by-row inserts (DESIGN fact 7).
-File names derive from the data (a bucket, the first Kafka offset of a chunk), so a bundle
-that a runner retries overwrites its own file instead of adding a second copy.
+Beam stages hand their results to the landing step as files in a per-batch directory:
+Parquet for rows, JSON for the read stage's manifests. They are portable to any runner with a
+shared filesystem (written through Beam's FileSystems) and bulk-loadable by DuckDB without
+row-by-row inserts. Only the sink transforms at the end of a pipeline write them
+(``WriteBatchFiles``, ``WriteManifests``); the transforms before hand on their results as
+PCollection elements ``(file key, rows)``.
+
+A file's name is ``<kind>-<key>.<ext>``, the key derived from the data (an event-id bucket,
+a customer partition, the first Kafka offset of a chunk or read task), so a bundle that a
+runner retries overwrites its own file instead of adding a second copy.
 """
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -160,6 +166,26 @@ HANDOFF_SCHEMA = pa.schema(
 
 LINK_SCHEMA = pa.schema([("event_id", pa.string()), ("journey_id", pa.string()), ("customer_id", pa.string())])
 
+# The kinds of file a batch leaves behind, each one sink's output; the landing step finds
+# them by these prefixes (pipelines/local/batch_manifest.py).
+EVENT_FILES = "events"  # one winning copy per event_id, per event-id bucket
+COPY_FILES = "copies"  # the other copies, per event-id bucket
+DEAD_LETTER_FILES = "dead"  # per chunk of records read
+MANIFEST_FILES = "read"  # per read task: what it covered of each planned range
+JOURNEY_FILES = "journeys"  # the four assemble outputs, per customer partition of the history
+LINK_FILES = "links"
+JOURNEY_METRICS_FILES = "jmetrics"
+HANDOFF_FILES = "handoffs"
+ASSEMBLED_FILES = (JOURNEY_FILES, LINK_FILES, JOURNEY_METRICS_FILES, HANDOFF_FILES)
+
+Rows = list[dict[str, Any]]
+KeyedRows = tuple[str, Rows]  # (file key, rows): what every sink consumes
+
+
+def batch_file_name(kind: str, key: str, ext: str = "parquet") -> str:
+    """The one naming rule of batch files: ``<kind>-<key>.<ext>``."""
+    return f"{kind}-{key}.{ext}"
+
 
 def write_rows(path: str, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
     """Writes rows as one Parquet file through Beam's FileSystems (local, gs://, s3://, ...)."""
@@ -183,3 +209,56 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 
     with FileSystems.open(path) as handle:
         return pq.read_table(handle).to_pylist()
+
+
+class _WriteParquet(beam.DoFn):
+    def __init__(self, directory: str, kind: str, schema: pa.Schema) -> None:
+        self.directory = directory
+        self.kind = kind
+        self.schema = schema
+
+    def process(self, keyed: KeyedRows) -> Iterator[str]:
+        key, rows = keyed
+        path = f"{self.directory}/{batch_file_name(self.kind, key)}"
+        write_rows(path, rows, self.schema)
+        yield path
+
+
+class WriteBatchFiles(beam.PTransform):
+    """Sink: each ``(file key, rows)`` element becomes one Parquet file ``<kind>-<key>.parquet``
+    in ``directory`` (an element with no rows still writes its file: the landing step may
+    require it). Outputs the paths written."""
+
+    def __init__(self, directory: str, kind: str, schema: pa.Schema) -> None:
+        super().__init__()
+        self.directory = directory
+        self.kind = kind
+        self.schema = schema
+
+    def expand(self, keyed_rows: beam.PCollection) -> beam.PCollection:
+        return keyed_rows | "WriteParquet" >> beam.ParDo(_WriteParquet(self.directory, self.kind, self.schema))
+
+
+class _WriteJson(beam.DoFn):
+    def __init__(self, directory: str, kind: str) -> None:
+        self.directory = directory
+        self.kind = kind
+
+    def process(self, keyed: tuple[str, Any]) -> Iterator[str]:
+        key, doc = keyed
+        path = f"{self.directory}/{batch_file_name(self.kind, key, 'json')}"
+        write_json(path, doc)
+        yield path
+
+
+class WriteManifests(beam.PTransform):
+    """Sink: each ``(file key, document)`` element becomes one JSON file ``<kind>-<key>.json``
+    in ``directory``. Outputs the paths written."""
+
+    def __init__(self, directory: str, kind: str = MANIFEST_FILES) -> None:
+        super().__init__()
+        self.directory = directory
+        self.kind = kind
+
+    def expand(self, keyed_docs: beam.PCollection) -> beam.PCollection:
+        return keyed_docs | "WriteJson" >> beam.ParDo(_WriteJson(self.directory, self.kind))

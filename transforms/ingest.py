@@ -1,109 +1,132 @@
-"""Beam wrappers around parsing, validation and de-duplication.
+"""Parsing, validation and de-duplication as Beam composites.
 
-The logic lives in transforms.parse and transforms.dedup (pure); these composites route
-outcomes, stage them as files and count them as Beam metrics so every runner reports the
-same figures. Elements are chunks of rows, so Beam's per-element overhead is paid per
-thousands of events, not per event.
+The logic lives in transforms.parse and transforms.dedup (pure); these composites route each
+outcome to its own output, tagged, and count them as Beam metrics so every runner reports the
+same figures. They write nothing: the sinks at the end of the pipeline do
+(transforms/batch_files.py). Elements are chunks of rows, so Beam's per-element overhead is
+paid per thousands of events, not per event.
+
+    records | ParseEvents  -> .events (chunks of rows), .dead_letters ((chunk key, rows))
+    events  | DedupEvents  -> .winners ((bucket key, rows)), .losing_copies ((bucket key, rows))
+
+Every record read leaves on exactly one of .winners, .losing_copies or .dead_letters, which is
+what the landing step's accounting check counts on.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
 
+from transforms.batch_files import COPY_SCHEMA, KeyedRows, Rows
 from transforms.dedup import bucket_of, payload_hash, winning_copies
 from transforms.parse import ParseLimits, RawRecord, parse_chunk
-from transforms.batch_files import COPY_SCHEMA, DEAD_LETTER_SCHEMA, EVENT_SCHEMA, write_rows
 
-Rows = list[dict[str, Any]]
+# Output tags (attribute names of the composites' results)
+EVENTS = "events"
+DEAD_LETTERS = "dead_letters"
+WINNERS = "winners"
+LOSING_COPIES = "losing_copies"
 
 
-class _ParseDoFn(beam.DoFn):
-    """Parses a chunk; stages its dead letters at once (file named by the chunk's first
-    record, so a retried bundle rewrites the same file) and passes valid rows on."""
+def chunk_key(records: list[RawRecord]) -> str:
+    """A chunk's file key: its first record's coordinates (the same when a bundle is retried)."""
+    topic, partition, offset = records[0][:3]
+    return f"{topic}-{partition}-{offset}"
 
-    def __init__(self, stream_of_topic: dict[str, str], now_us: int, limits: ParseLimits, staging: str) -> None:
+
+class _ParseChunk(beam.DoFn):
+    """Parses a chunk of records: valid rows (with their content hash, which decides between
+    conflicting copies) on the main output, dead letters on the ``dead_letters`` tag."""
+
+    def __init__(self, stream_of_topic: dict[str, str], now_us: int, limits: ParseLimits) -> None:
         self.stream_of_topic = stream_of_topic
         self.now_us = now_us
         self.limits = limits
-        self.staging = staging
         self.parsed = Metrics.counter("cxj", "events_parsed")
         self.dead = Metrics.counter("cxj", "dead_letters")
 
-    def process(self, records: list[RawRecord]) -> Iterator[Rows]:
+    def process(self, records: list[RawRecord]) -> Iterator[Union[Rows, TaggedOutput]]:
         events, dead = parse_chunk(records, self.stream_of_topic, self.now_us, self.limits)
-        for row in events:  # what decides between conflicting copies (transforms.dedup)
+        for row in events:
             row["content_hash"] = payload_hash(row["payload"])
         self.parsed.inc(len(events))
         if dead:
-            topic, partition, offset = records[0][:3]
-            write_rows(f"{self.staging}/dead-{topic}-{partition}-{offset}.parquet", dead, DEAD_LETTER_SCHEMA)
             self.dead.inc(len(dead))
             for row in dead:
                 Metrics.counter("cxj.dead_letter_reason", row["reason"]).inc()
+            yield TaggedOutput(DEAD_LETTERS, (chunk_key(records), dead))
         if events:
             yield events
 
 
 class ParseEvents(beam.PTransform):
-    """Chunks of raw records -> chunks of valid event rows; dead letters are staged as files."""
+    """Chunks of raw records -> ``.events``: chunks of valid event rows, and ``.dead_letters``:
+    ``(chunk key, dead-letter rows)``, each with its reason."""
 
-    def __init__(self, stream_of_topic: dict[str, str], now_us: int, staging: str, limits: ParseLimits = ParseLimits()) -> None:
+    def __init__(self, stream_of_topic: dict[str, str], now_us: int, limits: ParseLimits = ParseLimits()) -> None:
         super().__init__()
         self.stream_of_topic = stream_of_topic
         self.now_us = now_us
-        self.staging = staging
         self.limits = limits
 
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
+    def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return records | "ParseAndValidate" >> beam.ParDo(
-            _ParseDoFn(self.stream_of_topic, self.now_us, self.limits, self.staging)
-        )
+            _ParseChunk(self.stream_of_topic, self.now_us, self.limits)
+        ).with_outputs(DEAD_LETTERS, main=EVENTS)
 
 
 def split_by_bucket(rows: Rows, buckets: int) -> Iterator[tuple[int, Rows]]:
+    """A chunk's rows by event-id bucket: every copy of an event lands in the same bucket."""
     grouped: dict[int, Rows] = {}
     for row in rows:
         grouped.setdefault(bucket_of(row["event_id"], buckets), []).append(row)
     yield from grouped.items()
 
 
-class _KeepWinningCopy(beam.DoFn):
-    """Stages one winning copy per event_id (smallest content hash, transforms.dedup) and every
-    losing copy with the winner's hash, so each record read is in exactly one staged file."""
+def bucket_key(bucket: int) -> str:
+    return f"{bucket:04d}"
 
-    def __init__(self, staging: str) -> None:
-        self.staging = staging
+
+def losing_copy_rows(winners: Rows, losers: Rows) -> Rows:
+    """The losing copies as staged: their own content and source, plus the batch winner's hash."""
+    winner_hash = {row["event_id"]: row["content_hash"] for row in winners}
+    return [{**{name: row[name] for name in COPY_SCHEMA.names if name in row},
+             "winner_hash": winner_hash[row["event_id"]]} for row in losers]
+
+
+class _KeepWinningCopy(beam.DoFn):
+    """One bucket's copies -> one winner per event_id (smallest content hash, transforms.dedup)
+    on the main output, every other copy on the ``losing_copies`` tag."""
+
+    def __init__(self) -> None:
         self.duplicates = Metrics.counter("cxj", "duplicates_in_batch")
 
-    def process(self, keyed: tuple[int, Iterable[Rows]]) -> Iterator[int]:
+    def process(self, keyed: tuple[int, Iterable[Rows]]) -> Iterator[Union[KeyedRows, TaggedOutput]]:
         bucket, chunks = keyed
         winners, losers = winning_copies(row for chunk in chunks for row in chunk)
-        write_rows(f"{self.staging}/events-{bucket:04d}.parquet", winners, EVENT_SCHEMA)
+        yield (bucket_key(bucket), winners)
         if losers:
             self.duplicates.inc(len(losers))
-            winner_hash = {row["event_id"]: row["content_hash"] for row in winners}
-            copies = [{**{name: row[name] for name in COPY_SCHEMA.names if name in row},
-                       "winner_hash": winner_hash[row["event_id"]]} for row in losers]
-            write_rows(f"{self.staging}/copies-{bucket:04d}.parquet", copies, COPY_SCHEMA)
-        yield len(winners)
+            yield TaggedOutput(LOSING_COPIES, (bucket_key(bucket), losing_copy_rows(winners, losers)))
 
 
 class DedupEvents(beam.PTransform):
-    """One row per event_id within the batch, staged per bucket (copies of an event meet in
-    one bucket), and the losing copies beside it. Copies of events landed in earlier batches
-    are resolved at landing, where the store knows what has landed."""
+    """Chunks of event rows -> ``.winners``: one row per event_id within the batch, per bucket
+    (copies of an event meet in one bucket), and ``.losing_copies``. Copies of events landed
+    in earlier batches are resolved at landing, where the store knows what has landed."""
 
-    def __init__(self, staging: str, buckets: int = 16) -> None:
+    def __init__(self, buckets: int = 16) -> None:
         super().__init__()
-        self.staging = staging
         self.buckets = buckets
 
-    def expand(self, chunks: beam.PCollection) -> beam.PCollection:
+    def expand(self, chunks: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return (
             chunks
             | "BucketByEventId" >> beam.FlatMap(split_by_bucket, self.buckets)
             | "GroupByBucket" >> beam.GroupByKey()
-            | "KeepWinningCopy" >> beam.ParDo(_KeepWinningCopy(self.staging))
+            | "KeepWinningCopy" >> beam.ParDo(_KeepWinningCopy()).with_outputs(LOSING_COPIES, main=WINNERS)
         )
+

@@ -1,22 +1,34 @@
 """Reading fixed Kafka offset ranges inside a bounded Beam pipeline.
 
 Each micro-batch is a bounded pipeline over [from, to) offset ranges planned by the driver,
-so a batch always reads exactly what the driver will record as landed (DESIGN decisions 1, 3).
+so a batch always reads exactly what the driver will record as landed (docs/architecture.md).
 Ranges are grouped into read tasks; one consumer per task fetches all its partitions at once
 (consumer start-up costs ~0.15 s, which per partition would dominate small batches). On a
 cluster, more tasks spread the reading over workers; ReadFromKafka is the alternative there.
+
+    planned ranges | ReadKafkaRanges -> .records (chunks of raw records),
+                                        .manifests ((task key, what each range really covered))
+
+The composite writes nothing: a sink at the end of the pipeline writes the manifests
+(transforms/batch_files.py ``WriteManifests``).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
 
 from pipelines.kafka.settings import FAST_CONSUMER_SETTINGS, KafkaSettings
+from transforms.batch_files import MANIFEST_FILES, batch_file_name
 from transforms.parse import RawRecord
+
+# Output tags (attribute names of ReadKafkaRanges' result)
+RECORDS = "records"
+MANIFESTS = "manifests"
 
 
 @dataclass(frozen=True)
@@ -69,10 +81,15 @@ class RangeRead:
                 "stop": self.stop, "records": self.records, "first": self.first, "last": self.last}
 
 
-def manifest_name(task: list[OffsetRange]) -> str:
-    """A read task's manifest file, named by its first range (a retried bundle rewrites it)."""
+def manifest_key(task: list[OffsetRange]) -> str:
+    """A read task's manifest key: its first range (a retried bundle rewrites the same file)."""
     first = min(task, key=lambda r: (r.topic, r.partition))
-    return f"read-{first.topic}-{first.partition}-{first.start}.json"
+    return f"{first.topic}-{first.partition}-{first.start}"
+
+
+def manifest_name(task: list[OffsetRange]) -> str:
+    """A read task's manifest file name."""
+    return batch_file_name(MANIFEST_FILES, manifest_key(task), "json")
 
 
 def read_range_chunks(
@@ -162,35 +179,39 @@ def read_range_chunks(
         consumer.close()
 
 
+# How a read task's records are fetched: read_range_chunks's signature. The composite's tests
+# pass a reader over an in-memory log to check its routing without a broker.
+RangeReader = Callable[..., Iterator[list[RawRecord]]]
+
+
 class _ReadRanges(beam.DoFn):
     """Emits chunks of records, not single records: Beam's per-element cost would otherwise
     dominate a pipeline whose per-record work is a few microseconds. When the task is done it
-    writes its manifest (per range: where it started and stopped, how many records, first and
-    last offset), which the driver checks against the staged output before anything lands."""
+    emits its manifest on the ``manifests`` tag (per range: where it started and stopped, how
+    many records, first and last offset), which the driver checks against the batch's files
+    before anything lands."""
 
     def __init__(self, settings: KafkaSettings, timeout_s: float, chunk_records: int,
-                 staging: Optional[str], budget_bytes: Optional[int]) -> None:
+                 budget_bytes: Optional[int], reader: RangeReader) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
         self.chunk_records = chunk_records
-        self.staging = staging
         self.budget_bytes = budget_bytes
+        self.reader = reader
         self.records_read = Metrics.counter("cxj", "records_read")
 
-    def process(self, task: list[OffsetRange]) -> Iterator[list[RawRecord]]:
+    def process(self, task: list[OffsetRange]) -> Iterator[Union[list[RawRecord], TaggedOutput]]:
         report: dict[tuple[str, int], RangeRead] = {}
-        for chunk in read_range_chunks(self.settings, task, self.timeout_s, self.chunk_records,
-                                       self.budget_bytes, report=report):
+        for chunk in self.reader(self.settings, task, self.timeout_s, self.chunk_records,
+                                 self.budget_bytes, report=report):
             self.records_read.inc(len(chunk))
             yield chunk
-        if self.staging is not None:
-            from transforms.batch_files import write_json
-
-            write_json(f"{self.staging}/{manifest_name(task)}", [e.to_json() for e in report.values()])
+        yield TaggedOutput(MANIFESTS, (manifest_key(task), [e.to_json() for e in report.values()]))
 
 
 class ReadKafkaRanges(beam.PTransform):
-    """Planned offset ranges in, chunks of raw records out."""
+    """Planned offset ranges -> ``.records``: chunks of raw records, and ``.manifests``: one
+    ``(task key, entries)`` per read task saying what it really covered of each range."""
 
     def __init__(
         self,
@@ -199,23 +220,23 @@ class ReadKafkaRanges(beam.PTransform):
         timeout_s: float = 30.0,
         chunk_records: int = 5000,
         tasks: int = 1,
-        staging: Optional[str] = None,
         budget_bytes: Optional[int] = None,
+        reader: RangeReader = read_range_chunks,
     ) -> None:
         super().__init__()
         self.tasks = read_tasks(ranges, tasks)
         self.settings = settings
         self.timeout_s = timeout_s
         self.chunk_records = chunk_records
-        self.staging = staging
+        self.reader = reader
         # the batch's byte budget is shared by its read tasks
         self.budget_bytes = None if budget_bytes is None else max(1, budget_bytes // max(1, len(self.tasks)))
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         return (
             pbegin
             | "ReadTasks" >> beam.Create(self.tasks)
             | "ReadRanges" >> beam.ParDo(
-                _ReadRanges(self.settings, self.timeout_s, self.chunk_records, self.staging, self.budget_bytes)
-            )
+                _ReadRanges(self.settings, self.timeout_s, self.chunk_records, self.budget_bytes, self.reader)
+            ).with_outputs(MANIFESTS, main=RECORDS)
         )

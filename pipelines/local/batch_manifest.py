@@ -15,8 +15,20 @@ import json
 import os
 from pathlib import Path
 
-from pipelines.storage.store import BatchNotAccounted, StagedFiles
 from pipelines.kafka.read import OffsetRange
+from pipelines.storage.store import BatchNotAccounted, StagedFiles
+from transforms.assemble import partition_dir_key
+from transforms.batch_files import (
+    COPY_FILES,
+    DEAD_LETTER_FILES,
+    EVENT_FILES,
+    HANDOFF_FILES,
+    JOURNEY_FILES,
+    JOURNEY_METRICS_FILES,
+    LINK_FILES,
+    MANIFEST_FILES,
+    batch_file_name,
+)
 
 
 def require_staging(staging: Path) -> None:
@@ -32,7 +44,7 @@ def planned_reads(ranges: list[OffsetRange]) -> dict[tuple[str, int, int], Offse
 
 def _manifest_entries(staging: Path, batch_id: int) -> list[dict]:
     entries: list[dict] = []
-    for path in sorted(staging.glob("read-*.json")):
+    for path in sorted(staging.glob(batch_file_name(MANIFEST_FILES, "*", "json"))):
         try:
             doc = json.loads(path.read_text())
             if not isinstance(doc, list):
@@ -82,9 +94,9 @@ def collect_staged(staging: Path) -> StagedFiles:
     """The staged ingest files by kind; journeys and links are added after assembly."""
     require_staging(staging)
     return StagedFiles(
-        events=sorted(staging.glob("events-*.parquet")),
-        copies=sorted(staging.glob("copies-*.parquet")),
-        dead=sorted(staging.glob("dead-*.parquet")),
+        events=sorted(staging.glob(batch_file_name(EVENT_FILES, "*"))),
+        copies=sorted(staging.glob(batch_file_name(COPY_FILES, "*"))),
+        dead=sorted(staging.glob(batch_file_name(DEAD_LETTER_FILES, "*"))),
     )
 
 
@@ -93,14 +105,15 @@ def collect_assembled(staging: Path, history: Path, staged: StagedFiles, batch_i
     partition must have all four."""
     require_staging(staging)
     for part in sorted(p for p in history.iterdir() if p.is_dir()) if history.exists() else []:
-        name = part.name.replace("=", "-")
-        outputs = {kind: staging / f"{kind}-{name}.parquet" for kind in ("journeys", "links", "jmetrics", "handoffs")}
+        key = partition_dir_key(part.name)
+        outputs = {kind: staging / batch_file_name(kind, key)
+                   for kind in (JOURNEY_FILES, LINK_FILES, JOURNEY_METRICS_FILES, HANDOFF_FILES)}
         for path in outputs.values():
             if not path.exists():
                 raise BatchNotAccounted(
                     f"batch {batch_id}: the assemble stage left no {path.name} for history partition {part.name}"
                 )
-        staged.journeys.append(outputs["journeys"])
-        staged.links.append(outputs["links"])
-        staged.jmetrics.append(outputs["jmetrics"])
-        staged.handoffs.append(outputs["handoffs"])
+        staged.journeys.append(outputs[JOURNEY_FILES])
+        staged.links.append(outputs[LINK_FILES])
+        staged.jmetrics.append(outputs[JOURNEY_METRICS_FILES])
+        staged.handoffs.append(outputs[HANDOFF_FILES])

@@ -1,14 +1,16 @@
 """The two bounded Beam pipelines that make up one micro-batch.
 
-1. ingest: read the planned Kafka offset ranges (up to a byte budget), parse, validate,
-   de-duplicate, and stage event rows, losing copies, dead letters and read manifests
-   (ReadKafka -> Parse -> Dedup);
+1. ingest: read the planned Kafka offset ranges (up to a byte budget), parse and validate,
+   de-duplicate, and write the batch's files: events, losing copies, dead letters and read
+   manifests (ReadKafka -> Parse -> Dedup -> Write*);
 2. assemble: from the full event history of the customers the batch touched (exported
-   partitioned by customer), assemble their journeys and stage journey rows and
-   event -> journey links (HistoryFiles -> AssembleJourneys).
+   partitioned by customer), assemble their journeys and write journeys, event -> journey
+   links, service metrics and handoffs (HistoryFiles -> AssembleJourneys -> Write*).
 Between the two, the store decides which events are new (it alone knows what has landed)
-and exports the touched customers' history. Unknown command-line arguments reach
-PipelineOptions, so any runner option works.
+and exports the touched customers' history. Only the Write* sinks at the end write files.
+The labels below are the stage names the docs use (pipelines/local/batch_stages_test.py
+compares them). Unknown command-line arguments reach PipelineOptions, so any runner option
+works.
 """
 from __future__ import annotations
 
@@ -20,10 +22,28 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.kafka.read import OffsetRange, RangeReader, ReadKafkaRanges, read_range_chunks
 from pipelines.kafka.settings import KafkaSettings
 from transforms.assemble import AssembleJourneys
+from transforms.batch_files import (
+    COPY_FILES,
+    COPY_SCHEMA,
+    DEAD_LETTER_FILES,
+    DEAD_LETTER_SCHEMA,
+    EVENT_FILES,
+    EVENT_SCHEMA,
+    HANDOFF_FILES,
+    HANDOFF_SCHEMA,
+    JOURNEY_FILES,
+    JOURNEY_METRICS_FILES,
+    JOURNEY_METRICS_SCHEMA,
+    JOURNEY_SCHEMA,
+    LINK_FILES,
+    LINK_SCHEMA,
+    WriteBatchFiles,
+    WriteManifests,
+)
 from transforms.ingest import DedupEvents, ParseEvents
-from pipelines.kafka.read import OffsetRange, ReadKafkaRanges
 from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
 
@@ -35,7 +55,7 @@ class StageResult:
 
 
 # The in-process portable runner behind the DirectRunner, named directly: the plain
-# DirectRunner first tries Prism, which downloads a binary at run time (DESIGN fact 1).
+# DirectRunner first tries Prism, which downloads a binary at run time (docs/architecture.md).
 DEFAULT_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
@@ -59,6 +79,43 @@ def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return counters
 
 
+def build_ingest(
+    pipeline: beam.Pipeline,
+    ranges: list[OffsetRange],
+    settings: KafkaSettings,
+    stream_of_topic: dict[str, str],
+    now_us: int,
+    staging: str,
+    limits: ParseLimits = ParseLimits(),
+    read_timeout_s: float = 30.0,
+    read_tasks: int = 1,
+    budget_bytes: Optional[int] = None,
+    reader: RangeReader = read_range_chunks,
+) -> None:
+    """Read, parse, de-duplicate; then one sink per output."""
+    read = pipeline | "ReadKafka" >> ReadKafkaRanges(
+        ranges, settings, read_timeout_s, tasks=read_tasks, budget_bytes=budget_bytes, reader=reader)
+    parsed = read.records | "Parse" >> ParseEvents(stream_of_topic, now_us, limits)
+    deduped = parsed.events | "Dedup" >> DedupEvents()
+    _ = deduped.winners | "WriteEvents" >> WriteBatchFiles(staging, EVENT_FILES, EVENT_SCHEMA)
+    _ = deduped.losing_copies | "WriteLosingCopies" >> WriteBatchFiles(staging, COPY_FILES, COPY_SCHEMA)
+    _ = parsed.dead_letters | "WriteDeadLetters" >> WriteBatchFiles(staging, DEAD_LETTER_FILES, DEAD_LETTER_SCHEMA)
+    _ = read.manifests | "WriteReadManifests" >> WriteManifests(staging)
+
+
+def build_assemble(
+    pipeline: beam.Pipeline, history_files: list[str], staging: str, repeat_window_s: float,
+    metrics: MetricsConfig = MetricsConfig(),
+) -> None:
+    """Assemble each history partition; then one sink per output."""
+    files = pipeline | "HistoryFiles" >> beam.Create(history_files)
+    assembled = files | "AssembleJourneys" >> AssembleJourneys(repeat_window_s, metrics)
+    _ = assembled.journeys | "WriteJourneys" >> WriteBatchFiles(staging, JOURNEY_FILES, JOURNEY_SCHEMA)
+    _ = assembled.links | "WriteLinks" >> WriteBatchFiles(staging, LINK_FILES, LINK_SCHEMA)
+    _ = assembled.journey_metrics | "WriteJourneyMetrics" >> WriteBatchFiles(staging, JOURNEY_METRICS_FILES, JOURNEY_METRICS_SCHEMA)
+    _ = assembled.handoffs | "WriteHandoffs" >> WriteBatchFiles(staging, HANDOFF_FILES, HANDOFF_SCHEMA)
+
+
 def run_ingest(
     ranges: list[OffsetRange],
     settings: KafkaSettings,
@@ -71,15 +128,12 @@ def run_ingest(
     read_tasks: int = 1,
     budget_bytes: Optional[int] = None,
 ) -> StageResult:
-    """Stages events, losing copies and dead letters, plus one read manifest per read task
+    """Writes events, losing copies and dead letters, plus one read manifest per read task
     saying which offsets were really covered (the reader stops early at ``budget_bytes``)."""
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=_options(beam_args))
-    records = pipeline | "ReadKafka" >> ReadKafkaRanges(
-        ranges, settings, read_timeout_s, tasks=read_tasks, staging=str(staging), budget_bytes=budget_bytes
-    )
-    events = records | "Parse" >> ParseEvents(stream_of_topic, now_us, str(staging), limits)
-    _ = events | "Dedup" >> DedupEvents(str(staging))
+    build_ingest(pipeline, ranges, settings, stream_of_topic, now_us, str(staging), limits, read_timeout_s,
+                 read_tasks, budget_bytes)
     result = pipeline.run()
     result.wait_until_finish()
     return StageResult(time.perf_counter() - started, _counters(result))
@@ -91,8 +145,7 @@ def run_assemble(
 ) -> StageResult:
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=_options(beam_args))
-    files = pipeline | "HistoryFiles" >> beam.Create(history_files)
-    _ = files | "AssembleJourneys" >> AssembleJourneys(repeat_window_s, str(staging), metrics)
+    build_assemble(pipeline, history_files, str(staging), repeat_window_s, metrics)
     result = pipeline.run()
     result.wait_until_finish()
     return StageResult(time.perf_counter() - started, _counters(result))
