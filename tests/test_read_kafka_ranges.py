@@ -1,0 +1,62 @@
+"""ReadKafkaRanges with its real Kafka reader, on Beam's TestPipeline, against the real broker:
+records come out once each, in chunks, and each read task's manifest (a tagged output) says
+exactly what it covered — also when the byte budget stops it early."""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+
+from pipelines.kafka.offsets import OffsetReader
+from pipelines.kafka.read import OffsetRange, ReadKafkaRanges, manifest_key, read_tasks
+from tests.support import new_topics, send
+
+
+def _sent(broker, count: int, size: int = 100) -> tuple[str, dict[tuple[str, int], int]]:
+    """Sends ``count`` numbered messages to a new tickets topic; (topic, end offset per partition)."""
+    topics = new_topics(broker)
+    messages = [("tickets", f"k{i}".encode(), f"{i:06d}".encode() + b"x" * (size - 6)) for i in range(count)]
+    send(broker, topics, messages)
+    reader = OffsetReader(broker)
+    try:
+        partitions, _ = reader.partitions([topics["tickets"]])
+        _, ends = reader.bounds(partitions)
+    finally:
+        reader.close()
+    return topics["tickets"], ends
+
+
+def test_records_come_out_once_and_manifests_cover_the_planned_ranges(broker):
+    _, ends = _sent(broker, 300)
+    ranges = [OffsetRange(t, p, 0, end) for (t, p), end in ends.items()]
+    tasks = read_tasks(ranges, 2)
+
+    def manifests_are(actual: list) -> None:
+        entries = sorted(((e["partition"], e["start"], e["stop"], e["records"]) for _, doc in actual for e in doc))
+        want = sorted((p, 0, end, end) for (_, p), end in ends.items())
+        if sorted(k for k, _ in actual) != sorted(manifest_key(t) for t in tasks) or entries != want:
+            raise BeamAssertException(f"manifests {actual} do not cover {want}")
+
+    with TestPipeline(runner=FnApiRunner()) as p:
+        read = p | ReadKafkaRanges(ranges, broker, timeout_s=20.0, chunk_records=40, tasks=2)
+        values = read.records | "Values" >> beam.FlatMap(lambda chunk: [v[:6] for _, _, _, _, v in chunk])
+        assert_that(values, equal_to([f"{i:06d}".encode() for i in range(300)]), label="EachOnce")
+        assert_that(read.manifests, manifests_are, label="Manifests")
+    assert sum(ends.values()) == 300
+
+
+def test_the_byte_budget_stops_reading_exactly_where_the_manifest_says(broker):
+    _, ends = _sent(broker, 200, size=1000)
+    key, end = max(ends.items(), key=lambda kv: kv[1])
+    assert end > 10
+    ranges = [OffsetRange(key[0], key[1], 0, end)]
+    # 10 records of 1,000 bytes reach the 10,000-byte budget: the reader stops after the 10th
+    expected = [{"topic": key[0], "partition": key[1], "start": 0, "planned_stop": end, "stop": 10,
+                 "records": 10, "first": 0, "last": 9}]
+
+    with TestPipeline(runner=FnApiRunner()) as p:
+        read = p | ReadKafkaRanges(ranges, broker, timeout_s=20.0, budget_bytes=10_000)
+        offsets = read.records | "Offsets" >> beam.FlatMap(lambda chunk: [o for _, _, o, _, _ in chunk])
+        assert_that(offsets, equal_to(list(range(10))), label="Records")
+        assert_that(read.manifests | "Entries" >> beam.Map(lambda kv: kv[1]), equal_to([expected]), label="Manifest")
