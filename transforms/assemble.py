@@ -62,22 +62,20 @@ def assemble_rows(rows: Rows, repeat_window_s: float, config: MetricsConfig = Me
     return journeys, links, metrics, handoffs
 
 
-def read_partition(history_file: str) -> KeyedRows:
-    return partition_key(history_file), read_rows(history_file)
-
-
 class _AssemblePartition(beam.DoFn):
-    """One partition's events -> its journeys on the main output and the links, service metrics
-    and handoffs on their tags; all four always, even empty (the landing step requires them)."""
+    """One partition's history file -> its journeys on the main output and the links, service
+    metrics and handoffs on their tags; all four always, even empty (the landing step requires
+    them). The file is read here, not in a step of its own: handing a whole partition's events
+    from one step to the next costs Beam an encoding of them to estimate their size."""
 
     def __init__(self, repeat_window_s: float, config: MetricsConfig) -> None:
         self.repeat_window_s = repeat_window_s
         self.config = config
         self.journeys = Metrics.counter("cxj", "journeys_assembled")
 
-    def process(self, partition: KeyedRows) -> Iterator[Union[KeyedRows, TaggedOutput]]:
-        key, rows = partition
-        journeys, links, metrics, handoffs = assemble_rows(rows, self.repeat_window_s, self.config)
+    def process(self, history_file: str) -> Iterator[Union[KeyedRows, TaggedOutput]]:
+        key = partition_key(history_file)
+        journeys, links, metrics, handoffs = assemble_rows(read_rows(history_file), self.repeat_window_s, self.config)
         self.journeys.inc(len(journeys))
         yield key, journeys
         yield TaggedOutput(LINKS, (key, links))
@@ -96,9 +94,5 @@ class AssembleJourneys(beam.PTransform):
         self.config = config
 
     def expand(self, history_files: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
-            history_files
-            | "ReadHistoryPartition" >> beam.Map(read_partition)
-            | "AssemblePartition" >> beam.ParDo(_AssemblePartition(self.repeat_window_s, self.config)).with_outputs(
-                LINKS, JOURNEY_METRICS, HANDOFFS, main=JOURNEYS)
-        )
+        return history_files | "AssemblePartition" >> beam.ParDo(
+            _AssemblePartition(self.repeat_window_s, self.config)).with_outputs(LINKS, JOURNEY_METRICS, HANDOFFS, main=JOURNEYS)

@@ -22,8 +22,7 @@ from transforms.batch_files import read_rows
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = KafkaSettings(bootstrap_servers="127.0.0.1:1")  # never contacted
 STREAMS = {"cx.tickets": "tickets", "cx.chats": "chats", "cx.surveys": "surveys"}
-# Composites whose inner steps are stages worth naming; a sink (transforms.batch_files) is one
-# write step, named by its own label.
+# Where the composites live whose inner steps the docs name (a sink is a single step).
 NAMED_INSIDE = ("transforms.ingest", "transforms.assemble", "pipelines.kafka.read")
 
 
