@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.storage.store import sql_literal
+from pipelines.storage.quoting import sql_literal
 from tests.support import run_once, send_events, table
 from tests.test_service_metrics_golden import (
     CONFIG,

@@ -94,7 +94,7 @@ LAKE_REASONS = {
     "options_sql": "joined in the same function from literals and a DATA_PATH built with sql_literal",
     "lake": "sql_literal(LAKE_ALIAS) in the same function",
 }
-QUOTING = {"sql_literal", "ident", "int", "_ident", "_literal", "self._like"}  # models.py, sql_shell.py: doubling quotes
+QUOTING = {"sql_literal", "ident", "int", "self._like"}  # storage/quoting.py, sql_shell.py: doubling quotes
 REVIEWED = {
     "storage/replica.py:attach_sql": {"', '.join(options)": "options are literals and a DATA_PATH built with sql_literal"},
     "storage/replica.py:publish": {

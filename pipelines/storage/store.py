@@ -19,10 +19,10 @@ from typing import Any, Iterable, Optional
 
 import duckdb
 
-from pipelines.storage.replica import ReplicaError, open_writer_replica
 from pipelines.kafka.source_log import PARTITION_REMOVED, Fingerprint, SourceChange
-
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+from pipelines.storage.models import SCHEMA_SQL
+from pipelines.storage.quoting import sql_literal
+from pipelines.storage.replica import ReplicaError, open_writer_replica
 
 
 class StoreError(RuntimeError):
@@ -125,10 +125,6 @@ def settled_prefix(journeys: list[tuple[str, str, int, int, int]], horizon_us: i
             break
         count -= 1
     return [journey_id for journey_id, *_ in journeys[:count]]
-
-
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _ts(column: str) -> str:
@@ -291,7 +287,7 @@ class Store:
             statements = catalog_statements()
         except ModelError as exc:  # a broken model or YAML file: one line naming it, nothing applied
             raise StoreError(f"cannot create the views from sql/models: {exc}") from None
-        self.con.execute((SQL_DIR / "schema.sql").read_text())
+        self.con.execute(SCHEMA_SQL.read_text())
         self.con.execute("BEGIN TRANSACTION")
         try:
             for statement in statements:
