@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import duckdb  # noqa: E402
 
 from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
-from pipelines.kafka.settings import KafkaSettings  # noqa: E402
 from pipelines.kafka.offsets import OffsetReader  # noqa: E402
+from pipelines.kafka.settings import KafkaSettings  # noqa: E402
 
 EVENTS_PER_CUSTOMER = 11.5  # what the simulator produces on average
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -21,11 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipelines.config.run_config import RunConfig  # noqa: E402
 from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
 from pipelines.ops import logs  # noqa: E402
 from pipelines.kafka.settings import FAST_CONSUMER_SETTINGS, KafkaSettings  # noqa: E402
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig  # noqa: E402
 from pipelines.kafka.simulator import generate_customer_events, produce, to_messages  # noqa: E402
+from pipelines.local.microbatch import MicroBatchRunner  # noqa: E402
+from pipelines.ops import logs  # noqa: E402
 from pipelines.storage.store import Store  # noqa: E402
 
 

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, settings
 from pipelines.kafka.settings import KafkaSettings
 from tests.support import free_port, new_topics
 
-
 # Hypothesis profiles. "ci" (the default, also on developers' machines) is derandomized: every
 # run draws the same examples, so a red run is reproducible and a green one is not luck.
 # "explore" draws fresh random examples, many more of them (CXJ_HYPOTHESIS_SCALE, default 50x),

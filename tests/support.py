@@ -9,8 +9,9 @@ from typing import Any, Iterable
 
 import duckdb
 
+from pipelines.config.run_config import RunConfig
 from pipelines.kafka.settings import KafkaSettings
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.store import Store
 
 JOURNEY_COLUMNS = (

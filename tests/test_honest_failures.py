@@ -22,8 +22,8 @@ from typing import Iterator
 import duckdb
 import pytest
 
-from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.config.run_config import RunConfig
+from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.store import Store, StoreError
 from tests.support import free_port, new_topics, run_once, send_events, table
 

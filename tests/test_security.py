@@ -222,7 +222,7 @@ def sql_interpolations() -> list[tuple[str, str, int]]:
         def visit(node: ast.AST, function: str) -> None:
             for child in ast.iter_child_nodes(node):
                 inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
-                enclosing[child] = inner
+                enclosing[child] = inner  # noqa: B023 (the dict of this file, filled and read in this iteration)
                 visit(child, inner)
 
         visit(tree, "<module>")
@@ -255,7 +255,8 @@ def test_sql_text_is_built_only_from_quoted_or_reviewed_values():
 
 def test_the_checker_catches_unquoted_interpolation(tmp_path, monkeypatch):
     """The checker itself fails on the kind of line it exists for (the old INTERVAL '{RETENTION}')."""
-    bad = "RETENTION = os.environ.get('X', '10 minutes')\ndef _expire(con):\n    con.execute(f\"SELECT 1 WHERE t < now() - INTERVAL '{RETENTION}'\")\n"
+    bad = ("RETENTION = os.environ.get('X', '10 minutes')\ndef _expire(con):\n"
+           "    con.execute(f\"SELECT 1 WHERE t < now() - INTERVAL '{RETENTION}'\")\n")
     fake = tmp_path / "pipelines"
     fake.mkdir()
     (fake / "replica.py").write_text(bad)

@@ -18,7 +18,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, example, given, settings
 
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.config.run_config import RunConfig
+from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.store import Store
 from tests import oracle
 from tests.support import examples, new_topics, run_once, send_events, table

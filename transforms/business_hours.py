@@ -16,9 +16,9 @@ occurrence (``fold=0``).
 from __future__ import annotations
 
 import fnmatch
-from functools import lru_cache
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from functools import lru_cache
 from typing import Optional, Sequence
 from zoneinfo import ZoneInfo
 

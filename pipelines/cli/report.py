@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import duckdb
 
-    from pipelines.storage.reader import open_reader, published_batch
     from pipelines.ops.report import Filters, ReportError, build, write
+    from pipelines.storage.reader import open_reader, published_batch
     from pipelines.storage.store import StoreError
 
     filters = Filters(args.since, args.until, args.days, list(args.channel), list(args.team))

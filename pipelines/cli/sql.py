@@ -111,8 +111,8 @@ def run(con, text: str, args: argparse.Namespace) -> int:
 
 
 def repl(con, source: str, args: argparse.Namespace) -> int:
-    from pipelines.storage.reader import published_batch
     from pipelines.cli.sql_shell import Shell
+    from pipelines.storage.reader import published_batch
 
     try:
         import readline  # noqa: F401  (line editing and history for input())

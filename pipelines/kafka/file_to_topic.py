@@ -134,7 +134,8 @@ def open_export(path: str | Path) -> tuple[IO[bytes], Callable[[], int], int]:
     return stream, position, size
 
 
-def classify(number: int, raw: bytes, validate: bool, now_us: int, limits: ParseLimits) -> tuple[Optional[str], Optional[bytes], Optional[Rejected]]:
+def classify(number: int, raw: bytes, validate: bool, now_us: int,
+             limits: ParseLimits) -> tuple[Optional[str], Optional[bytes], Optional[Rejected]]:
     """One export line -> (stream, key, None) to send, or (None, None, Rejected)."""
     try:
         text = raw.decode("utf-8")

@@ -60,11 +60,14 @@ class _Writer:
     def ticket(self, at: datetime, channel: str) -> str:
         tid = self._id("T")
         subject = self.rng.choice(["Refund request", "Cannot log in", "Invoice question", "Order missing", "Bug report"])
-        self.emit(at, "ticket.created", ticket_id=tid, channel=channel, priority=self.rng.choice(["low", "normal", "high"]), subject=subject)
-        self.emit(at + timedelta(seconds=self.rng.uniform(1, 30)), "ticket.message", ticket_id=tid, author="customer", channel=channel, public=True)
+        self.emit(at, "ticket.created", ticket_id=tid, channel=channel, priority=self.rng.choice(["low", "normal", "high"]),
+                  subject=subject)
+        self.emit(at + timedelta(seconds=self.rng.uniform(1, 30)), "ticket.message", ticket_id=tid, author="customer",
+                  channel=channel, public=True)
         return tid
 
-    def assign(self, at: datetime, kind: str, thread_id: str, agent: Optional[str] = None, team: Optional[str] = None, bot: bool = False) -> None:
+    def assign(self, at: datetime, kind: str, thread_id: str, agent: Optional[str] = None, team: Optional[str] = None,
+               bot: bool = False) -> None:
         key = "ticket_id" if kind == "ticket" else "chat_id"
         self.emit(at, f"{kind}.assigned", **{key: thread_id}, handler_type="bot" if bot else "agent", agent_id=agent, team=team)
 

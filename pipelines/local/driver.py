@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from pipelines.ops import failures
 from pipelines.config.durations import parse_duration
-from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
-from pipelines.kafka.offsets import BrokerUnavailable
-from pipelines.config.run_config import DEFAULT_MAX_BATCH_BYTES, RunConfig, Stopper
 from pipelines.config.lake_options import add_lake_arguments, lake_target_of
+from pipelines.config.run_config import DEFAULT_MAX_BATCH_BYTES, RunConfig, Stopper
+from pipelines.kafka.offsets import BrokerUnavailable
+from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
+from pipelines.ops import failures
 from pipelines.storage.store import StoreError
 from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits

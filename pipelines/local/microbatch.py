@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-from pipelines.ops import failures
-from pipelines.local.batch_stages import run_assemble, run_ingest
-from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
-from pipelines.kafka.offsets import BrokerUnavailable, OffsetReader, PartitionKey
-from pipelines.local.planner import plan_ranges, start_offsets
 from pipelines.config.run_config import RunConfig, Stopper
+from pipelines.kafka.offsets import BrokerUnavailable, OffsetReader, PartitionKey
+from pipelines.kafka.read import OffsetRange, RangeRead, manifest_name, read_range_chunks
 from pipelines.kafka.source_log import SourceChange, offsets_to_verify, source_changes
 from pipelines.local.batch_manifest import collect_assembled, collect_staged, verified_reads
+from pipelines.local.batch_stages import run_assemble, run_ingest
+from pipelines.local.planner import plan_ranges, start_offsets
+from pipelines.ops import failures
 from pipelines.storage.store import BatchFacts, BatchNotAccounted, LandedBatch, Store, StoreError, Suspect
-from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
-from pipelines.kafka.read import OffsetRange, RangeRead, manifest_name, read_range_chunks
-from transforms.parse import ParseLimits, SourceRef, dead_letter
 from transforms.batch_files import DEAD_LETTER_SCHEMA, write_json, write_rows
+from transforms.parse import SourceRef, dead_letter
 
 log = logging.getLogger("cxj.run")
 
@@ -471,7 +468,8 @@ class MicroBatchRunner:
             listener.batch_landed(landed, positions)
         return landed
 
-    def _ends_now(self, partitions: list[PartitionKey], planned: dict[PartitionKey, int]) -> tuple[dict[PartitionKey, int], Optional[float]]:
+    def _ends_now(self, partitions: list[PartitionKey],
+                  planned: dict[PartitionKey, int]) -> tuple[dict[PartitionKey, int], Optional[float]]:
         """End offsets looked up again after landing: the ones the batch was planned with are stale
         by now (producers kept sending), and the lag a batch reports must be today's, not the plan's."""
         looked_up_at = time.time()

@@ -35,10 +35,9 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import duckdb
 
-from pipelines.storage.reader_safety import CONNECT_CONFIG, ReaderConnection, allowed_read_dirs, harden
 from pipelines.storage.quoting import sql_literal
-from pipelines.storage.replica import (LAKE_ALIAS, STATE_TABLE, attach_sql, catalog_path, data_path, lake_dir, load_extensions,
-                                       ReplicaError)
+from pipelines.storage.reader_safety import CONNECT_CONFIG, ReaderConnection, allowed_read_dirs, harden
+from pipelines.storage.replica import LAKE_ALIAS, STATE_TABLE, ReplicaError, attach_sql, catalog_path, data_path, lake_dir, load_extensions
 from pipelines.storage.store import StoreError
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import duckdb
 
@@ -23,6 +23,9 @@ from pipelines.kafka.source_log import PARTITION_REMOVED, Fingerprint, SourceCha
 from pipelines.storage.models import SCHEMA_SQL
 from pipelines.storage.quoting import sql_literal
 from pipelines.storage.replica import ReplicaError, open_writer_replica
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # imported where used: the store's readers never load Arrow
 
 
 class StoreError(RuntimeError):
@@ -341,7 +344,8 @@ class Store:
                 ) from None
             columns = [row[0] for row in self.con.execute(f"DESCRIBE {name}").fetchall()]
             if columns != schema.names:
-                raise BatchNotAccounted(f"batch {batch_id}: staged {name.removeprefix('staged_')} files have columns {columns}, expected {schema.names}")
+                raise BatchNotAccounted(f"batch {batch_id}: staged {name.removeprefix('staged_')} files have columns {columns}, "
+                                        f"expected {schema.names}")
         else:
             import pyarrow as pa
 
@@ -356,8 +360,8 @@ class Store:
         Leaves temp tables batch_events (rows to insert or to replace with), batch_resolution
         and batch_customers (whose journeys the batch recomputes) for the next steps.
         """
-        from transforms.dedup import payload_hash
         from transforms.batch_files import COPY_SCHEMA, DEAD_LETTER_SCHEMA, EVENT_SCHEMA
+        from transforms.dedup import payload_hash
 
         self._load_staged("staged_events", staged.events, EVENT_SCHEMA, batch_id)
         self._load_staged("staged_copies", staged.copies, COPY_SCHEMA, batch_id)
