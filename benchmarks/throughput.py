@@ -1,7 +1,7 @@
 """Throughput benchmark: the pipeline's end-to-end rate against the Kafka client's ceiling.
 
 Pre-produces N simulated events to fresh topics on a local broker, then measures in one run:
-  1. baseline: raw kafka-python consumption of those topics (tuned as in DESIGN fact 6);
+  1. baseline: raw kafka-python consumption of those topics (tuned as in docs/architecture.md, D6);
   2. pipeline: `run --once` from those topics into a fresh DuckDB file (parse, validate,
      dedup, assemble journeys, land).
 Prints both rates and their ratio (pipeline / baseline), and writes them as JSON.

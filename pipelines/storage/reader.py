@@ -8,8 +8,8 @@
     con.sql("FROM mart_open_backlog ORDER BY bucket_order").show()
 
 Both expose the same names: the landing tables (events, journeys, journey_events,
-dead_letters, pipeline_offsets, pipeline_batches) and the views of sql/staging, sql/core and
-sql/marts. Readers never change anything and never keep the pipeline from starting:
+dead_letters, pipeline_offsets, pipeline_batches) and the views of sql/models/ (staging, core,
+marts). Readers never change anything and never keep the pipeline from starting:
 
 * They read the DuckLake read replica the writer publishes after every batch (``<db>.lake/``,
   pipelines/storage/replica.py), attached READ_ONLY, whether or not the pipeline runs. Every statement

@@ -1,7 +1,7 @@
 """The DuckLake read replica: how analysts read the journey tables while the pipeline runs.
 
 DuckDB lets one process hold a database file; while `cxj run` writes ``--db`` nobody else can
-open it, not even read-only (DESIGN fact 7). So after every landed batch the writer also
+open it, not even read-only (docs/architecture.md, D7). So after every landed batch the writer also
 *publishes* that batch to a DuckLake next to the database::
 
     data/journeys.duckdb                        the writer's authoritative store

@@ -2,7 +2,7 @@
 
 Everything a batch produces lands in one transaction together with the Kafka offsets it
 read, so a crash at any point followed by a restart gives exactly the tables of an
-uninterrupted run (DESIGN decision 3). Keeping all writes here means the storage choice
+uninterrupted run (docs/architecture.md, D3). Keeping all writes here means the storage choice
 can change without touching the pipeline.
 """
 from __future__ import annotations
