@@ -21,21 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.config.run_config import RunConfig  # noqa: E402
-from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
-from pipelines.ops import logs  # noqa: E402
+from pipelines.kafka.local_broker import free_port, start_broker, stop_broker  # noqa: E402
 from pipelines.kafka.settings import FAST_CONSUMER_SETTINGS, KafkaSettings  # noqa: E402
 from pipelines.kafka.simulator import generate_customer_events, produce, to_messages  # noqa: E402
+from pipelines.kafka.topics import ensure_topics  # noqa: E402
 from pipelines.local.microbatch import MicroBatchRunner  # noqa: E402
 from pipelines.ops import logs  # noqa: E402
 from pipelines.storage.store import Store  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def simulate_at_least(n: int, seed: int) -> list[tuple[str, bytes, bytes]]:

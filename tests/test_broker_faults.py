@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker
+from pipelines.kafka.local_broker import start_broker, stop_broker
 from pipelines.kafka.offsets import BrokerUnavailable
 from pipelines.kafka.settings import KafkaSettings
+from pipelines.kafka.topics import ensure_topics
 from tests.support import free_port, send_events, table
 
 TOPICS = {"tickets": "bf.tickets", "chats": "bf.chats", "surveys": "bf.surveys"}

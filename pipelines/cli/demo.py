@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from pipelines.local.driver import DEFAULT_DB
+from pipelines.config.paths import DEFAULT_DB
 
 log = logging.getLogger("cxj.demo")
 

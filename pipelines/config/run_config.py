@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pipelines.config.paths import DEFAULT_DB
 from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
 from transforms.metrics_config import MetricsConfig
@@ -23,7 +24,7 @@ DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 @dataclass
 class RunConfig:
-    db: Path = Path("data/journeys.duckdb")
+    db: Path = DEFAULT_DB
     settings: KafkaSettings = field(default_factory=KafkaSettings)
     topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
     max_batch_events: int = 50_000

@@ -332,28 +332,3 @@ def _producer(settings: KafkaSettings) -> Any:
         retries=5,
         max_block_ms=30_000,
     )
-
-
-def missing_topics(settings: KafkaSettings, topics: dict[str, str]) -> list[str]:
-    """Configured event topics that do not exist on the broker."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(**settings.client_kwargs())
-    try:
-        existing = consumer.topics()
-    finally:
-        consumer.close()
-    return [t for t in topics.values() if t not in existing]
-
-
-def create_topics(settings: KafkaSettings, names: list[str], partitions: int) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(**settings.client_kwargs())
-    try:
-        admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()

@@ -542,13 +542,6 @@ def to_messages(
     return messages
 
 
-def simulate_summary(events: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for e in events:
-        counts[e["event_type"]] = counts.get(e["event_type"], 0) + 1
-    return dict(sorted(counts.items()))
-
-
 class ProduceError(RuntimeError):
     """The broker could not take the messages; the message says why."""
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from pipelines.config.durations import parse_duration
 from pipelines.config.lake_options import add_lake_arguments, lake_target_of
+from pipelines.config.paths import DEFAULT_DB
 from pipelines.config.run_config import DEFAULT_MAX_BATCH_BYTES, RunConfig, Stopper
 from pipelines.kafka.offsets import BrokerUnavailable
 from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cxj.run")
 
-DEFAULT_DB = Path("data/journeys.duckdb")
 
 EXIT_OK = 0
 EXIT_STORE = 2
@@ -259,13 +258,3 @@ def _quality_reported(quality, metrics):  # type: ignore[no-untyped-def]
 
     return QualityWithMetrics()
 
-
-def run(argv: Optional[Sequence[str]] = None) -> int:
-    """Beam-style entry point (`python -m pipelines.local.driver ...`): the same strict parsing as `cxj run`."""
-    from pipelines.cli.main import main
-
-    return main(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(run())

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import duckdb
 
+from pipelines.config.paths import DEFAULT_DB
 from pipelines.storage.quoting import sql_literal
 from pipelines.storage.reader_safety import CONNECT_CONFIG, ReaderConnection, allowed_read_dirs, harden
 from pipelines.storage.replica import LAKE_ALIAS, STATE_TABLE, ReplicaError, attach_sql, catalog_path, data_path, lake_dir, load_extensions
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
     import polars
 
     from pipelines.storage.lake_target import LakeTarget
-
-DEFAULT_DB = Path("data/journeys.duckdb")
 
 
 class ReplicaNotReady(StoreError):
