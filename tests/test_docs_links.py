@@ -182,3 +182,14 @@ def test_every_model_cites_the_yaml_beside_it():
     for model in models:
         cited = re.findall(r"documented in (_\w+\.yml)", model.read_text())
         assert cited and all((model.parent / name).is_file() for name in cited), model.relative_to(ROOT)
+
+
+def test_the_dead_letter_reasons_documented_are_the_ones_in_the_code():
+    """docs/architecture.md, "Bad input" lists every stable reason code of transforms/parse.py, and no other."""
+    from transforms.parse import REASONS
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    codes = section.split("reason\ncode (", 1)[1].split(")", 1)[0] + section.split("the driver adds", 1)[1].split(" for ", 1)[0]
+    named = set(re.findall(r"`(\w+)`", codes))
+    assert named == set(REASONS), (sorted(named - set(REASONS)), sorted(set(REASONS) - named))

@@ -29,19 +29,16 @@ from typing import IO, Any, Callable, Iterator, Optional
 
 from pipelines.kafka.settings import KafkaSettings
 from transforms.events import STREAM_OF_TYPE
-from transforms.parse import ParseLimits, SourceRef, parse_record
+from transforms.parse import NOT_JSON, NOT_OBJECT, NOT_UTF8, TOO_DEEP, TOO_LARGE, UNKNOWN_EVENT_TYPE, ParseLimits, SourceRef, parse_record
 
 log = logging.getLogger("cxj.produce")
 
 GZIP_MAGIC = b"\x1f\x8b"
 
-# reasons a line is not sent (stable codes, shown in the report)
-NOT_UTF8 = "not_utf8"
-NOT_JSON = "not_json"
-NOT_OBJECT = "not_object"
-UNKNOWN_EVENT_TYPE = "unknown_event_type"
-TOO_DEEP = "too_deep"  # nested deeper than Python's JSON parser can follow
-TOO_LARGE = "too_large"  # larger than the producer may send (only reached with --no-validate)
+# Reasons a line is not sent (stable codes, shown in the report): the pipeline's dead-letter codes
+# (transforms/parse.py) where the cause is the same, too_deep meaning nested deeper than Python's
+# JSON parser can follow and too_large larger than the producer may send (only with --no-validate),
+# and these of the producer's own:
 UNREADABLE = "unreadable"  # anything else that made one line impossible to classify
 INVALID = "invalid"  # prefix: the pipeline's dead-letter reason follows, e.g. invalid:schema_violation
 SEND_FAILED = "send_failed"

@@ -24,11 +24,10 @@ from pipelines.local.planner import plan_ranges, start_offsets
 from pipelines.ops import failures
 from pipelines.storage.store import BatchFacts, BatchNotAccounted, LandedBatch, Store, StoreError, Suspect
 from transforms.batch_files import DEAD_LETTER_SCHEMA, write_json, write_rows
-from transforms.parse import SourceRef, dead_letter
+from transforms.parse import POISON, SourceRef, dead_letter
 
 log = logging.getLogger("cxj.run")
 
-POISON = "poison"  # dead-letter reason of a record isolated as the cause of failing attempts
 
 # Load only the part of a touched customer's history that the batch can still change
 # (pipelines/storage/store.py, Store._freeze_settled_journeys). Benchmarks switch it off to
