@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipelines.config.run_config import RunConfig  # noqa: E402
 from pipelines.kafka.local_broker import free_port, start_broker, stop_broker  # noqa: E402
 from pipelines.kafka.settings import FAST_CONSUMER_SETTINGS, KafkaSettings  # noqa: E402
-from pipelines.kafka.simulator import generate_customer_events, produce, to_messages  # noqa: E402
+from pipelines.kafka.simulator import generate_customer_events, send_simulated, to_messages  # noqa: E402
 from pipelines.kafka.topics import ensure_topics  # noqa: E402
 from pipelines.local.microbatch import MicroBatchRunner  # noqa: E402
 from pipelines.ops import logs  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> int:
         ensure_topics(settings, topics.values(), 3)
         messages = simulate_at_least(args.events, args.seed)
         print(f"producing {len(messages):,} messages ...", flush=True)
-        produce(messages, settings, topics)
+        send_simulated(messages, settings, topics)
 
         count, seconds = consume_all(settings, list(topics.values()))
         baseline = count / seconds

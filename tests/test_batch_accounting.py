@@ -80,7 +80,7 @@ def landed_once(broker, tmp_path_factory):
 
 
 class Sabotage(RunListener):
-    """Does ``harm`` to the staging directory of every batch, after ``stage`` ran."""
+    """Does ``harm`` to the batch files directory of every batch, after ``stage`` ran."""
 
     def __init__(self, harm: Callable[[Path], None], stage: str = "ingest") -> None:
         self.harm = harm

@@ -68,7 +68,7 @@ def test_service_scenarios_through_the_pipeline(broker, topics, db):
                     doc["event_id"] = f"{s.name}/{doc['event_id']}"
                     batch.append(doc)
         send_events(broker, topics, batch)
-        landed_batches = run_once(db, broker, topics, metrics=CONFIG)
+        landed_batches = run_once(db, broker, topics, service_metrics=CONFIG)
         assert len(landed_batches) == 1
         batch_of_round.append(landed_batches[0].batch_id)
         for s in SERVICE:

@@ -35,7 +35,7 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from pipelines.config.run_config import RunConfig
     from pipelines.kafka.local_broker import BrokerError, start_broker
     from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
-    from pipelines.kafka.simulator import generate_customer_events, produce, to_messages
+    from pipelines.kafka.simulator import generate_customer_events, send_simulated, to_messages
     from pipelines.local.driver import execute
     from pipelines.ops.summary import summarize
 
@@ -52,7 +52,7 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     events = generate_customer_events(args.customers, seed, datetime.fromisoformat(DEFAULT_START))
     messages = to_messages(events, seed, 0.02, 0.01, 0.005)
     settings = KafkaSettings(bootstrap_servers=bootstrap)
-    produce(messages, settings, dict(DEFAULT_TOPICS), None, progress_printer("sending") if not args.quiet else None)
+    send_simulated(messages, settings, dict(DEFAULT_TOPICS), None, progress_printer("sending") if not args.quiet else None)
     log.info("3/4 running the pipeline until caught up (into %s)", args.db)
     code = execute(RunConfig(db=args.db, settings=settings), follow=False)
     if code != 0:

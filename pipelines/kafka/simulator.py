@@ -427,11 +427,11 @@ def run_live(
 
     tls_problem = probe_tls(settings)
     if tls_problem:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
+        raise SendError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
     try:
         producer = KafkaProducer(**settings.client_kwargs(), linger_ms=20, acks=1)
     except (KafkaError, OSError, ValueError) as exc:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
+        raise SendError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
     stats = LiveStats()
     queue: list[tuple[datetime, int, str, str, bytes, bytes]] = []  # (delivery sim time, seq, kind, stream, key, value)
     seq = itertools.count()
@@ -481,7 +481,7 @@ def run_live(
             time.sleep(min(0.1, max(0.0, wait)))
         producer.flush(timeout=30)
     except KafkaError as exc:
-        raise ProduceError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
+        raise SendError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
     finally:
         producer.close(timeout=5)
     stats.seconds = time.time() - wall0
@@ -542,28 +542,29 @@ def to_messages(
     return messages
 
 
-class ProduceError(RuntimeError):
+class SendError(RuntimeError):
     """The broker could not take the messages; the message says why."""
 
 
-def produce(
+def send_simulated(
     messages: list[tuple[str, bytes, bytes]],
     settings: KafkaSettings,
     topics: dict[str, str],
     rate: Optional[float] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> int:
-    """Sends messages (key = customer_id, so a customer's events keep their order per partition)."""
+    """Sends simulated messages (key = customer_id, so a customer's events keep their order per
+    partition). Not `cxj produce`, which sends an export file (pipelines/kafka/file_to_topic.py)."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     tls_problem = probe_tls(settings)  # kafka-python would hang on a listener that does not speak TLS
     if tls_problem:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
+        raise SendError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
     try:
         producer = KafkaProducer(**settings.client_kwargs(), linger_ms=20, batch_size=1 << 20, acks=1)
     except (KafkaError, OSError, ValueError) as exc:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
+        raise SendError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
     total = len(messages)
     started = time.monotonic()
     last_report = 0.0
@@ -579,7 +580,7 @@ def produce(
                 progress(sent, total)
         producer.flush(timeout=60)
     except KafkaError as exc:
-        raise ProduceError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
+        raise SendError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
     finally:
         producer.close(timeout=5)
     if progress:

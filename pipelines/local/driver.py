@@ -97,14 +97,14 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         stall_after_s=args.stall_after,
         check=args.check,
         lock_timeout_s=float(args.lock_timeout),
-        metrics=_metrics_config(getattr(args, "calendars", None)),
+        service_metrics=_service_metrics_config(getattr(args, "calendars", None)),
         lake=lake_target_of(args),
         writer_id=getattr(args, "writer_id", None),
         partitions=getattr(args, "partitions", None),
     )
 
 
-def _metrics_config(path: Optional[Path]) -> "MetricsConfig":
+def _service_metrics_config(path: Optional[Path]) -> "MetricsConfig":
     """The --calendars file; a file that cannot be used stops the run with one line (exit 4)."""
     from transforms.metrics_config import MetricsConfigError, load_metrics_config
 
@@ -203,7 +203,7 @@ def execute(config: RunConfig, follow: bool, listeners: Sequence[object] = ()) -
         except StoreError as gone:
             log.error("%s", gone)
             return EXIT_STORE
-        known = failures.describe(exc, config.db, config.staging_root)
+        known = failures.describe(exc, config.db, config.batch_files_root)
         if known is not None:
             log.error("%s", known.line)
             return known.exit_code

@@ -290,7 +290,7 @@ class MicroBatchRunner:
             self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
             raise
         except Exception as exc:
-            if _is_environment_error(exc) or failures.describe(exc, self.config.db, self.config.staging_root):
+            if _is_environment_error(exc) or failures.describe(exc, self.config.db, self.config.batch_files_root):
                 self._finish_quietly(attempt_id, "error", exc)  # a full disk, a vanished directory: no record's fault
                 raise
             error = _first_line(exc)
@@ -316,7 +316,7 @@ class MicroBatchRunner:
     def _stages_work_without_records(self) -> bool:
         """A control run of both stages over no records: if it fails too, the failure lies in
         the environment (threads, memory, disk, runner), not in the batch's records."""
-        probe = self.config.staging_root / "probe"
+        probe = self.config.batch_files_root / "probe"
         shutil.rmtree(probe, ignore_errors=True)
         try:
             probe.mkdir(parents=True)
@@ -360,7 +360,7 @@ class MicroBatchRunner:
         """Runs the two stages, checks their output and lands it; the staging dir is removed after."""
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
-        staging = self.config.staging_root / f"batch-{batch_id}"
+        staging = self.config.batch_files_root / f"batch-{batch_id}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
@@ -385,7 +385,7 @@ class MicroBatchRunner:
             if self.store.export_history(history, horizon_s=history_horizon_s(self.config) if PRUNE_SETTLED_HISTORY else None):
                 files = sorted(str(f) for f in history.rglob("*.parquet"))
                 assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args,
-                                          self.config.metrics).seconds
+                                          self.config.service_metrics).seconds
             self._tell_staged(batch_id, staging, "assemble")
             collect_assembled(staging, history, staged, batch_id)
             facts = BatchFacts(
@@ -415,7 +415,7 @@ class MicroBatchRunner:
         keeps its raw bytes and the failure, and goes through the same checked landing."""
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
-        staging = self.config.staging_root / f"batch-{batch_id}"
+        staging = self.config.batch_files_root / f"batch-{batch_id}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         plan = [{"topic": offset_range.topic, "partition": offset_range.partition,

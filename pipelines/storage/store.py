@@ -331,7 +331,7 @@ class Store:
         """A temp table from staged Parquet files; unreadable or short files fail the batch."""
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
         for directory in {f.parent for f in files}:
-            if not directory.is_dir():  # the staging directory was removed under the batch
+            if not directory.is_dir():  # the batch files directory was removed under the batch
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(directory))
         if files:
             source = "read_parquet([" + ", ".join(sql_literal(str(f)) for f in files) + "])"
