@@ -178,14 +178,6 @@ def parse_calendar(name: str, table: dict) -> Calendar:
     )
 
 
-def as_interval_text(calendar: Calendar) -> dict[str, list[str]]:
-    """Readable weekly hours (for docs and error messages)."""
-    def hhmm(m: int) -> str:
-        return f"{m // 60:02d}:{m % 60:02d}"
-
-    return {d: [f"{hhmm(a)}-{hhmm(b)}" for a, b in calendar.hours[i]] for i, d in enumerate(WEEKDAYS)}
-
-
 def optional_business_seconds(calendar: Calendar, start_us: Optional[int], end_us: Optional[int]) -> Optional[float]:
     if start_us is None or end_us is None:
         return None

@@ -102,10 +102,6 @@ class BackfillReport:
     def send_failures(self) -> list[Rejected]:
         return [r for r in self.rejected if r.reason == SEND_FAILED]
 
-    @property
-    def invalid_lines(self) -> list[Rejected]:
-        return [r for r in self.rejected if r.reason != SEND_FAILED]
-
 
 def open_export(path: str | Path) -> tuple[IO[bytes], Callable[[], int], int]:
     """(binary line stream, position in the file in bytes, file size) for a plain or gzipped
