@@ -105,6 +105,7 @@ REVIEWED = {
         "touched": "SQL text built in publish() from self.source and int batch ids",
     },
     "storage/replica.py:compact": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
+    "storage/models_test.py:sql_type_rank": {"case.group(1)": "the CASE expression read from our own model file stg_events.sql"},
     "storage/store.py:_load_staged": {
         "name": "temp table names are string literals at every call site (staged_events, staged_links, ...)",
         "source": "read_parquet([...]) of staged paths, each quoted with sql_literal in the same function",
