@@ -82,5 +82,8 @@ class Event:
     def from_row(cls, row: dict[str, Any]) -> "Event":
         return cls(**{name: row.get(name) for name in EVENT_FIELDS})
 
+    def to_row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in EVENT_FIELDS}
+
 
 EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
