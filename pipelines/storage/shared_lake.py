@@ -40,9 +40,23 @@ import duckdb
 
 from pipelines.storage.lake_target import LakeTarget
 from pipelines.storage.quoting import ident, sql_literal
-from pipelines.storage.replica import (APPENDED, LAKE_ALIAS, META_TABLE, PER_CUSTOMER, REPLACED, STATE_TABLE, TABLES,
-                                       PublishResult, Replica, ReplicaError, _rollback, load_extensions,
-                                       read_summary, summary_differences, view_statements)
+from pipelines.storage.replica import (
+    APPENDED,
+    LAKE_ALIAS,
+    META_TABLE,
+    PER_CUSTOMER,
+    REPLACED,
+    STATE_TABLE,
+    TABLES,
+    PublishResult,
+    Replica,
+    ReplicaError,
+    _rollback,
+    load_extensions,
+    read_summary,
+    summary_differences,
+    view_statements,
+)
 
 log = logging.getLogger("cxj.lake")
 
