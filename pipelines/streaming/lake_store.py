@@ -163,7 +163,7 @@ class LakeStore:
         path = Path(self.catalog[len("sqlite:"):] if self.catalog.startswith("sqlite:") else self.catalog)
         if path.exists():
             return
-        subprocess.run([sys.executable, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA journal_mode=WAL').fetchall()",
+        subprocess.run([sys.executable, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA journal_mode=WAL').fetchall()",  # noqa: E501
                         str(path)], check=True, capture_output=True, timeout=60)
 
     def _open_once(self) -> None:
