@@ -38,7 +38,7 @@ PRUNE_SETTLED_HISTORY = True
 def history_horizon_s(config: RunConfig) -> float:
     """How far back in event time any journey rule looks from a new event: the repeat window
     (joining a journey), the durable-resolution window and the repeat-contact window."""
-    return max(config.repeat_window_s, config.metrics.durable_us / 1e6, config.metrics.repeat_contact_window_us / 1e6)
+    return max(config.repeat_window_s, config.service_metrics.durable_us / 1e6, config.service_metrics.repeat_contact_window_us / 1e6)
 
 
 def _is_broker_error(exc: BaseException) -> bool:

@@ -38,7 +38,8 @@ from typing import Any, Iterable, Iterator, Optional
 import duckdb
 import pyarrow as pa
 
-from pipelines.storage.replica import ident, load_extensions, sql_literal
+from pipelines.storage.quoting import ident, sql_literal
+from pipelines.storage.replica import load_extensions
 from transforms.batch_files import (
     DEAD_LETTER_SCHEMA,
     EVENT_SCHEMA,
