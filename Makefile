@@ -31,6 +31,10 @@ postgres:
 test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q
 
+# ruff (pinned in pyproject's test extras): pyflakes, pycodestyle, import order, bugbear ([tool.ruff] in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
 report: $(STAMP)
 	$(BIN)/cxj report -o report.html
 

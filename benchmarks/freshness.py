@@ -26,19 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
 
-from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
-from pipelines.kafka.settings import KafkaSettings  # noqa: E402
+from pipelines.kafka.local_broker import free_port, start_broker, stop_broker  # noqa: E402
 from pipelines.kafka.offsets import OffsetReader  # noqa: E402
+from pipelines.kafka.settings import KafkaSettings  # noqa: E402
+from pipelines.kafka.topics import ensure_topics  # noqa: E402
 
 EVENTS_PER_CUSTOMER = 11.5  # what the simulator produces on average
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sample_lag(settings: KafkaSettings, topics: list[str], db: Path, stop: threading.Event, samples: list) -> None:

@@ -84,19 +84,19 @@ def _cycle_cpu_s(db: Path, settings: Any, topics: dict[str, str]) -> float:
 
 def measure(settings: Any, make_topics: Callable[[], dict[str, str]], folder: Path) -> dict[str, float]:
     """Both ratios (and what they were computed from), against a broker at ``settings``."""
-    from pipelines.kafka.simulator import produce
+    from pipelines.kafka.simulator import send_simulated
 
     reference = reference_cpu_s()
     db = folder / f"guard-{uuid.uuid4().hex[:6]}.duckdb"
     topics = make_topics()
-    produce(_messages(1, 1), settings, topics)
+    send_simulated(_messages(1, 1), settings, topics)
     _cycle_cpu_s(db, settings, topics)  # warm-up: imports, schema, replica creation
     cycles = []
     for i in range(3):
-        produce(_messages(1, 100 + i), settings, topics)
+        send_simulated(_messages(1, 100 + i), settings, topics)
         cycles.append(_cycle_cpu_s(db, settings, topics))
     overhead = min(cycles)
-    produce(_messages(EVENTS, 7), settings, topics)
+    send_simulated(_messages(EVENTS, 7), settings, topics)
     big = _cycle_cpu_s(db, settings, topics)
     per_event = max(big - overhead, 0.0) / EVENTS
     return {
@@ -123,10 +123,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-baseline", action="store_true", help=f"store the measured ratios in {BASELINE.name}")
     args = parser.parse_args()
+    from throughput import free_port
+
     from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker
     from pipelines.kafka.settings import KafkaSettings
     from pipelines.ops import logs
-    from throughput import free_port
 
     logs.configure(quiet=True)
     port = free_port()

@@ -19,7 +19,6 @@ import pstats
 import sys
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,14 +26,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import duckdb  # noqa: E402
-
-from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
-from pipelines.kafka.settings import KafkaSettings  # noqa: E402
-from pipelines.kafka.simulator import produce  # noqa: E402
-from pipelines.ops import logs  # noqa: E402
-import pipelines.local.microbatch as microbatch  # noqa: E402
 from run_all import land, topics_named  # noqa: E402
 from throughput import free_port, simulate_at_least  # noqa: E402
+
+import pipelines.local.microbatch as microbatch  # noqa: E402
+from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
+from pipelines.kafka.settings import KafkaSettings  # noqa: E402
+from pipelines.kafka.simulator import send_simulated  # noqa: E402
+from pipelines.ops import logs  # noqa: E402
 
 
 def main() -> int:
@@ -54,7 +53,7 @@ def main() -> int:
     topics = topics_named("prof")
     try:
         ensure_topics(settings, topics.values(), 3)
-        produce(simulate_at_least(args.events, 11), settings, topics)
+        send_simulated(simulate_at_least(args.events, 11), settings, topics)
         db = work / "prof.duckdb"
         profiler = cProfile.Profile(time.process_time)  # CPU seconds: robust against a busy machine
         started = time.perf_counter()

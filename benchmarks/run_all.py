@@ -35,16 +35,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import duckdb  # noqa: E402
+from throughput import consume_all, free_port, simulate_at_least  # noqa: E402
 
+import pipelines.local.microbatch as microbatch  # noqa: E402
 from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
 from pipelines.kafka.offsets import BrokerUnavailable  # noqa: E402
 from pipelines.kafka.settings import KafkaSettings  # noqa: E402
-from pipelines.kafka.simulator import generate_customer_events, produce, to_messages  # noqa: E402
-from pipelines.ops import logs  # noqa: E402
-import pipelines.local.microbatch as microbatch  # noqa: E402
+from pipelines.kafka.simulator import generate_customer_events, send_simulated, to_messages  # noqa: E402
 from pipelines.local.microbatch import MicroBatchRunner, RunConfig  # noqa: E402
+from pipelines.ops import logs  # noqa: E402
 from pipelines.storage.store import Store  # noqa: E402
-from throughput import consume_all, free_port, simulate_at_least  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def land(db: Path, settings: KafkaSettings, topics: dict[str, str], max_batch_ev
     restart would) and the retry is counted."""
     config = RunConfig(db=db, settings=settings, topics=topics, max_batch_events=max_batch_events)
     out = Landed(0.0, 0.0, [])
-    for attempt in range(10):
+    for _attempt in range(10):
         with Store(db) as store:
             runner = MicroBatchRunner(config, store)
             started, cpu = time.perf_counter(), time.process_time()
@@ -112,7 +112,7 @@ def throughput(settings: KafkaSettings, events: int) -> dict[str, Any]:
     topics = topics_named("tp")
     ensure_topics(settings, topics.values(), 3)
     messages = simulate_at_least(events, 1)
-    produce(messages, settings, topics)
+    send_simulated(messages, settings, topics)
     count, seconds = consume_all(settings, list(topics.values()))
     baseline = count / seconds
     work = Path(tempfile.mkdtemp(prefix=f"cxj-tp-{RUN_TAG}"))
@@ -266,7 +266,7 @@ def _doc(customer: str, event_id: str, fields: dict[str, Any]) -> dict[str, Any]
 
 
 def send_docs(settings: KafkaSettings, topics: dict[str, str], docs: list[dict[str, Any]]) -> None:
-    produce(to_messages(docs, 0, 0.0, 0.0, 0.0), settings, topics)
+    send_simulated(to_messages(docs, 0, 0.0, 0.0, 0.0), settings, topics)
 
 
 def grow_store(db: Path, target_events: int) -> dict[str, int]:
@@ -376,7 +376,7 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     for n in scale.backlogs:
         t = topics_named(f"g-backlog{n}")
         ensure_topics(settings, t.values(), 3)
-        produce(simulate_at_least(n, 3), settings, t)
+        send_simulated(simulate_at_least(n, 3), settings, t)
         rss[str(n)] = peak_rss_mb(work / f"backlog{n}.duckdb", settings, t)
     out = {
         "batch_events": sum(b.consumed for b in grown.batches),

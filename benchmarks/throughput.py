@@ -1,7 +1,7 @@
 """Throughput benchmark: the pipeline's end-to-end rate against the Kafka client's ceiling.
 
 Pre-produces N simulated events to fresh topics on a local broker, then measures in one run:
-  1. baseline: raw kafka-python consumption of those topics (tuned as in DESIGN fact 6);
+  1. baseline: raw kafka-python consumption of those topics (tuned as in docs/architecture.md, D6);
   2. pipeline: `run --once` from those topics into a fresh DuckDB file (parse, validate,
      dedup, assemble journeys, land).
 Prints both rates and their ratio (pipeline / baseline), and writes them as JSON.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -21,20 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
-from pipelines.ops import logs  # noqa: E402
+from pipelines.config.run_config import RunConfig  # noqa: E402
+from pipelines.kafka.local_broker import free_port, start_broker, stop_broker  # noqa: E402
 from pipelines.kafka.settings import FAST_CONSUMER_SETTINGS, KafkaSettings  # noqa: E402
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig  # noqa: E402
-from pipelines.kafka.simulator import generate_customer_events, produce, to_messages  # noqa: E402
+from pipelines.kafka.simulator import generate_customer_events, send_simulated, to_messages  # noqa: E402
+from pipelines.kafka.topics import ensure_topics  # noqa: E402
+from pipelines.local.microbatch import MicroBatchRunner  # noqa: E402
+from pipelines.ops import logs  # noqa: E402
 from pipelines.storage.store import Store  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def simulate_at_least(n: int, seed: int) -> list[tuple[str, bytes, bytes]]:
@@ -82,7 +75,7 @@ def main() -> int:
         ensure_topics(settings, topics.values(), 3)
         messages = simulate_at_least(args.events, args.seed)
         print(f"producing {len(messages):,} messages ...", flush=True)
-        produce(messages, settings, topics)
+        send_simulated(messages, settings, topics)
 
         count, seconds = consume_all(settings, list(topics.values()))
         baseline = count / seconds

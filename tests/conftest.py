@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, settings
 from pipelines.kafka.settings import KafkaSettings
 from tests.support import free_port, new_topics
 
+if TYPE_CHECKING:
+    from tests.postgres_cluster import ThrowawayPostgres
 
 # Hypothesis profiles. "ci" (the default, also on developers' machines) is derandomized: every
 # run draws the same examples, so a red run is reproducible and a green one is not luck.

@@ -262,7 +262,7 @@ def journeys_of(customer: str, events: list[Ev], window_s: float = 72 * 3600) ->
         resolved_at = j.resolved_at if j.status == "resolved" else None
 
         def latest(name: str) -> Optional[int]:
-            values = [s.doc.get(name) for s in surveys if s.doc.get(name) is not None]
+            values = [s.doc.get(name) for s in surveys if s.doc.get(name) is not None]  # noqa: B023 (called within this iteration)
             return values[-1] if values else None
 
         def distinct(values: Iterable[Optional[str]]) -> list[str]:

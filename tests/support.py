@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
 import duckdb
 
+from pipelines.config.run_config import RunConfig
+from pipelines.kafka.local_broker import free_port as free_port  # one home; tests import it from here
 from pipelines.kafka.settings import KafkaSettings
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.store import Store
 
 JOURNEY_COLUMNS = (
@@ -20,15 +21,9 @@ JOURNEY_COLUMNS = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def new_topics(settings: KafkaSettings, partitions: int = 3) -> dict[str, str]:
     """Unique topic names per test, so tests sharing one broker never see each other's data."""
-    from pipelines.kafka.local_broker import ensure_topics
+    from pipelines.kafka.topics import ensure_topics
 
     suffix = uuid.uuid4().hex[:8]
     topics = {"tickets": f"t-{suffix}.tickets", "chats": f"t-{suffix}.chats", "surveys": f"t-{suffix}.surveys"}

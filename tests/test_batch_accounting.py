@@ -21,10 +21,10 @@ from typing import Callable
 
 import pytest
 
-from pipelines.local.driver import EXIT_PIPELINE, execute
-from pipelines.local.microbatch import RunListener
 from pipelines.config.run_config import RunConfig
 from pipelines.kafka.simulator import generate_customer_events, to_messages
+from pipelines.local.driver import EXIT_PIPELINE, execute
+from pipelines.local.microbatch import RunListener
 from tests.support import JOURNEY_COLUMNS, new_topics, run_once, send, table
 
 TABLES = {
@@ -80,7 +80,7 @@ def landed_once(broker, tmp_path_factory):
 
 
 class Sabotage(RunListener):
-    """Does ``harm`` to the staging directory of every batch, after ``stage`` ran."""
+    """Does ``harm`` to the batch files directory of every batch, after ``stage`` ran."""
 
     def __init__(self, harm: Callable[[Path], None], stage: str = "ingest") -> None:
         self.harm = harm

@@ -16,16 +16,11 @@ from typing import Iterator
 
 import pytest
 
-from pipelines.kafka.local_broker import BrokerError, BrokerStatus, broker_status, ensure_topics, start_broker, stop_broker
+from pipelines.kafka.local_broker import BrokerError, BrokerStatus, broker_status, free_port, start_broker, stop_broker
 from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
+from pipelines.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pid_alive(pid: int) -> bool:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker
-from pipelines.kafka.settings import KafkaSettings
+from pipelines.kafka.local_broker import start_broker, stop_broker
 from pipelines.kafka.offsets import BrokerUnavailable
+from pipelines.kafka.settings import KafkaSettings
+from pipelines.kafka.topics import ensure_topics
 from tests.support import free_port, send_events, table
 
 TOPICS = {"tickets": "bf.tickets", "chats": "bf.chats", "surveys": "bf.surveys"}
@@ -131,7 +132,8 @@ def test_follow_survives_broker_down_at_start_and_restart(tmp_path):
     run = Logged([*cli(db, port, "--follow"), "--broker-timeout", "2s"])  # each connection attempt gives up after 2 s
     try:
         # broker down: the pipeline says so, waits and retries with a growing pause
-        assert run.wait_for(r"WARNING .*broker unavailable: cannot reach Kafka at 127\.0\.0\.1:\d+.*; retrying in 1s", 30), "".join(run.lines)
+        assert run.wait_for(r"WARNING .*broker unavailable: cannot reach Kafka at 127\.0\.0\.1:\d+.*; retrying in 1s", 30), \
+            "".join(run.lines)
         assert run.wait_for(r"retrying in 2s", 30), "".join(run.lines)
         assert run.proc.poll() is None
         start_broker(port=port, topics=[], state_dir=state)
@@ -213,9 +215,9 @@ def test_once_fails_cleanly_when_the_broker_stops_mid_run(tmp_path):
 
 def test_a_stalled_read_inside_the_beam_stage_is_a_broker_error(broker, topics, tmp_path):
     """A KafkaReadTimeout raised inside the Beam stage comes out of the runner as BrokerUnavailable."""
+    from pipelines.kafka.read import OffsetRange
     from pipelines.local.batch_stages import run_ingest
     from pipelines.local.microbatch import _broker_errors_named
-    from pipelines.kafka.read import OffsetRange
     from transforms.parse import ParseLimits
 
     send_events(broker, topics, events("s", 3))
@@ -245,8 +247,8 @@ def _stall_once(monkeypatch):
 
 
 def test_follow_retries_a_broker_error_from_inside_a_stage(broker, topics, db, monkeypatch, caplog):
-    from pipelines.local.microbatch import MicroBatchRunner, RunListener
     from pipelines.config.run_config import RunConfig, Stopper
+    from pipelines.local.microbatch import MicroBatchRunner, RunListener
     from pipelines.storage.store import Store
 
     monkeypatch.setenv("CXJ_REPLICA", "off")
@@ -268,13 +270,14 @@ def test_follow_retries_a_broker_error_from_inside_a_stage(broker, topics, db, m
             runner.close()
     assert len(calls) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(re.match(r"broker unavailable: reading from Kafka failed: .*reading stalled.*; retrying in 1s", w) for w in warnings), warnings
+    stalled = r"broker unavailable: reading from Kafka failed: .*reading stalled.*; retrying in 1s"
+    assert any(re.match(stalled, w) for w in warnings), warnings
     assert table(db, "SELECT count(*) FROM events") == [(10,)]
 
 
 def test_once_reports_a_broker_error_from_inside_a_stage_in_one_line(broker, topics, db, monkeypatch, caplog):
-    from pipelines.local.driver import EXIT_BROKER, execute
     from pipelines.config.run_config import RunConfig
+    from pipelines.local.driver import EXIT_BROKER, execute
 
     monkeypatch.setenv("CXJ_REPLICA", "off")
     _stall_once(monkeypatch)

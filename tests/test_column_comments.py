@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.storage.models import MODELS_DIR, ModelError, load_docs, load_models, render
+from pipelines.storage.models import LAYER_ORDER, MODELS_DIR, ModelError, load_docs, load_models, render
 from pipelines.storage.reader import connect_replica
 from pipelines.storage.replica import TABLES as REPLICA_TABLES
 from pipelines.storage.store import Store
@@ -78,7 +78,7 @@ def test_every_model_and_column_is_documented_in_yaml():
 
 def test_models_read_only_earlier_layers():
     """staging reads sources only; core reads staging/core; marts read core (no layer skips back up)."""
-    order = {"staging": 0, "ops": 0, "core": 1, "marts": 2}
+    order = LAYER_ORDER
     layer = {m.name: m.layer for m in load_models()}
     for model in load_models():
         if model.layer in ("staging", "ops"):

@@ -52,7 +52,7 @@ def test_every_option_has_an_environment_variable(tmp_path):
     from pipelines.config.layers import configurable_actions, env_name, long_option
 
     _, children = build_parser()
-    for command, parser in children.items():
+    for _command, parser in children.items():
         for action in configurable_actions(parser):
             if action.dest == "config":
                 continue
@@ -118,7 +118,8 @@ def test_environment_mistakes_are_errors(tmp_path, env, message):
 def test_unknown_cxj_variable_is_named(tmp_path):
     result = cxj("config", "show", "run", env={"CXJ_MAX_BATCH_EVENT": "5"}, cwd=tmp_path)
     assert result.returncode == 0
-    assert "environment variable CXJ_MAX_BATCH_EVENT (did you mean CXJ_MAX_BATCH_EVENTS or CXJ_MAX_BATCH_BYTES?) is not a cxj setting" in result.stderr
+    assert ("environment variable CXJ_MAX_BATCH_EVENT (did you mean CXJ_MAX_BATCH_EVENTS or CXJ_MAX_BATCH_BYTES?) "
+            "is not a cxj setting") in result.stderr
 
 
 def test_config_show_masks_secrets(tmp_path):

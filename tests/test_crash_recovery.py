@@ -39,6 +39,7 @@ KILLS = int(os.environ.get("CXJ_CRASH_KILLS", "10"))
 HOOK = r"""
 import os, sys, time
 from pipelines.storage import store
+from pipelines.storage.models import SCHEMA_SQL
 
 def pause(phase, batch):
     arm = os.environ["CXJ_TEST_ARM"]
@@ -67,7 +68,7 @@ def land_and_pause(self, facts, *args, **kwargs):
     return landed
 
 def schema_and_pause(self):
-    self.con.execute((store.SQL_DIR / "schema.sql").read_text())
+    self.con.execute(SCHEMA_SQL.read_text())
     pause("schema", 0)  # tables created, views not yet
     schema(self)
 

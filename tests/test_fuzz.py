@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pipelines.kafka.settings import KafkaSettings
+from tests.support import new_topics, run_once, send, table
+from transforms.batch_files import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, write_rows
 from transforms.dedup import bucket_of
 from transforms.parse import ParseLimits, parse_chunk
-from transforms.batch_files import DEAD_LETTER_SCHEMA, EVENT_SCHEMA, write_rows
-from tests.support import new_topics, run_once, send, table
 
 MAX_BYTES = 4000
 MAX_DEPTH = 32  # documented: JSON nested deeper than 32 levels is rejected (the top-level object is level 1)

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import pytest
 
-from pipelines.storage.store import sql_literal
+from pipelines.storage.quoting import sql_literal
 from tests.support import JOURNEY_COLUMNS, run_once, send_events, table
 from transforms.events import STREAM_OF_TYPE, Event
 from transforms.journeys import assemble_journeys

@@ -22,8 +22,8 @@ from typing import Iterator
 import duckdb
 import pytest
 
-from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.config.run_config import RunConfig
+from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.store import Store, StoreError
 from tests.support import free_port, new_topics, run_once, send_events, table
 
@@ -109,7 +109,7 @@ def test_follow_stops_when_its_database_file_is_deleted_or_replaced(broker, tmp_
         os.replace(other, db)
     elif how.startswith("its directory"):
         send_events(broker, topics, events("b", 3000))
-        batch_dir = db.parent / ".journeys.duckdb.staging" / "batch-2"
+        batch_dir = db.parent / ".journeys.duckdb.batches" / "batch-2"
         deadline = time.monotonic() + 60
         while not batch_dir.exists():  # batch 2 is under way: `rm -rf` the database and its work files
             assert time.monotonic() < deadline and run.proc.poll() is None, run.log
@@ -333,22 +333,22 @@ def test_write_permission_revoked_mid_run_is_exit_2_naming_the_path(broker, tmp_
 # ---------------------------------------------------------------- pipeline failures: exit 4
 
 
-def test_staging_directory_vanishing_mid_batch_is_exit_4_in_one_line(broker, tmp_path):
-    """Another process (a tmp cleaner, a careless rm) deletes the batch's staging directory."""
+def test_batch_files_directory_vanishing_mid_batch_is_exit_4_in_one_line(broker, tmp_path):
+    """Another process (a tmp cleaner, a careless rm) deletes the batch's directory of batch files."""
     topics = new_topics(broker)
     db = tmp_path / "journeys.duckdb"
     send_events(broker, topics, events("j", 2000))
-    staging_root = tmp_path / ".journeys.duckdb.staging"
+    batch_files_root = tmp_path / ".journeys.duckdb.batches"
     run = Logged(cli(db, broker, topics, "--once"))
     removed = 0
     while run.proc.poll() is None:
-        for batch_dir in staging_root.glob("batch-*"):
+        for batch_dir in batch_files_root.glob("batch-*"):
             shutil.rmtree(batch_dir, ignore_errors=True)
             removed += 1
         time.sleep(0.002)
     code = run.exit_code()
     assert removed >= 1
-    one_error_line(run.log, code, 4, "staging directory", str(staging_root), "vanished", "not landed")
+    one_error_line(run.log, code, 4, "batch files directory", str(batch_files_root), "vanished", "not landed")
     assert table(db, "SELECT count(*) FROM pipeline_batches") == [(0,)]
     assert table(db, "SELECT count(*) FROM events") == [(0,)]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.config.run_config import RunConfig
+from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.store import Store
 from tests.support import run_once, send_events, table
 from transforms.journeys import journey_id_for

@@ -1,4 +1,4 @@
-"""The analyst marts (sql/staging -> sql/core -> sql/marts) on a small dataset computed by hand.
+"""The analyst marts (sql/models/: staging -> core -> marts) on a small dataset computed by hand.
 
 Five customers, five journeys, landed by the real pipeline (broker, Beam, DuckDB):
 

@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -34,7 +33,7 @@ from typing import Any, Optional
 import pytest
 
 from pipelines.kafka.simulator import generate_customer_events
-from tests.support import new_topics, send, table
+from tests.support import new_topics, table
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -118,7 +117,7 @@ def _large_messages_case(broker, tmp_path, count: int, budget: Optional[int]) ->
     assert peak_mib < RSS_CAP_MIB, f"peak RSS {peak_mib} MiB"
     assert table(db, f"SELECT count(*), sum(length(payload::VARCHAR)) >= {count * (size - 16)} FROM events") == [(count, True)]
     batches = table(db, "SELECT consumed, landed, duplicates, dead_letters FROM pipeline_batches ORDER BY batch_id")
-    assert all(c == l + d + x for c, l, d, x in batches) and sum(b[0] for b in batches) == count
+    assert all(c == landed + d + x for c, landed, d, x in batches) and sum(b[0] for b in batches) == count
     per_batch = math.ceil((budget or 32 * MIB) / size)  # the reader stops after the record that reaches the budget
     assert max(b[0] for b in batches) <= per_batch and len(batches) >= count // per_batch, batches
     print(f"{count} messages of ~1 MB, budget {(budget or 32 * MIB) // MIB} MiB: {len(batches)} batches, "
@@ -184,7 +183,7 @@ def test_records_that_fail_their_batch_are_isolated_and_dead_lettered(broker, tm
     assert table(db, "SELECT count(*) FROM pipeline_batches WHERE consumed <> landed + duplicates + dead_letters") == [(0,)]
     assert table(db, "SELECT sum(consumed), sum(landed), sum(dead_letters) FROM pipeline_batches") == [
         (len(messages) + 3, len(messages), 3)]
-    assert table(db, f"SELECT sum(next_offset) FROM pipeline_offsets") == [(len(messages) + 3,)]
+    assert table(db, "SELECT sum(next_offset) FROM pipeline_offsets") == [(len(messages) + 3,)]
     # the failures are on record, resolved now that their offsets have landed
     assert table(db, "SELECT count(*) FROM batch_attempts WHERE outcome = 'failed' AND NOT resolved") == [(0,)]
     assert table(db, "SELECT count(*) FROM batch_attempts WHERE outcome = 'failed'") == [(len(sizes),)]

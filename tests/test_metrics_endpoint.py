@@ -1,13 +1,19 @@
 """`cxj run --follow --metrics-port`: scrape the real endpoint while batches land."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import free_port, send, send_events, table
 
@@ -78,15 +84,7 @@ def test_metrics_move_while_following(broker, topics, tmp_path):
         (second["cxj_batches_total"], 35, 1)]
 
 
-
 # ---------------------------------------------------------------- lag that never lies
-
-import json
-import socket
-import threading
-from collections import defaultdict
-
-from prometheus_client.parser import text_string_to_metric_families
 
 
 def scrape_families(port: int, host: str = "127.0.0.1") -> dict[str, list]:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.storage.store import sql_literal
+from pipelines.storage.quoting import sql_literal
 from tests.support import run_once, send_events, table
 from tests.test_service_metrics_golden import (
     CONFIG,
@@ -28,8 +28,8 @@ from tests.test_service_metrics_golden import (
     metrics_key,
     service_doc,
 )
-from transforms.journeys import journey_id_for
 from transforms.batch_files import HANDOFF_SCHEMA, JOURNEY_METRICS_SCHEMA
+from transforms.journeys import journey_id_for
 
 METRIC_COLUMNS = [f.name for f in JOURNEY_METRICS_SCHEMA]
 HANDOFF_COLUMNS = [f.name for f in HANDOFF_SCHEMA]
@@ -68,7 +68,7 @@ def test_service_scenarios_through_the_pipeline(broker, topics, db):
                     doc["event_id"] = f"{s.name}/{doc['event_id']}"
                     batch.append(doc)
         send_events(broker, topics, batch)
-        landed_batches = run_once(db, broker, topics, metrics=CONFIG)
+        landed_batches = run_once(db, broker, topics, service_metrics=CONFIG)
         assert len(landed_batches) == 1
         batch_of_round.append(landed_batches[0].batch_id)
         for s in SERVICE:
@@ -91,7 +91,7 @@ def test_service_scenarios_through_the_pipeline(broker, topics, db):
         for row, w in zip(got, want):
             batch_id, journey_id, change, replaced_by, reason, triggers, n_triggers, late, columns, before, after = row
             customer = prefix + w.get("customer_id", "c1")
-            jid = lambda first: journey_id_for(customer, tuple(first.split(":", 1)))  # noqa: E731
+            jid = lambda first: journey_id_for(customer, tuple(first.split(":", 1)))  # noqa: E731, B023 (called within this iteration)
             assert batch_id == batch_of_round[w["round"] - 1], s.name
             assert (journey_id, change, reason) == (jid(w["journey"]), w["change"], w["reason"]), s.name
             assert replaced_by == [jid(r) for r in w["replaced_by"]], s.name

@@ -15,8 +15,6 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from pipelines.kafka.offsets import OffsetReader
 from tests.support import run_once, send, table
 
@@ -102,7 +100,8 @@ def test_many_rounds_of_send_then_once_account_for_every_message(broker, topics,
         dead_total += malformed
         sent_ids += [f"o{r}-{i}" for i in range(new)]
         run_once(db, broker, topics, max_batch_events=rng.choice([50, 200, 5000]))
-        landed, dups, dead, consumed = table(db, "SELECT sum(landed), sum(duplicates), sum(dead_letters), sum(consumed) FROM pipeline_batches")[0]
+        landed, dups, dead, consumed = table(
+            db, "SELECT sum(landed), sum(duplicates), sum(dead_letters), sum(consumed) FROM pipeline_batches")[0]
         where = f"seed {SEED + 1}, round {r}"
         assert (landed, dead, consumed) == (new_total, dead_total, sent), where
         assert landed + dups + dead == sent, where

@@ -2,14 +2,24 @@
 the health endpoint, and every metric the docs promise scraped from a live run."""
 from __future__ import annotations
 
+import configparser
 import json
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
-from datetime import datetime, timedelta, timezone
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import run_once, send, send_events
+from tests.support import free_port, run_once, send, send_events
 
 
 def good_events(prefix: str, n: int) -> list[dict]:
@@ -61,20 +71,6 @@ def test_status_dead_letter_rate_counts_recent_batches_only(broker, topics, db):
 
 # ---------------------------------------------------------------- the kit against a live run
 
-import configparser
-import os
-import re
-import shutil
-import signal
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
-
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -187,7 +183,7 @@ def test_every_documented_metric_is_served(live_run):
     finally:
         admin.close()
     committed = {(tp.topic, tp.partition): meta.offset for tp, meta in group.items() if meta.offset}
-    landed = {(l["topic"], int(l["partition"])): v for l, v in samples["cxj_landed_offset"] if v}
+    landed = {(labels["topic"], int(labels["partition"])): v for labels, v in samples["cxj_landed_offset"] if v}
     assert committed == landed and sum(landed.values()) == 35
 
 
@@ -262,7 +258,7 @@ def test_log_formats_and_quiet(broker, topics, tmp_path):
     text = subprocess.run([*base, "--db", str(tmp_path / "b.duckdb")], capture_output=True, text=True, timeout=120)
     assert text.returncode == 0
     text_lines = text.stderr.splitlines()
-    assert text_lines and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (INFO|WARNING) ", l) for l in text_lines)
+    assert text_lines and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (INFO|WARNING) ", line) for line in text_lines)
     quiet = subprocess.run([*base, "--db", str(tmp_path / "c.duckdb"), "--quiet"], capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
     from tests.support import table

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import guard  # noqa: E402
+
 from tests.support import new_topics  # noqa: E402
 
 

@@ -37,7 +37,8 @@ def test_simulate_run_once_lands_every_message(broker, topics, db):
     assert table(db, "SELECT count(*) FROM dead_letters WHERE reason IS NULL OR raw IS NULL OR topic IS NULL") == [(0,)]
     # every landed thread event belongs to exactly one journey
     assert table(db, "SELECT count(*) - count(DISTINCT event_id) FROM journey_events") == [(0,)]
-    assert table(db, "SELECT count(*) FROM events WHERE event_type <> 'survey.responded' AND event_id NOT IN (SELECT event_id FROM journey_events)") == [(0,)]
+    assert table(db, "SELECT count(*) FROM events WHERE event_type <> 'survey.responded' "
+                     "AND event_id NOT IN (SELECT event_id FROM journey_events)") == [(0,)]
     assert table(db, "SELECT count(*) - count(DISTINCT journey_id) FROM journeys") == [(0,)]
     statuses = dict(table(db, "SELECT status, count(*) FROM journeys GROUP BY status"))
     assert statuses.get("resolved", 0) > 0 and sum(statuses.values()) >= 150
@@ -56,7 +57,8 @@ def _valid_json_event(value: bytes) -> bool:
 def test_rerun_with_nothing_new_changes_nothing(broker, topics, db):
     send(broker, topics, simulated(40, seed=5, duplicates=0.05))
     run_once(db, broker, topics)
-    before = {t: table(db, f"SELECT * FROM {t} ORDER BY ALL") for t in ("journeys", "journey_events", "pipeline_offsets", "pipeline_batches")}
+    before = {t: table(db, f"SELECT * FROM {t} ORDER BY ALL")
+              for t in ("journeys", "journey_events", "pipeline_offsets", "pipeline_batches")}
     assert run_once(db, broker, topics) == []
     after = {t: table(db, f"SELECT * FROM {t} ORDER BY ALL") for t in before}
     assert after == before

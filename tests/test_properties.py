@@ -31,7 +31,8 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.config.run_config import RunConfig
+from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.store import Store
 from tests import oracle
 from tests.support import examples, new_topics, run_once, send_events, table
@@ -118,7 +119,8 @@ def customer_events(draw: st.DrawFn, customer: str) -> list[dict[str, Any]]:
                     add(at, "chat.ended", outcome=outcome, ticket_id=link, **key)
             else:
                 ref = draw(st.sampled_from(["own", "own", "unknown", "both"]))
-                refs = {"own": key, "unknown": {"ticket_id": "T9"}, "both": {"ticket_id": draw(st.sampled_from(ticket_ids)), "chat_id": tid}}[ref]
+                both = {"ticket_id": draw(st.sampled_from(ticket_ids)), "chat_id": tid}
+                refs = {"own": key, "unknown": {"ticket_id": "T9"}, "both": both}[ref]
                 add(at, "survey.responded", survey_id=f"S{next(counter)}",
                     csat=draw(st.sampled_from([None, 1, 3, 5])), nps=draw(st.sampled_from([None, 0, 7, 10])), **refs)
         # 1 in 10 threads lose their start event (unless it would be their only event)

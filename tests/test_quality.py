@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from pipelines.kafka.simulator import generate_customer_events, to_messages
-from tests.support import run_once, send, table
+from tests.support import send, table
 
 
 @pytest.fixture(scope="module")

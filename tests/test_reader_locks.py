@@ -19,8 +19,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipelines.storage.reader import connect, open_reader, query
 from pipelines.kafka.simulator import generate_customer_events, to_messages
+from pipelines.storage.reader import connect, open_reader, query
 from tests.support import send
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,9 +30,9 @@ import pytest
 
 from pipelines.cli import sql as cmd_sql
 from pipelines.cli.main import main as cli_main
+from pipelines.kafka.simulator import generate_customer_events, to_messages
 from pipelines.storage.reader import connect, open_reader, query
 from pipelines.storage.replica import TABLES, catalog_path, data_path, lake_dir, read_summary
-from pipelines.kafka.simulator import generate_customer_events, to_messages
 from tests.support import new_topics, send
 
 ROOT = Path(__file__).resolve().parent.parent

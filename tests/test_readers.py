@@ -178,8 +178,8 @@ def test_reader_process_sees_growing_whole_batches_while_pipeline_runs(broker, t
         for k, chunk in enumerate(plan):
             if k:
                 sent += send_events(broker, topics, chunk)
-                wait_until(f"chunk {k} visible", lambda: visible() == totals[k])
-            wait_until(f"the reader reporting chunk {k}", lambda: any(line.get("events") == totals[k] for line in lines))
+                wait_until(f"chunk {k} visible", lambda: visible() == totals[k])  # noqa: B023 (waited on within this iteration)
+            wait_until(f"the reader reporting chunk {k}", lambda: any(line.get("events") == totals[k] for line in lines))  # noqa: B023 (waited on within this iteration)
     finally:
         watcher.close()
         stop.touch()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.config.run_config import RunConfig
 from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.replica import LAKE_ALIAS, TABLES, data_path, lake_dir
-from pipelines.config.run_config import RunConfig
 from pipelines.storage.store import Store
 from tests.support import new_topics, send_events, table
 

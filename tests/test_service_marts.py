@@ -37,7 +37,7 @@ def landed_db(broker, tmp_path_factory):
                 doc["event_id"] = f"{s.name[:2]}/{doc['event_id']}"
                 docs.append(doc)
     send_events(broker, topics, docs)
-    run_once(db, broker, topics, metrics=CONFIG)
+    run_once(db, broker, topics, service_metrics=CONFIG)
     return db
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, example, given, settings
 
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.config.run_config import RunConfig
+from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.store import Store
 from tests import oracle
 from tests.support import examples, new_topics, run_once, send_events, table
@@ -166,7 +167,7 @@ def test_service_tables_microbatches_equal_one_batch(broker, tmp_path_factory, d
     topics = new_topics(broker)
     folder = tmp_path_factory.mktemp("svc")
     split_db, one_db = folder / "split.duckdb", folder / "one.duckdb"
-    config = RunConfig(db=split_db, settings=broker, topics=topics, max_batch_events=d.max_batch_events, metrics=CONFIG)
+    config = RunConfig(db=split_db, settings=broker, topics=topics, max_batch_events=d.max_batch_events, service_metrics=CONFIG)
     with Store(split_db) as store:
         runner = MicroBatchRunner(config, store)
         try:
@@ -175,7 +176,7 @@ def test_service_tables_microbatches_equal_one_batch(broker, tmp_path_factory, d
                 assert runner.run_once()
         finally:
             runner.close()
-    run_once(one_db, broker, topics, max_batch_events=1_000_000, metrics=CONFIG)
+    run_once(one_db, broker, topics, max_batch_events=1_000_000, service_metrics=CONFIG)
     for tbl, columns in (("journey_metrics", METRIC_COLUMNS), ("journey_handoffs", HANDOFF_COLUMNS)):
         assert _landed(split_db, tbl, columns) == _landed(one_db, tbl, columns), tbl
     # the pure functions on the winning copies give the same rows

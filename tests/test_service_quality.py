@@ -19,7 +19,7 @@ def landed(broker, tmp_path_factory):
     docs = [json.loads(line) | {"customer_id": f"{s.name[:2]}/c1", "event_id": f"{s.name[:2]}/{json.loads(line)['event_id']}"}
             for s in SERVICE if s.name[:2] in ("63", "67", "75", "79") for line in s.lines]
     send_events(broker, topics, docs)
-    run_once(db, broker, topics, metrics=CONFIG)
+    run_once(db, broker, topics, service_metrics=CONFIG)
     return db
 
 
@@ -67,12 +67,12 @@ def test_database_landed_before_the_service_metrics(broker, tmp_path):
     db = tmp_path / "old.duckdb"
     lines = [json.loads(line) for s in SERVICE if s.name.startswith("93_") for line in s.lines]
     send_events(broker, topics, lines[:3])
-    run_once(db, broker, topics, metrics=CONFIG)
+    run_once(db, broker, topics, service_metrics=CONFIG)
     with duckdb.connect(str(db)) as con:  # as an earlier version left it
         con.execute("DELETE FROM journey_metrics; DELETE FROM journey_handoffs")
     assert report_for(db).success, report_for(db).render()
     send_events(broker, topics, lines[3:])  # the late solve
-    run_once(db, broker, topics, metrics=CONFIG)
+    run_once(db, broker, topics, service_metrics=CONFIG)
     report = report_for(db)
     assert report.success, report.render()
     (columns,) = table(db, "SELECT changed_columns FROM journey_revisions")[0:1][0]

@@ -268,7 +268,7 @@ def test_topic_recreated_with_fewer_or_more_partitions(own, tmp_path, before, af
     code, report = status(db, own, topics)
     assert code == 1, report
     assert not any(p["state"] == "gone" for p in report["partitions"])  # dropped from the offsets
-    for t, p, kind, *_ in expected:
+    for t, p, _kind, *_ in expected:
         assert any(r.startswith(f"{t}[{p}]: ") for r in report["reasons"]), report
 
 
@@ -335,7 +335,7 @@ def test_broker_restart_during_follow(own, tmp_path):
     assert (consumed, dups, dead) == (total, 0, 0), f"seed {SEED}: every record of both logs read exactly once"
     assert {r[2] for r in resets(db)} == {"recreated"} and resets(db), log[-3000:]
     ends = log_ends(own, topics)
-    offsets = table(db, f"""SELECT source_topic, source_partition, count(*), max(source_offset) + 1 FROM events
+    offsets = table(db, """SELECT source_topic, source_partition, count(*), max(source_offset) + 1 FROM events
                             WHERE event_id LIKE 'f2-%' GROUP BY ALL""")
     assert {(t, p): (n, m) for t, p, n, m in offsets} == {k: (e, e) for k, e in ends.items() if e > 0}
 

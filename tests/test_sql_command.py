@@ -99,7 +99,7 @@ def parse(fmt: str, data: bytes) -> list[dict]:
         names = [c.strip() for c in lines[0].strip("|").split(" | ")]
         return [dict(zip(names, re.split(r"(?<!\\)\|", line.strip()[1:-1]))) for line in lines[2:]]
     if fmt == "line":
-        return [dict(l.strip().split(" = ", 1) for l in block.splitlines()) for block in data.decode().split("\n\n")]
+        return [dict(line.strip().split(" = ", 1) for line in block.splitlines()) for block in data.decode().split("\n\n")]
     raise AssertionError(fmt)
 
 

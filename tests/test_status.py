@@ -6,7 +6,8 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.config.run_config import RunConfig
+from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage.store import Store
 from tests.support import send_events, table
 

@@ -5,9 +5,9 @@ import contextlib
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import duckdb
-from typing import Iterator
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ CXJ = [sys.executable, "-m", "pipelines.cli.main", "stream"]
 def cxj_stream(*args: str, cwd: Path, timeout: float = 120) -> tuple[int, str, float]:
     started = time.monotonic()
     done = subprocess.run([*CXJ, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    lines = [l for l in done.stderr.splitlines() if l.startswith("cxj stream")]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("cxj stream")]
     return done.returncode, "\n".join(lines), time.monotonic() - started
 
 

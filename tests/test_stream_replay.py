@@ -24,7 +24,7 @@ def snapshot(catalog: str, data: str) -> dict[str, list]:
     for table in TABLES:
         columns = [c for (c,) in read_store(catalog, data, f"SELECT column_name FROM (DESCRIBE {{lake}}.{table})")
                    if c not in ("landed_at", "updated_at")]
-        out[table] = sorted(map(repr, read_store(catalog, data, f"SELECT {', '.join(chr(34) + c + chr(34) for c in columns)} FROM {{lake}}.{table}")))
+        out[table] = sorted(map(repr, read_store(catalog, data, f"SELECT {', '.join(chr(34) + c + chr(34) for c in columns)} FROM {{lake}}.{table}")))  # noqa: E501
     return out
 
 

@@ -23,10 +23,11 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipelines.streaming.lake_store import ALIAS, attach_statement
 from pipelines.storage.replica import load_extensions
+from pipelines.streaming.lake_store import ALIAS, attach_statement
 from pipelines.streaming.pipeline import StreamConfig, build_from_records
 from tests.support import examples
 from tests.test_golden import SCENARIOS, check, pure_row
@@ -230,7 +231,7 @@ def customer_events(customer: str, seed: int) -> list[dict[str, Any]]:
             t += rnd.randint(1, 900)
             from datetime import datetime, timezone
 
-            events.append({"event_id": f"{tid}-{len(events)}", "schema_version": 1, "customer_id": customer,
+            events.append({"event_id": f"{tid}-{len(events)}", "schema_version": 1, "customer_id": customer,  # noqa: B023 (used within this iteration)
                            "event_type": event_type,
                            "occurred_at": datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                            **fields})

@@ -26,7 +26,8 @@ import pytest
 
 from pipelines.kafka.settings import KafkaSettings
 from tests.support import free_port, send, send_events
-from tests.test_streaming import TOPICS as TEST_TOPICS, as_comparable, stream_of, expected_from_set, golden_records, read_store, stored_journeys
+from tests.test_streaming import TOPICS as TEST_TOPICS
+from tests.test_streaming import as_comparable, expected_from_set, golden_records, read_store, stored_journeys, stream_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipelines", "transforms", "schemas")
@@ -70,7 +71,7 @@ def portable_services(tmp_path: Path) -> Iterator[dict]:
     pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
                              "--service_port", str(pool_port)], cwd=worker_dir, env={**env, "PYTHONPATH": str(site),
                                                                   # the pool starts workers with `python` from PATH
-                                                                  "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"},
+                                                                  "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"},  # noqa: E501
                             stdout=(worker_dir / "out.log").open("w"), stderr=subprocess.STDOUT)
     try:
         wait_for_port(job_port, job)

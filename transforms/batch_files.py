@@ -3,7 +3,7 @@
 Beam stages hand their results to the landing step as files in a per-batch directory:
 Parquet for rows, JSON for the read stage's manifests. They are portable to any runner with a
 shared filesystem (written through Beam's FileSystems) and bulk-loadable by DuckDB without
-row-by-row inserts. Only the sink transforms at the end of a pipeline write them
+row-by-row inserts (docs/architecture.md, D8). Only the sink transforms at the end of a pipeline write them
 (``WriteBatchFiles``, ``WriteManifests``); the transforms before hand on their results as
 PCollection elements ``(file key, rows)``.
 

@@ -16,9 +16,9 @@ occurrence (``fold=0``).
 from __future__ import annotations
 
 import fnmatch
-from functools import lru_cache
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from functools import lru_cache
 from typing import Optional, Sequence
 from zoneinfo import ZoneInfo
 
@@ -176,14 +176,6 @@ def parse_calendar(name: str, table: dict) -> Calendar:
         teams=tuple(str(t) for t in table.get("teams", [])),
         customers=tuple(str(c) for c in table.get("customers", [])),
     )
-
-
-def as_interval_text(calendar: Calendar) -> dict[str, list[str]]:
-    """Readable weekly hours (for docs and error messages)."""
-    def hhmm(m: int) -> str:
-        return f"{m // 60:02d}:{m % 60:02d}"
-
-    return {d: [f"{hhmm(a)}-{hhmm(b)}" for a, b in calendar.hours[i]] for i, d in enumerate(WEEKDAYS)}
 
 
 def optional_business_seconds(calendar: Calendar, start_us: Optional[int], end_us: Optional[int]) -> Optional[float]:

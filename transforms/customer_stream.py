@@ -17,7 +17,7 @@ the record) is not assembled from an empty state: it goes to the `late_repair` o
 sink recomputes that customer from the events it has already landed plus this one. The sink
 also merges every update with what it has landed before replacing rows, which is what keeps the
 stored result a function of the set of events even when updates arrive out of order or after a
-cleanup (docs/streaming.md, "Late data" and "Exactly-once").
+cleanup (docs/streaming.md, "Per customer: state, timers, late data" and "Exactly-once").
 """
 from __future__ import annotations
 

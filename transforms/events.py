@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
-# Order of events with equal occurred_at (docs/metrics.md, "Order of events"): starts, then
-# assignments, then messages, then ticket status changes, then chat ends, then surveys; then
-# event_id. Written as an order, so each rank is its position and no number can be mistyped.
+# Order of events with equal occurred_at (docs/architecture.md, D10; docs/metrics.md, "Order of
+# events"): starts, then assignments, then messages, then ticket status changes, then chat ends,
+# then surveys; then event_id. Written as an order, so each rank is its position and no number can
+# be mistyped. sql/models/staging/stg_events.sql computes the same type_rank;
+# pipelines/storage/models_test.py checks that the two agree.
 ORDER_AT_ONE_INSTANT: tuple[tuple[str, ...], ...] = (
     ("ticket.created", "chat.started"),
     ("ticket.assigned", "chat.assigned"),

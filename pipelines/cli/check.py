@@ -17,11 +17,13 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from pipelines.config.paths import DEFAULT_DB
+
 log = logging.getLogger("cxj.check")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, default=Path("data/journeys.duckdb"), help="DuckDB file (default %(default)s)")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file (default %(default)s)")
     parser.add_argument("--no-store", action="store_true", help="do not record the result in quality_checks")
     parser.add_argument("--json", action="store_true", help="machine-readable output: success, counts and every expectation")
 

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def effective(target: str, config_arg: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """Rows of option, value and source for ``target`` with no command-line options of its own."""
-    from pipelines.config import layers as config
     from pipelines.cli.main import build_parser
+    from pipelines.config import layers as config
 
     _, children = build_parser()
     if target not in children:

@@ -9,33 +9,35 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
-from pipelines.local.driver import DEFAULT_DB
+from pipelines.config.paths import DEFAULT_DB
 
 log = logging.getLogger("cxj.demo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--customers", type=int, default=3000, help="customers to simulate (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed; re-running with the same seed re-sends the same events, which land as duplicates (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="random seed; re-running with the same seed re-sends the same events, which land as duplicates "
+                             "(default %(default)s)")
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file (default %(default)s)")
     parser.add_argument("--port", type=int, default=9092, help="local broker port (default %(default)s; make demo PORT=...)")
 
 
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from datetime import datetime
+
     import duckdb
 
-    from pipelines.kafka.local_broker import BrokerError, start_broker
     from pipelines.cli.simulate import DEFAULT_START, progress_printer
+    from pipelines.config.run_config import RunConfig
+    from pipelines.kafka.local_broker import BrokerError, start_broker
     from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
+    from pipelines.kafka.simulator import generate_customer_events, send_simulated, to_messages
     from pipelines.local.driver import execute
-    from pipelines.local.microbatch import RunConfig
-    from pipelines.kafka.simulator import generate_customer_events, produce, to_messages
     from pipelines.ops.summary import summarize
-    from datetime import datetime
 
     bootstrap = f"127.0.0.1:{args.port}"
     log.info("1/4 starting the local broker on %s", bootstrap)
@@ -50,7 +52,7 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     events = generate_customer_events(args.customers, seed, datetime.fromisoformat(DEFAULT_START))
     messages = to_messages(events, seed, 0.02, 0.01, 0.005)
     settings = KafkaSettings(bootstrap_servers=bootstrap)
-    produce(messages, settings, dict(DEFAULT_TOPICS), None, progress_printer("sending") if not args.quiet else None)
+    send_simulated(messages, settings, dict(DEFAULT_TOPICS), None, progress_printer("sending") if not args.quiet else None)
     log.info("3/4 running the pipeline until caught up (into %s)", args.db)
     code = execute(RunConfig(db=args.db, settings=settings), follow=False)
     if code != 0:

@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from pipelines.kafka.file_to_topic import backfill, create_topics, missing_topics
+    from pipelines.kafka.file_to_topic import backfill
+    from pipelines.kafka.topics import ensure_topics, missing_topics
 
     source = str(args.source)
     if source != "-" and not Path(source).is_file():
@@ -78,7 +79,7 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if not args.dry_run:
             missing = missing_topics(settings, topics)
             if missing and args.create_topics:
-                create_topics(settings, missing, args.partitions)
+                ensure_topics(settings, missing, args.partitions)
                 log.info("created topics %s", ", ".join(missing))
             elif missing:
                 log.error("topics %s do not exist on %s (create them, or pass --create-topics)",

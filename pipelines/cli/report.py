@@ -21,6 +21,8 @@ from datetime import date
 from pathlib import Path
 from typing import Sequence
 
+from pipelines.config.paths import DEFAULT_DB
+
 log = logging.getLogger("cxj.report")
 EXIT_OK, EXIT_STORE = 0, 2
 
@@ -39,7 +41,7 @@ def _positive(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, default=Path("data/journeys.duckdb"), help="database file (default %(default)s)")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="database file (default %(default)s)")
     parser.add_argument("--output", "-o", type=Path, default=Path("report.html"), metavar="FILE",
                         help="HTML file to write (default %(default)s)")
     parser.add_argument("--from", dest="since", type=_day, metavar="DATE", help="first journey start day (UTC), inclusive")
@@ -53,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import duckdb
 
-    from pipelines.storage.reader import open_reader, published_batch
     from pipelines.ops.report import Filters, ReportError, build, write
+    from pipelines.storage.reader import open_reader, published_batch
     from pipelines.storage.store import StoreError
 
     filters = Filters(args.since, args.until, args.days, list(args.channel), list(args.team))

@@ -89,7 +89,7 @@ HISTORY_BEFORE_NOW = timedelta(days=21)  # customers start over two weeks; most 
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from pipelines.kafka.simulator import generate_customer_events, produce, to_messages
+    from pipelines.kafka.simulator import generate_customer_events, send_simulated, to_messages
 
     customers = 1000 if args.customers is None else args.customers
     start, until = args.start, None
@@ -101,7 +101,7 @@ def simulate(args: argparse.Namespace) -> int:
         log.info("history from %s to now; events after now are left out (they have not happened yet)", start.isoformat())
     messages = to_messages(events, args.seed, args.out_of_order, args.duplicates, args.malformed)
     log.info("simulated %d customers: %d events, %d messages to send", customers, len(events), len(messages))
-    sent = produce(messages, settings_from_args(args), topics_from_args(args), args.rate,
+    sent = send_simulated(messages, settings_from_args(args), topics_from_args(args), args.rate,
                    progress_printer("sending") if not args.quiet else None)
     log.info("sent %d messages to %s", sent, args.bootstrap_servers)
     return sent

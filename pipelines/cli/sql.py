@@ -35,6 +35,7 @@ from typing import Sequence
 
 from pipelines.cli.sql_output import FORMATS, OutputError, Sink
 from pipelines.config.lake_options import add_lake_arguments
+from pipelines.config.paths import DEFAULT_DB
 
 log = logging.getLogger("cxj.sql")
 
@@ -43,7 +44,7 @@ EXIT_OK, EXIT_SQL, EXIT_STORE = 0, 1, 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", nargs="?", help="SQL to run (several statements allowed); omitted: read stdin, or a prompt on a terminal")
-    parser.add_argument("--db", type=Path, default=Path("data/journeys.duckdb"), help="database file (default %(default)s)")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="database file (default %(default)s)")
     parser.add_argument("--format", "--mode", dest="format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the results to FILE instead of stdout")
     parser.add_argument("--max-rows", type=int, default=100, metavar="N",
@@ -111,8 +112,8 @@ def run(con, text: str, args: argparse.Namespace) -> int:
 
 
 def repl(con, source: str, args: argparse.Namespace) -> int:
-    from pipelines.storage.reader import published_batch
     from pipelines.cli.sql_shell import Shell
+    from pipelines.storage.reader import published_batch
 
     try:
         import readline  # noqa: F401  (line editing and history for input())

@@ -22,7 +22,6 @@ import math
 import os
 import tempfile
 import unicodedata
-import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -78,21 +77,11 @@ def json_value(value: Any) -> Any:
         if not value.is_finite():
             return None
         return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, (date, time)):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return _interval_text(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return _escape_bytes(bytes(value))
-    if isinstance(value, uuid.UUID):
-        return str(value)
     if isinstance(value, dict):
         return {str(json_value(k)) if not isinstance(k, str) else k: json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_value(v) for v in value]
-    return str(value)
+    return scalar_text(value, datetime_sep="T")
 
 
 def _interval_text(value: timedelta) -> str:
@@ -114,17 +103,24 @@ def cell_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(json_value(value), ensure_ascii=False)
+    return scalar_text(value, datetime_sep=" ")
+
+
+def scalar_text(value: Any, datetime_sep: str) -> str:
+    """The one text form of a non-numeric scalar, for JSON and the text formats alike. Only the
+    separator of date and time differs: ISO 8601's "T" in JSON (what JSON consumers parse),
+    a space in csv / line / markdown / table (what SQL tools print)."""
     if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
+        return value.isoformat(sep=datetime_sep)
     if isinstance(value, (date, time)):
         return value.isoformat()
     if isinstance(value, timedelta):
         return _interval_text(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _escape_bytes(bytes(value))
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(json_value(value), ensure_ascii=False)
-    return str(value)
+    return str(value)  # str, UUID, and whatever else DuckDB hands over
 
 
 def rounded_float(value: float) -> str:

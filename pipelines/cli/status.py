@@ -32,6 +32,7 @@ from typing import Sequence
 
 from pipelines.config.durations import parse_duration
 from pipelines.config.lake_options import add_lake_arguments
+from pipelines.config.paths import DEFAULT_DB
 from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
 from pipelines.ops.status import DEFAULT_MAX_DEAD_LETTER_RATE
 
@@ -39,7 +40,7 @@ log = logging.getLogger("cxj.status")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, default=Path("data/journeys.duckdb"), help="DuckDB file (default %(default)s)")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--max-lag", type=int, default=None, metavar="N", help="CRIT above N waiting messages, WARN above N/2")
     parser.add_argument("--max-staleness", type=parse_duration, default=None, metavar="SECONDS",

@@ -116,10 +116,10 @@ def _run(args: argparse.Namespace, extra: Sequence[str], plan, catalog: str, dat
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipelines.storage.replica import ReplicaError
     from pipelines.streaming.kafka_source import plan_partitions
     from pipelines.streaming.lake_store import LakeStore, StoreUnavailable
     from pipelines.streaming.pipeline import StreamConfig, build
-    from pipelines.storage.replica import ReplicaError
 
     if sqlite_path:
         Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace, extra: Sequence[str], plan, catalog: str, dat
     try:
         specs = plan_partitions(config.settings, list(config.topics.values()), start, args.stop_at_end)
     except Exception as exc:  # kafka errors: NoBrokersAvailable, KafkaTimeoutError, a missing topic
-        print(f"cxj stream: error: cannot reach Kafka at {config.settings.bootstrap_servers}: {str(exc).splitlines()[0] or type(exc).__name__}", file=sys.stderr)
+        print(f"cxj stream: error: cannot reach Kafka at {config.settings.bootstrap_servers}: {str(exc).splitlines()[0] or type(exc).__name__}", file=sys.stderr)  # noqa: E501
         return EXIT_BROKER
     to_read = sum(s.stop - s.start for s in specs) if args.stop_at_end else None
     log.info("cxj stream: runner %s, %d partitions, %s, store %s", plan.name, len(specs),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pipelines.config.paths import DEFAULT_DB
 from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
 from transforms.metrics_config import MetricsConfig
@@ -16,14 +17,14 @@ from transforms.parse import ParseLimits
 log = logging.getLogger("cxj.run")
 
 # A batch holds its message values many times over (raw, decoded, parsed, hashed, shuffled,
-# staged, loaded): measured peak RSS is about 260 MiB + 14 x the budget, so 32 MiB of values
+# written to batch files, loaded): measured peak RSS is about 260 MiB + 14 x the budget, so 32 MiB of values
 # keeps a run near 700 MiB whatever the message sizes (docs/reliability.md, "Memory budget").
 DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
 class RunConfig:
-    db: Path = Path("data/journeys.duckdb")
+    db: Path = DEFAULT_DB
     settings: KafkaSettings = field(default_factory=KafkaSettings)
     topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
     max_batch_events: int = 50_000
@@ -40,8 +41,9 @@ class RunConfig:
     stall_after_s: float = 300.0  # /healthz says 503 when the run loop shows no sign of life this long
     check: bool = False  # run the data-quality suite after every batch
     lock_timeout_s: float = 10.0  # wait this long for another process's lock on --db at start
-    # service metrics settings: calendars, durable days, repeat-contact window (--calendars FILE)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # service-metric settings: calendars, durable days, repeat-contact window (--calendars FILE);
+    # not the Prometheus endpoint (metrics_port) nor Beam's counters
+    service_metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # shared lake (pipelines/storage/shared_lake.py): where to publish, as whom, which partitions
     lake: Optional[object] = None  # a pipelines.storage.lake_target.LakeTarget; None: local replica
     writer_id: Optional[str] = None
@@ -52,8 +54,9 @@ class RunConfig:
         return {topic: stream for stream, topic in self.topics.items()}
 
     @property
-    def staging_root(self) -> Path:
-        return self.db.parent / f".{self.db.name}.staging"
+    def batch_files_root(self) -> Path:
+        """Where each batch's stages hand their files to the next (batch-<id>/, transforms/batch_files.py)."""
+        return self.db.parent / f".{self.db.name}.batches"
 
 
 class Stopper:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from pipelines.kafka.settings import KafkaSettings
 from pipelines.kafka.offsets import PartitionKey
+from pipelines.kafka.settings import KafkaSettings
 from pipelines.local.microbatch import Positions, RunListener
 
 log = logging.getLogger("cxj.group")

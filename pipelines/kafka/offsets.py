@@ -57,7 +57,7 @@ class OffsetReader:
         found: list[PartitionKey] = []
         missing: list[str] = []
         for topic in topics:
-            ids = self._call(lambda: self.consumer.partitions_for_topic(topic))
+            ids = self._call(lambda: self.consumer.partitions_for_topic(topic))  # noqa: B023 (called at once, in this iteration)
             if not ids:
                 missing.append(topic)
                 continue
@@ -80,7 +80,8 @@ class OffsetReader:
                     f"{len(partitions)} partitions within {self.timeout_s:.0f}s")
             previous = ends if complete else None
 
-    def _bounds_once(self, partitions: list[PartitionKey], deadline: float) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int], bool]:
+    def _bounds_once(self, partitions: list[PartitionKey],
+                     deadline: float) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int], bool]:
         from kafka import TopicPartition
 
         tps = [TopicPartition(t, p) for t, p in partitions]

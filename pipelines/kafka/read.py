@@ -1,7 +1,7 @@
 """Reading fixed Kafka offset ranges inside a bounded Beam pipeline.
 
 Each micro-batch is a bounded pipeline over [from, to) offset ranges planned by the driver,
-so a batch always reads exactly what the driver will record as landed (docs/architecture.md).
+so a batch always reads exactly what the driver will record as landed (docs/architecture.md, D1, D3).
 Ranges are grouped into read tasks; one consumer per task fetches all its partitions at once
 (consumer start-up costs ~0.15 s, which per partition would dominate small batches). On a
 cluster, more tasks spread the reading over workers; ReadFromKafka is the alternative there.

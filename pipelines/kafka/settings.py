@@ -22,7 +22,7 @@ DEFAULT_TOPICS: dict[str, str] = {
     "surveys": "cx.surveys",
 }
 
-# Consumer tuning measured on this class of machine (DESIGN fact 6): defaults give ~3.7k msg/s,
+# Consumer tuning measured on this class of machine (docs/architecture.md, D6): defaults give ~3.7k msg/s,
 # these give ~33k msg/s.
 FAST_CONSUMER_SETTINGS: dict[str, Any] = {
     "max_poll_records": 10_000,

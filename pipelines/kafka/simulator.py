@@ -60,11 +60,14 @@ class _Writer:
     def ticket(self, at: datetime, channel: str) -> str:
         tid = self._id("T")
         subject = self.rng.choice(["Refund request", "Cannot log in", "Invoice question", "Order missing", "Bug report"])
-        self.emit(at, "ticket.created", ticket_id=tid, channel=channel, priority=self.rng.choice(["low", "normal", "high"]), subject=subject)
-        self.emit(at + timedelta(seconds=self.rng.uniform(1, 30)), "ticket.message", ticket_id=tid, author="customer", channel=channel, public=True)
+        self.emit(at, "ticket.created", ticket_id=tid, channel=channel, priority=self.rng.choice(["low", "normal", "high"]),
+                  subject=subject)
+        self.emit(at + timedelta(seconds=self.rng.uniform(1, 30)), "ticket.message", ticket_id=tid, author="customer",
+                  channel=channel, public=True)
         return tid
 
-    def assign(self, at: datetime, kind: str, thread_id: str, agent: Optional[str] = None, team: Optional[str] = None, bot: bool = False) -> None:
+    def assign(self, at: datetime, kind: str, thread_id: str, agent: Optional[str] = None, team: Optional[str] = None,
+               bot: bool = False) -> None:
         key = "ticket_id" if kind == "ticket" else "chat_id"
         self.emit(at, f"{kind}.assigned", **{key: thread_id}, handler_type="bot" if bot else "agent", agent_id=agent, team=team)
 
@@ -424,11 +427,11 @@ def run_live(
 
     tls_problem = probe_tls(settings)
     if tls_problem:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
+        raise SendError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
     try:
         producer = KafkaProducer(**settings.client_kwargs(), linger_ms=20, acks=1)
     except (KafkaError, OSError, ValueError) as exc:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
+        raise SendError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
     stats = LiveStats()
     queue: list[tuple[datetime, int, str, str, bytes, bytes]] = []  # (delivery sim time, seq, kind, stream, key, value)
     seq = itertools.count()
@@ -478,7 +481,7 @@ def run_live(
             time.sleep(min(0.1, max(0.0, wait)))
         producer.flush(timeout=30)
     except KafkaError as exc:
-        raise ProduceError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
+        raise SendError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
     finally:
         producer.close(timeout=5)
     stats.seconds = time.time() - wall0
@@ -539,35 +542,29 @@ def to_messages(
     return messages
 
 
-def simulate_summary(events: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for e in events:
-        counts[e["event_type"]] = counts.get(e["event_type"], 0) + 1
-    return dict(sorted(counts.items()))
-
-
-class ProduceError(RuntimeError):
+class SendError(RuntimeError):
     """The broker could not take the messages; the message says why."""
 
 
-def produce(
+def send_simulated(
     messages: list[tuple[str, bytes, bytes]],
     settings: KafkaSettings,
     topics: dict[str, str],
     rate: Optional[float] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> int:
-    """Sends messages (key = customer_id, so a customer's events keep their order per partition)."""
+    """Sends simulated messages (key = customer_id, so a customer's events keep their order per
+    partition). Not `cxj produce`, which sends an export file (pipelines/kafka/file_to_topic.py)."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     tls_problem = probe_tls(settings)  # kafka-python would hang on a listener that does not speak TLS
     if tls_problem:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
+        raise SendError(f"cannot reach Kafka at {settings.bootstrap_servers}: {tls_problem}")
     try:
         producer = KafkaProducer(**settings.client_kwargs(), linger_ms=20, batch_size=1 << 20, acks=1)
     except (KafkaError, OSError, ValueError) as exc:
-        raise ProduceError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
+        raise SendError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}{failure_cause(settings)}") from None
     total = len(messages)
     started = time.monotonic()
     last_report = 0.0
@@ -583,7 +580,7 @@ def produce(
                 progress(sent, total)
         producer.flush(timeout=60)
     except KafkaError as exc:
-        raise ProduceError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
+        raise SendError(f"sending to {settings.bootstrap_servers} failed: {exc!r}{failure_cause(settings)}") from None
     finally:
         producer.close(timeout=5)
     if progress:

@@ -1,7 +1,6 @@
 """Deciding whether a partition's log is still the one landed from: every kind of change, and
 the cases that must not count as a change."""
-from pipelines.kafka.source_log import (PARTITION_REMOVED, RECREATED, RETENTION, fingerprint, offsets_to_verify,
-                                  source_changes)
+from pipelines.kafka.source_log import PARTITION_REMOVED, RECREATED, RETENTION, fingerprint, offsets_to_verify, source_changes
 
 A0, A1, A2 = ("a", 0), ("a", 1), ("a", 2)
 

@@ -55,7 +55,7 @@ class StageResult:
 
 
 # The in-process portable runner behind the DirectRunner, named directly: the plain
-# DirectRunner first tries Prism, which downloads a binary at run time (docs/architecture.md).
+# DirectRunner first tries Prism, which downloads a binary at run time (docs/architecture.md, D1).
 DEFAULT_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 

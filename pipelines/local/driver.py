@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from pipelines.ops import failures
 from pipelines.config.durations import parse_duration
-from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
-from pipelines.kafka.offsets import BrokerUnavailable
-from pipelines.config.run_config import DEFAULT_MAX_BATCH_BYTES, RunConfig, Stopper
 from pipelines.config.lake_options import add_lake_arguments, lake_target_of
+from pipelines.config.paths import DEFAULT_DB
+from pipelines.config.run_config import DEFAULT_MAX_BATCH_BYTES, RunConfig, Stopper
+from pipelines.kafka.offsets import BrokerUnavailable
+from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
+from pipelines.ops import failures
 from pipelines.storage.store import StoreError
 from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cxj.run")
 
-DEFAULT_DB = Path("data/journeys.duckdb")
 
 EXIT_OK = 0
 EXIT_STORE = 2
@@ -98,14 +97,14 @@ def config_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> RunC
         stall_after_s=args.stall_after,
         check=args.check,
         lock_timeout_s=float(args.lock_timeout),
-        metrics=_metrics_config(getattr(args, "calendars", None)),
+        service_metrics=_service_metrics_config(getattr(args, "calendars", None)),
         lake=lake_target_of(args),
         writer_id=getattr(args, "writer_id", None),
         partitions=getattr(args, "partitions", None),
     )
 
 
-def _metrics_config(path: Optional[Path]) -> "MetricsConfig":
+def _service_metrics_config(path: Optional[Path]) -> "MetricsConfig":
     """The --calendars file; a file that cannot be used stops the run with one line (exit 4)."""
     from transforms.metrics_config import MetricsConfigError, load_metrics_config
 
@@ -204,7 +203,7 @@ def execute(config: RunConfig, follow: bool, listeners: Sequence[object] = ()) -
         except StoreError as gone:
             log.error("%s", gone)
             return EXIT_STORE
-        known = failures.describe(exc, config.db, config.staging_root)
+        known = failures.describe(exc, config.db, config.batch_files_root)
         if known is not None:
             log.error("%s", known.line)
             return known.exit_code
@@ -259,13 +258,3 @@ def _quality_reported(quality, metrics):  # type: ignore[no-untyped-def]
 
     return QualityWithMetrics()
 
-
-def run(argv: Optional[Sequence[str]] = None) -> int:
-    """Beam-style entry point (`python -m pipelines.local.driver ...`): the same strict parsing as `cxj run`."""
-    from pipelines.cli.main import main
-
-    return main(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(run())

@@ -1,6 +1,6 @@
 """The micro-batch driver: plan offsets, run the Beam stages, land atomically, repeat.
 
-Each batch is a bounded Beam pipeline run (DESIGN decision 1); journeys that span batches
+Each batch is a bounded Beam pipeline run (docs/architecture.md, D1); journeys that span batches
 are recomputed from the stored events of the customers a batch touches (decision 2); the
 results and the offsets land in one DuckDB transaction (decision 3).
 """
@@ -8,30 +8,26 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-from pipelines.ops import failures
-from pipelines.local.batch_stages import run_assemble, run_ingest
-from pipelines.kafka.settings import DEFAULT_TOPICS, KafkaSettings
-from pipelines.kafka.offsets import BrokerUnavailable, OffsetReader, PartitionKey
-from pipelines.local.planner import plan_ranges, start_offsets
 from pipelines.config.run_config import RunConfig, Stopper
+from pipelines.kafka.offsets import BrokerUnavailable, OffsetReader, PartitionKey
+from pipelines.kafka.read import OffsetRange, RangeRead, manifest_name, read_range_chunks
 from pipelines.kafka.source_log import SourceChange, offsets_to_verify, source_changes
 from pipelines.local.batch_manifest import collect_assembled, collect_staged, verified_reads
+from pipelines.local.batch_stages import run_assemble, run_ingest
+from pipelines.local.planner import plan_ranges, start_offsets
+from pipelines.ops import failures
 from pipelines.storage.store import BatchFacts, BatchNotAccounted, LandedBatch, Store, StoreError, Suspect
-from transforms.journeys import DEFAULT_REPEAT_WINDOW_S
-from pipelines.kafka.read import OffsetRange, RangeRead, manifest_name, read_range_chunks
-from transforms.parse import ParseLimits, SourceRef, dead_letter
 from transforms.batch_files import DEAD_LETTER_SCHEMA, write_json, write_rows
+from transforms.parse import POISON, SourceRef, dead_letter
 
 log = logging.getLogger("cxj.run")
 
-POISON = "poison"  # dead-letter reason of a record isolated as the cause of failing attempts
 
 # Load only the part of a touched customer's history that the batch can still change
 # (pipelines/storage/store.py, Store._freeze_settled_journeys). Benchmarks switch it off to
@@ -42,7 +38,7 @@ PRUNE_SETTLED_HISTORY = True
 def history_horizon_s(config: RunConfig) -> float:
     """How far back in event time any journey rule looks from a new event: the repeat window
     (joining a journey), the durable-resolution window and the repeat-contact window."""
-    return max(config.repeat_window_s, config.metrics.durable_us / 1e6, config.metrics.repeat_contact_window_us / 1e6)
+    return max(config.repeat_window_s, config.service_metrics.durable_us / 1e6, config.service_metrics.repeat_contact_window_us / 1e6)
 
 
 def _is_broker_error(exc: BaseException) -> bool:
@@ -294,7 +290,7 @@ class MicroBatchRunner:
             self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
             raise
         except Exception as exc:
-            if _is_environment_error(exc) or failures.describe(exc, self.config.db, self.config.staging_root):
+            if _is_environment_error(exc) or failures.describe(exc, self.config.db, self.config.batch_files_root):
                 self._finish_quietly(attempt_id, "error", exc)  # a full disk, a vanished directory: no record's fault
                 raise
             error = _first_line(exc)
@@ -320,7 +316,7 @@ class MicroBatchRunner:
     def _stages_work_without_records(self) -> bool:
         """A control run of both stages over no records: if it fails too, the failure lies in
         the environment (threads, memory, disk, runner), not in the batch's records."""
-        probe = self.config.staging_root / "probe"
+        probe = self.config.batch_files_root / "probe"
         shutil.rmtree(probe, ignore_errors=True)
         try:
             probe.mkdir(parents=True)
@@ -364,7 +360,7 @@ class MicroBatchRunner:
         """Runs the two stages, checks their output and lands it; the staging dir is removed after."""
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
-        staging = self.config.staging_root / f"batch-{batch_id}"
+        staging = self.config.batch_files_root / f"batch-{batch_id}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
@@ -389,7 +385,7 @@ class MicroBatchRunner:
             if self.store.export_history(history, horizon_s=history_horizon_s(self.config) if PRUNE_SETTLED_HISTORY else None):
                 files = sorted(str(f) for f in history.rglob("*.parquet"))
                 assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args,
-                                          self.config.metrics).seconds
+                                          self.config.service_metrics).seconds
             self._tell_staged(batch_id, staging, "assemble")
             collect_assembled(staging, history, staged, batch_id)
             facts = BatchFacts(
@@ -419,7 +415,7 @@ class MicroBatchRunner:
         keeps its raw bytes and the failure, and goes through the same checked landing."""
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
-        staging = self.config.staging_root / f"batch-{batch_id}"
+        staging = self.config.batch_files_root / f"batch-{batch_id}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         plan = [{"topic": offset_range.topic, "partition": offset_range.partition,
@@ -471,7 +467,8 @@ class MicroBatchRunner:
             listener.batch_landed(landed, positions)
         return landed
 
-    def _ends_now(self, partitions: list[PartitionKey], planned: dict[PartitionKey, int]) -> tuple[dict[PartitionKey, int], Optional[float]]:
+    def _ends_now(self, partitions: list[PartitionKey],
+                  planned: dict[PartitionKey, int]) -> tuple[dict[PartitionKey, int], Optional[float]]:
         """End offsets looked up again after landing: the ones the batch was planned with are stale
         by now (producers kept sending), and the lag a batch reports must be today's, not the plan's."""
         looked_up_at = time.time()

@@ -16,7 +16,8 @@ def test_nothing_to_do_when_caught_up():
 
 def test_resume_positions_and_warnings():
     parts = [("a", 0), ("a", 1), ("a", 2)]
-    starts, warnings = start_offsets(parts, {("a", 0): 5, ("a", 1): 1, ("a", 2): 50}, {("a", 0): 0, ("a", 1): 3, ("a", 2): 0}, {("a", 0): 9, ("a", 1): 9, ("a", 2): 10})
+    starts, warnings = start_offsets(parts, {("a", 0): 5, ("a", 1): 1, ("a", 2): 50}, {("a", 0): 0, ("a", 1): 3, ("a", 2): 0},
+                                     {("a", 0): 9, ("a", 1): 9, ("a", 2): 10})
     assert starts == {("a", 0): 5, ("a", 1): 3, ("a", 2): 0}
     assert len(warnings) == 2
 

@@ -5,8 +5,8 @@ full disk into an IOException and then refuses every statement of an invalidated
 clean-up ROLLBACK can raise a second error that hides the first. So this module walks the whole
 exception chain (causes, contexts, and the text Beam copies from a worker) and picks the cause a
 person can act on: a full disk or a read-only/denied path is a storage problem (exit 2) naming the
-path; a staging directory that vanished under a batch is a pipeline failure (exit 4) naming the
-directory. Only what it does not recognise is reported as the generic pipeline failure.
+path; a batch's directory of batch files that vanished under it is a pipeline failure (exit 4)
+naming the directory. Only what it does not recognise is reported as the generic pipeline failure.
 """
 from __future__ import annotations
 
@@ -70,21 +70,21 @@ def _free_bytes(directory: Path) -> Optional[int]:
         return None
 
 
-def _staging_vanished(exc: BaseException, staging_root: Path) -> bool:
-    """A batch's files disappeared: a missing-file error about the staging directory."""
-    if staging_root.exists() and any(staging_root.iterdir()):
+def _batch_files_vanished(exc: BaseException, batch_files_root: Path) -> bool:
+    """A batch's files disappeared: a missing-file error about the batch files' directory."""
+    if batch_files_root.exists() and any(batch_files_root.iterdir()):
         return False  # still there with content: some other missing file
-    root = str(staging_root)
+    root = str(batch_files_root)
     for link in chain(exc):
         text = str(link)
         missing = isinstance(link, FileNotFoundError) or "No such file" in text or "No files found" in text \
-            or "no staged" in text
+            or "no staged" in text  # pipelines/local/batch_manifest.py's words for it
         if missing and (root in text or (isinstance(link, OSError) and str(link.filename or "").startswith(root))):
             return True
     return False
 
 
-def describe(exc: BaseException, db: Path, staging_root: Path) -> Optional[Failure]:
+def describe(exc: BaseException, db: Path, batch_files_root: Path) -> Optional[Failure]:
     """The one line and exit code for a failure this module recognises, else None."""
     storage = _storage_cause(exc)
     if storage is not None:
@@ -96,7 +96,7 @@ def describe(exc: BaseException, db: Path, staging_root: Path) -> Optional[Failu
             if free is not None:
                 line += f"; {free} bytes free on its filesystem"
         return Failure(EXIT_STORE, line + "; the failing batch was not landed")
-    if _staging_vanished(exc, staging_root):
-        return Failure(EXIT_PIPELINE, f"the staging directory {staging_root} vanished during a batch "
+    if _batch_files_vanished(exc, batch_files_root):
+        return Failure(EXIT_PIPELINE, f"the batch files directory {batch_files_root} vanished during a batch "
                                       f"(removed by another process?); that batch was not landed, run again")
     return None

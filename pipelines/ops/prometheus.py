@@ -31,8 +31,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from pipelines.kafka.settings import KafkaSettings
 from pipelines.kafka.offsets import PartitionKey
+from pipelines.kafka.settings import KafkaSettings
 from pipelines.local.microbatch import Positions, RunListener
 from pipelines.storage.store import LandedBatch, Store
 

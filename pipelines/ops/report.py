@@ -223,7 +223,8 @@ def _charts(data: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
                    base(data["first_response"]).mark_bar(color="#6a1b9a").encode(
                        x=alt.X("bucket:N", sort=fr_order, title="first response"),
                        y=alt.Y("journeys:Q"), tooltip=["bucket:N", "journeys:Q"])))
-    charts.append(("Friction", "Handoffs and channel hops per journey", "How often work changed hands, and how often the customer switched channel.",
+    charts.append(("Friction", "Handoffs and channel hops per journey",
+                   "How often work changed hands, and how often the customer switched channel.",
                    base(data["friction"]).mark_bar().encode(
                        x=alt.X("count_bucket:N", title="per journey", sort=["0", "1", "2", "3+"]),
                        xOffset=alt.XOffset("measure:N"), y=alt.Y("journeys:Q"),
@@ -251,7 +252,8 @@ def _charts(data: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
                        color=alt.Color("avg_csat:Q", title="avg CSAT", scale=alt.Scale(domain=[1, 5], scheme="redyellowgreen")),
                        tooltip=["handoff_bucket:N", "hop_bucket:N", "journeys:Q", "csat_responses:Q", "avg_csat:Q"])
                     + heat.mark_text(fontSize=11).encode(text=alt.Text("csat_responses:Q")))))
-    charts.append(("Pipeline health", "Pipeline lag per batch", "Seconds from the Kafka record timestamp to landing (p50 and p95 of each batch).",
+    charts.append(("Pipeline health", "Pipeline lag per batch",
+                   "Seconds from the Kafka record timestamp to landing (p50 and p95 of each batch).",
                    base(data["batches"]).transform_fold(["p50_latency_s", "p95_latency_s"], as_=["percentile", "seconds"])
                    .mark_line(point=True).encode(
                        x=alt.X("batch_id:Q", title="batch"), y=alt.Y("seconds:Q", title="seconds"),

@@ -183,7 +183,8 @@ def describe_reset(reset: dict[str, Any]) -> str:
                 f"{reset['to_offset'] - 1}), detected {when}")
     if reset["kind"] == "partition_removed":
         lost = "an unknown number of" if reset["records"] is None else str(reset["records"])
-        return f"{where}: partition removed from the broker, {lost} records after offset {reset['from_offset']} never landed, detected {when}"
+        return (f"{where}: partition removed from the broker, {lost} records after offset {reset['from_offset']} never landed, "
+                f"detected {when}")
     return (f"{where}: topic recreated on the broker ({reset['detail']}); re-read from offset {reset['to_offset']} "
             f"instead of {reset['from_offset']}, detected {when}")
 
@@ -192,7 +193,6 @@ def add_broker_positions(report: StatusReport, landed: dict[tuple[str, int], int
                          fingerprints: Optional[dict[tuple[str, int], Any]] = None) -> None:
     """Fills per-partition end offsets, lag and state; on failure records why instead."""
     from pipelines.kafka.offsets import BrokerUnavailable, OffsetReader
-
     from pipelines.kafka.source_log import offsets_to_verify, source_changes
 
     fingerprints = fingerprints or {}
@@ -268,7 +268,8 @@ def evaluate(report: StatusReport, max_lag: Optional[int], max_staleness_s: Opti
             report.reasons.append(f"{name} {value:.0f} {unit} > half of {limit:.0f}")
     rate = report.dead_letter_rate
     if max_dead_letter_rate is not None and max_dead_letter_rate < 1 and rate is not None:  # 1 = off
-        share = f"dead-letter rate {rate:.1%} ({report.recent_dead_letters} of {report.recent_consumed} records, {report.dead_letter_basis})"
+        share = (f"dead-letter rate {rate:.1%} ({report.recent_dead_letters} of {report.recent_consumed} records, "
+                 f"{report.dead_letter_basis})")
         if rate > max_dead_letter_rate:
             level = max(level, CRIT)
             report.reasons.append(f"{share} > {max_dead_letter_rate:.1%}")

@@ -69,8 +69,8 @@ def summarize(con: duckdb.DuckDBPyConnection, db_path: Path) -> str:
     out.append(f"\nDuckDB file: {db_path}")
     out.append("Try:")
     out.append(
-        f"  .venv/bin/cxj sql \"SELECT channels, count(*) AS journeys, median(time_to_resolution_s)/3600 AS median_ttr_h "
-        f"FROM journeys WHERE status = 'resolved' GROUP BY channels ORDER BY journeys DESC LIMIT 10\""
+        "  .venv/bin/cxj sql \"SELECT channels, count(*) AS journeys, median(time_to_resolution_s)/3600 AS median_ttr_h "
+        "FROM journeys WHERE status = 'resolved' GROUP BY channels ORDER BY journeys DESC LIMIT 10\""
     )
     out.append(f"  or: python -c \"import duckdb; print(duckdb.connect('{db_path}', read_only=True).sql('FROM journeys LIMIT 5'))\"")
     return "\n".join(out)

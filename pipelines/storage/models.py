@@ -23,8 +23,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+from pipelines.storage.quoting import ident, sql_literal
+
+
+def _sql_dir() -> Path:
+    """sql/, the dbt project at the top of the repository: a source checkout reads it in place;
+    a wheel carries it inside the package as pipelines/sql/ (pyproject.toml's package-dir), so an
+    installed `cxj` needs no checkout. The one place that decides where the SQL files are."""
+    package = Path(__file__).resolve().parents[1]
+    shipped = package / "sql"
+    return shipped if (shipped / "schema.sql").is_file() else package.parent / "sql"
+
+
+SQL_DIR = _sql_dir()
+SCHEMA_SQL = SQL_DIR / "schema.sql"  # the landing tables, created before the model views
 MODELS_DIR = SQL_DIR / "models"
+# The model layers (folders under sql/models) and their order: a model may ref only models of its
+# own or an earlier layer; staging and ops read the landing tables (source()) and nothing else.
+LAYER_ORDER = {"staging": 0, "ops": 0, "core": 1, "marts": 2}
 SOURCE_NAME = "cxj"  # the dbt source that declares the landing tables
 
 _REF = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]\s*\)\s*\}\}")
@@ -158,14 +174,6 @@ def _read_docs(doc: dict[str, Any], relations: dict[str, str], columns: dict[tup
             columns[(name, str(column["name"]))] = _text(column)
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def comment_statements(docs: Docs, relations: dict[str, str], view_columns: bool = True) -> list[str]:
     """COMMENT ON statements for ``relations`` (name -> 'TABLE' | 'VIEW') that have docs.
 
@@ -174,10 +182,10 @@ def comment_statements(docs: Docs, relations: dict[str, str], view_columns: bool
     statements: list[str] = []
     for name, kind in relations.items():
         if docs.relations.get(name):
-            statements.append(f"COMMENT ON {kind} {_ident(name)} IS {_literal(docs.relations[name])}")
+            statements.append(f"COMMENT ON {kind} {ident(name)} IS {sql_literal(docs.relations[name])}")
     for (relation, column), text in docs.columns.items():
         if relation in relations and text and (view_columns or relations[relation] != "VIEW"):
-            statements.append(f"COMMENT ON COLUMN {_ident(relation)}.{_ident(column)} IS {_literal(text)}")
+            statements.append(f"COMMENT ON COLUMN {ident(relation)}.{ident(column)} IS {sql_literal(text)}")
     return statements
 
 
@@ -186,7 +194,7 @@ def catalog_statements(models_dir: Path = MODELS_DIR, view_columns: bool = True)
     and column. Run after sql/schema.sql, in the database file and in the replica alike."""
     models = load_models(models_dir)
     docs = load_docs(models_dir)
-    statements = [f"CREATE OR REPLACE VIEW {_ident(m.name)} AS\n{m.select}" for m in models]
+    statements = [f"CREATE OR REPLACE VIEW {ident(m.name)} AS\n{m.select}" for m in models]
     relations = {t: "TABLE" for t in sorted(docs.tables)}
     relations.update({m.name: "VIEW" for m in models})
     return statements + comment_statements(docs, relations, view_columns)

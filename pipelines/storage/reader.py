@@ -8,8 +8,8 @@
     con.sql("FROM mart_open_backlog ORDER BY bucket_order").show()
 
 Both expose the same names: the landing tables (events, journeys, journey_events,
-dead_letters, pipeline_offsets, pipeline_batches) and the views of sql/staging, sql/core and
-sql/marts. Readers never change anything and never keep the pipeline from starting:
+dead_letters, pipeline_offsets, pipeline_batches) and the views of sql/models/ (staging, core,
+marts). Readers never change anything and never keep the pipeline from starting:
 
 * They read the DuckLake read replica the writer publishes after every batch (``<db>.lake/``,
   pipelines/storage/replica.py), attached READ_ONLY, whether or not the pipeline runs. Every statement
@@ -35,17 +35,16 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import duckdb
 
+from pipelines.config.paths import DEFAULT_DB
+from pipelines.storage.quoting import sql_literal
 from pipelines.storage.reader_safety import CONNECT_CONFIG, ReaderConnection, allowed_read_dirs, harden
-from pipelines.storage.replica import (LAKE_ALIAS, STATE_TABLE, attach_sql, catalog_path, data_path, lake_dir, load_extensions,
-                                       ReplicaError, sql_literal)
+from pipelines.storage.replica import LAKE_ALIAS, STATE_TABLE, ReplicaError, attach_sql, catalog_path, data_path, lake_dir, load_extensions
 from pipelines.storage.store import StoreError
 
 if TYPE_CHECKING:
     import polars
 
     from pipelines.storage.lake_target import LakeTarget
-
-DEFAULT_DB = Path("data/journeys.duckdb")
 
 
 class ReplicaNotReady(StoreError):

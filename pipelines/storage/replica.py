@@ -1,7 +1,7 @@
 """The DuckLake read replica: how analysts read the journey tables while the pipeline runs.
 
 DuckDB lets one process hold a database file; while `cxj run` writes ``--db`` nobody else can
-open it, not even read-only (DESIGN fact 7). So after every landed batch the writer also
+open it, not even read-only (docs/architecture.md, D7). So after every landed batch the writer also
 *publishes* that batch to a DuckLake next to the database::
 
     data/journeys.duckdb                        the writer's authoritative store
@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Optional
 
 import duckdb
+
+from pipelines.storage.quoting import ident, sql_literal
 
 log = logging.getLogger("cxj.replica")
 
@@ -120,14 +122,6 @@ def data_path(db: Path | str) -> Path:
     return lake_dir(db) / "data"
 
 
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def extension_file(name: str) -> Optional[Path]:
     """The extension shipped in the PyPI wheel duckdb-extension-<name> (no download needed)."""
     spec = importlib.util.find_spec("duckdb_extension_" + name)
@@ -196,10 +190,10 @@ def attach_sql(db: Path | str, alias: str = LAKE_ALIAS, read_only: bool = False)
 def view_statements() -> list[str]:
     """The model views of sql/models and the comments of the tables and views (DuckLake keeps
     no comments on a view's columns), rendered by pipelines/storage/models.py exactly as in the store."""
-    from pipelines.storage.models import _ident, catalog_statements, load_docs
+    from pipelines.storage.models import catalog_statements, load_docs
 
     # landing tables the replica does not publish (conflicts, attempts, ...) get no comments here
-    absent = [_ident(t) for t in sorted(set(load_docs().tables) - set(TABLES))]
+    absent = [ident(t) for t in sorted(set(load_docs().tables) - set(TABLES))]
     return [s for s in catalog_statements(view_columns=False)
             if not any(s.startswith((f"COMMENT ON TABLE {t} ", f"COMMENT ON COLUMN {t}.")) for t in absent)]
 

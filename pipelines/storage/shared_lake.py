@@ -39,9 +39,24 @@ from typing import Any, Callable, Optional, TypeVar
 import duckdb
 
 from pipelines.storage.lake_target import LakeTarget
-from pipelines.storage.replica import (APPENDED, LAKE_ALIAS, META_TABLE, PER_CUSTOMER, REPLACED, STATE_TABLE, TABLES,
-                                       PublishResult, Replica, ReplicaError, _rollback, ident, load_extensions,
-                                       read_summary, sql_literal, summary_differences, view_statements)
+from pipelines.storage.quoting import ident, sql_literal
+from pipelines.storage.replica import (
+    APPENDED,
+    LAKE_ALIAS,
+    META_TABLE,
+    PER_CUSTOMER,
+    REPLACED,
+    STATE_TABLE,
+    TABLES,
+    PublishResult,
+    Replica,
+    ReplicaError,
+    _rollback,
+    load_extensions,
+    read_summary,
+    summary_differences,
+    view_statements,
+)
 
 log = logging.getLogger("cxj.lake")
 

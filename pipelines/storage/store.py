@@ -2,7 +2,7 @@
 
 Everything a batch produces lands in one transaction together with the Kafka offsets it
 read, so a crash at any point followed by a restart gives exactly the tables of an
-uninterrupted run (DESIGN decision 3). Keeping all writes here means the storage choice
+uninterrupted run (docs/architecture.md, D3). Keeping all writes here means the storage choice
 can change without touching the pipeline.
 """
 from __future__ import annotations
@@ -15,14 +15,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import duckdb
 
-from pipelines.storage.replica import ReplicaError, open_writer_replica
 from pipelines.kafka.source_log import PARTITION_REMOVED, Fingerprint, SourceChange
+from pipelines.storage.models import SCHEMA_SQL
+from pipelines.storage.quoting import sql_literal
+from pipelines.storage.replica import ReplicaError, open_writer_replica
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+if TYPE_CHECKING:
+    import pyarrow as pa  # imported where used: the store's readers never load Arrow
 
 
 class StoreError(RuntimeError):
@@ -125,10 +128,6 @@ def settled_prefix(journeys: list[tuple[str, str, int, int, int]], horizon_us: i
             break
         count -= 1
     return [journey_id for journey_id, *_ in journeys[:count]]
-
-
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _ts(column: str) -> str:
@@ -291,7 +290,7 @@ class Store:
             statements = catalog_statements()
         except ModelError as exc:  # a broken model or YAML file: one line naming it, nothing applied
             raise StoreError(f"cannot create the views from sql/models: {exc}") from None
-        self.con.execute((SQL_DIR / "schema.sql").read_text())
+        self.con.execute(SCHEMA_SQL.read_text())
         self.con.execute("BEGIN TRANSACTION")
         try:
             for statement in statements:
@@ -332,7 +331,7 @@ class Store:
         """A temp table from staged Parquet files; unreadable or short files fail the batch."""
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
         for directory in {f.parent for f in files}:
-            if not directory.is_dir():  # the staging directory was removed under the batch
+            if not directory.is_dir():  # the batch files directory was removed under the batch
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(directory))
         if files:
             source = "read_parquet([" + ", ".join(sql_literal(str(f)) for f in files) + "])"
@@ -345,7 +344,8 @@ class Store:
                 ) from None
             columns = [row[0] for row in self.con.execute(f"DESCRIBE {name}").fetchall()]
             if columns != schema.names:
-                raise BatchNotAccounted(f"batch {batch_id}: staged {name.removeprefix('staged_')} files have columns {columns}, expected {schema.names}")
+                raise BatchNotAccounted(f"batch {batch_id}: staged {name.removeprefix('staged_')} files have columns {columns}, "
+                                        f"expected {schema.names}")
         else:
             import pyarrow as pa
 
@@ -360,8 +360,8 @@ class Store:
         Leaves temp tables batch_events (rows to insert or to replace with), batch_resolution
         and batch_customers (whose journeys the batch recomputes) for the next steps.
         """
-        from transforms.dedup import payload_hash
         from transforms.batch_files import COPY_SCHEMA, DEAD_LETTER_SCHEMA, EVENT_SCHEMA
+        from transforms.dedup import payload_hash
 
         self._load_staged("staged_events", staged.events, EVENT_SCHEMA, batch_id)
         self._load_staged("staged_copies", staged.copies, COPY_SCHEMA, batch_id)

@@ -14,7 +14,7 @@ only kafka-python, so it runs on every runner the Python SDK runs on (see docs/s
 * Each emitted element is `SourceRecord` = (topic, partition, offset, kafka_ts_ms, value,
   watermark_ms): the watermark the partition had when the record was read travels with it, so
   the per-customer stage can tell a record that comes after its customer's state was cleaned up
-  (docs/streaming.md, "Late data").
+  (docs/streaming.md, "Per customer: state, timers, late data").
 * Timestamps and watermark (`TimestampPolicy`): `record` (default) stamps each element with the
   Kafka record timestamp; `event` with the event's `occurred_at` (records whose time cannot be
   read keep the record timestamp; they become dead letters later). The watermark of a partition

@@ -38,7 +38,8 @@ from typing import Any, Iterable, Iterator, Optional
 import duckdb
 import pyarrow as pa
 
-from pipelines.storage.replica import ident, load_extensions, sql_literal
+from pipelines.storage.quoting import ident, sql_literal
+from pipelines.storage.replica import load_extensions
 from transforms.batch_files import (
     DEAD_LETTER_SCHEMA,
     EVENT_SCHEMA,
@@ -163,7 +164,7 @@ class LakeStore:
         path = Path(self.catalog[len("sqlite:"):] if self.catalog.startswith("sqlite:") else self.catalog)
         if path.exists():
             return
-        subprocess.run([sys.executable, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA journal_mode=WAL').fetchall()",
+        subprocess.run([sys.executable, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA journal_mode=WAL').fetchall()",  # noqa: E501
                         str(path)], check=True, capture_output=True, timeout=60)
 
     def _open_once(self) -> None:

@@ -40,7 +40,7 @@ def tables(store: LakeStore) -> dict[str, list]:
     out = {}
     for table in ("events", "event_copies", "dead_letters", "journeys", "journey_events", "journey_metrics"):
         columns = [c for (c, *_) in store.con.execute(f"DESCRIBE {ALIAS}.{table}").fetchall() if c not in ("landed_at", "updated_at")]
-        out[table] = sorted(map(repr, store.con.execute(f"SELECT {', '.join(chr(34) + c + chr(34) for c in columns)} FROM {ALIAS}.{table}").fetchall()))
+        out[table] = sorted(map(repr, store.con.execute(f"SELECT {', '.join(chr(34) + c + chr(34) for c in columns)} FROM {ALIAS}.{table}").fetchall()))  # noqa: E501
     return out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics

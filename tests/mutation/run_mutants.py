@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import os
 import resource
 import signal

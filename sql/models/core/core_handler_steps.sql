@@ -1,5 +1,5 @@
 -- core_handler_steps: who held each thread, step by step, at two levels: the assigned agent
--- (humans and bots) and the assigned team (docs: _core.yml). Consecutive assignments to the
+-- (humans and bots) and the assigned team (documented in _core.yml). Consecutive assignments to the
 -- same handler are one step, so a step is a change of handler; assignments that do not name the
 -- level are skipped (a team-only assignment is no agent step). The base of the ping-pong mart.
 WITH assignments AS (

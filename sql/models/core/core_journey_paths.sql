@@ -1,4 +1,4 @@
--- core_journey_paths: each journey's channel path, e.g. 'chat -> email -> phone' (docs: _core.yml).
+-- core_journey_paths: each journey's channel path, e.g. 'chat -> email -> phone' (documented in _core.yml).
 -- The channels of its touchpoints in time order with consecutive repeats collapsed, so
 -- 'chat -> email -> chat' is kept and path_length - 1 = journeys.channel_hops. Journeys
 -- without a touchpoint channel have the path '(none)'. The base of mart_channel_paths, and

@@ -1,4 +1,4 @@
--- core_journeys: one row per journey with the attributes the marts slice by (docs: _core.yml).
+-- core_journeys: one row per journey with the attributes the marts slice by (documented in _core.yml).
 WITH last_team AS (
     SELECT je.journey_id,
            last(e.team ORDER BY e.occurred_at, e.type_rank, e.event_id) AS team

@@ -1,4 +1,4 @@
--- core_open_journeys: every open journey with its age, in event time (docs: _core.yml).
+-- core_open_journeys: every open journey with its age, in event time (documented in _core.yml).
 -- Ages are measured at as_of, the latest occurred_at landed: the data's own "now", so a replay,
 -- a delayed feed or an old extract gives the same buckets as live data. The base of
 -- mart_open_backlog.

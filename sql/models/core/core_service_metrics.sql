@@ -1,4 +1,4 @@
--- core_service_metrics: core_journeys with the service metrics beside them (docs: _core.yml).
+-- core_service_metrics: core_journeys with the service metrics beside them (documented in _core.yml).
 -- durably_resolved_now also decides a pending durability with the newest landed event of any
 -- customer as an event-time watermark, never the wall clock (docs/metrics.md, "Kinds of resolution").
 SELECT

@@ -1,4 +1,4 @@
--- core_touchpoints: the customer's touchpoints of each journey, in event order (docs: _core.yml).
+-- core_touchpoints: the customer's touchpoints of each journey, in event order (documented in _core.yml).
 -- A touchpoint is a thread start (the first ticket.created / chat.started of a thread) or a
 -- customer-authored message; a chat message takes its chat's channel. Touchpoints without a
 -- known channel are left out, exactly as journeys.channel_hops counts them, so per journey

@@ -1,4 +1,4 @@
--- mart_channel_paths: how often each channel path occurs (docs: _marts.yml).
+-- mart_channel_paths: how often each channel path occurs (documented in _marts.yml).
 -- Paths come from core_journey_paths. Hours and means are rounded to 2 decimals, rates to 4.
 SELECT
     p.path,

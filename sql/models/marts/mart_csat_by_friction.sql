@@ -1,4 +1,4 @@
--- mart_csat_by_friction: CSAT against handoffs and channel hops (docs: _marts.yml).
+-- mart_csat_by_friction: CSAT against handoffs and channel hops (documented in _marts.yml).
 -- All journeys, open ones included. Sums are kept next to the (rounded) means so rows roll up
 -- exactly, e.g. by handoff_bucket alone: sum(csat_sum) / sum(csat_responses).
 SELECT

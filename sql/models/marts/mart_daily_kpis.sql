@@ -1,4 +1,4 @@
--- mart_daily_kpis: daily journey KPIs by entry channel and team (docs: _marts.yml).
+-- mart_daily_kpis: daily journey KPIs by entry channel and team (documented in _marts.yml).
 -- Journeys are counted on the UTC day they started (a cohort): later resolutions update the
 -- day they started on. Hours, minutes and means are rounded to 2 decimals, rates to 4; the
 -- *_sum columns make exact roll-ups across rows possible.

@@ -1,5 +1,5 @@
 -- mart_handoff_kinds: handoffs by day, kind and team route, from the audited handoff rows
--- (docs: _marts.yml).
+-- (documented in _marts.yml).
 SELECT
     occurred_date AS day,
     kind,

@@ -1,4 +1,4 @@
--- mart_handoff_pingpong: work that bounced back within a thread: A -> B -> A (docs: _marts.yml).
+-- mart_handoff_pingpong: work that bounced back within a thread: A -> B -> A (documented in _marts.yml).
 -- Built from core_handler_steps: every step whose handler equals the handler two steps before
 -- is one bounce; a chain A -> B -> A -> B has two (A via B, then B via A).
 SELECT

@@ -1,4 +1,4 @@
--- mart_open_backlog: open journeys by age, per entry channel (docs: _marts.yml).
+-- mart_open_backlog: open journeys by age, per entry channel (documented in _marts.yml).
 -- Ages come from core_open_journeys (event time, measured at the data's latest event).
 SELECT
     any_value(as_of) AS as_of,

@@ -1,4 +1,4 @@
--- mart_service_quality: the service metrics per day and entry channel (docs: _marts.yml).
+-- mart_service_quality: the service metrics per day and entry channel (documented in _marts.yml).
 -- Journeys are counted on the UTC day they started (a cohort), as in mart_daily_kpis.
 SELECT
     started_date AS day,

@@ -1,5 +1,5 @@
 -- v_freshness: one row with the pipeline's freshness figures, computable in SQL alone
--- (docs: _ops.yml). Lag needs the broker's end offsets: `cxj status` adds it.
+-- (documented in _ops.yml). Lag needs the broker's end offsets: `cxj status` adds it.
 -- Seconds are rounded to 3 decimals (milliseconds).
 WITH last_batch AS (
     SELECT batch_id, finished_at, consumed, duration_s

@@ -1,4 +1,4 @@
--- stg_events: one row per landed event, typed and keyed for modelling (docs: _staging.yml).
+-- stg_events: one row per landed event, typed and keyed for modelling (documented in _staging.yml).
 -- Event order everywhere is (occurred_at, type_rank, event_id), exactly the pipeline's.
 SELECT
     event_id,

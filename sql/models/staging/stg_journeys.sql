@@ -1,4 +1,4 @@
--- stg_journeys: one row per journey, with UTC calendar days added (docs: _staging.yml).
+-- stg_journeys: one row per journey, with UTC calendar days added (documented in _staging.yml).
 -- Days are UTC days of event time, independent of the session time zone.
 SELECT
     journey_id,
