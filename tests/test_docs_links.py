@@ -136,7 +136,6 @@ def test_nothing_cites_a_document_outside_the_repository():
     for path in text_files():
         if path == Path(__file__).resolve():
             continue
-        rel = str(path.relative_to(ROOT))
         for n, line in lines_of(path):
             if OUTSIDE.search(line):
                 found.append(f"{where(path, n)}: {line.strip()}")

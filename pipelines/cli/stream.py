@@ -80,9 +80,8 @@ def _catalog(text: str) -> tuple[str, str]:
 
 
 def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from pipelines.streaming.runners import EndpointUnreachable, RunnerProblem, check_endpoints, plan_runner
-
     from pipelines.storage.lake_target import LakeSpecError
+    from pipelines.streaming.runners import EndpointUnreachable, RunnerProblem, check_endpoints, plan_runner
 
     try:
         catalog, sqlite_path = _catalog(args.store)
