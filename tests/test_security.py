@@ -95,7 +95,32 @@ LAKE_REASONS = {
     "lake": "sql_literal(LAKE_ALIAS) in the same function",
 }
 QUOTING = {"sql_literal", "ident", "int", "self._like"}  # storage/quoting.py, sql_shell.py: doubling quotes
+_TABLE_NAMES = "loop over / argument from the module's TABLES mapping (fixed table names)"
+_SELECT_LIST = "select_list(): ident()-quoted column names of a TABLES schema and fixed expressions"
 REVIEWED = {
+    "streaming/lake_store.py:attach_statement": {
+        "', '.join(options)": "DATA_PATH built with sql_literal, and fixed option keywords with an int constant",
+    },
+    "streaming/lake_store.py:_open_once": {"table": _TABLE_NAMES, "select_list(table)": _SELECT_LIST},
+    "streaming/lake_store.py:_stored_events": {
+        "columns": "ident()-quoted names of EVENT_SCHEMA's fields",
+        "where": "a column name literal at every call site (customer_id / event_id)",
+    },
+    "streaming/lake_store.py:_replace_events": {"select_list('events')": _SELECT_LIST},
+    "streaming/lake_store.py:_replace_by_coordinates": {
+        "table": _TABLE_NAMES, "select_list(table)": _SELECT_LIST,
+        "key": "a fixed expression over quoted coordinate columns",
+    },
+    "streaming/lake_store.py:_replace_customers": {"table": _TABLE_NAMES, "select_list(table)": _SELECT_LIST},
+    "streaming/lake_store.py:counts": {"t": _TABLE_NAMES},
+    "streaming/lake_store.py:resume_offsets": {
+        "t": "loop over a literal tuple of table names",
+        "key_union": "SQL text built in resume_offsets() from ALIAS and a literal tuple of table names",
+    },
+    "streaming/lake_store_test.py:tables": {
+        "table": _TABLE_NAMES,
+        "', '.join((chr(34) + c + chr(34) for c in columns))": "column names of a TABLES schema, double-quoted",
+    },
     "storage/replica.py:attach_sql": {"', '.join(options)": "options are literals and a DATA_PATH built with sql_literal"},
     "storage/replica.py:publish": {
         "self.source": "ident() of current_database(), set in __init__",
