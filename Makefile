@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser postgres broker-start broker-stop bench bench-quick bench-guard clean lint explore report dbt-build mutate
+.PHONY: demo test soak install browser postgres broker-start broker-stop bench bench-quick bench-guard clean lint explore report dbt-build mutate
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ browser:
 postgres:
 	@bash infra/install-postgres.sh
 
+# The suite runs its test files over both cores (pytest-xdist; a file's tests stay together) and
+# lists the 25 slowest tests at the end. Long soaks run in a short form here; `make soak` runs
+# their full forms (about an hour on two cores).
 test: $(STAMP) browser postgres
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+
+soak: $(STAMP) browser postgres
+	CXJ_READER_STARTS=8 CXJ_CRASH_KILLS=100 CXJ_MEMORY_MESSAGES=300 CXJ_ONCE_ROUNDS=50 CXJ_ONCE_RUNS=50 \
+	  $(BIN)/python -m pytest -q -m slow --durations=25
 
 # ruff (pinned in pyproject's test extras): pyflakes, pycodestyle, import order, bugbear ([tool.ruff] in pyproject.toml)
 lint: $(STAMP)

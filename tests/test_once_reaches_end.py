@@ -15,6 +15,8 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from pipelines.kafka.offsets import OffsetReader
 from tests.support import run_once, send, table
 
@@ -71,6 +73,7 @@ def messages(rng: random.Random, tag: str, sent_ids: list[str]) -> tuple[list[tu
     return everything, new, len(malformed)
 
 
+@pytest.mark.slow  # CI: 20 rounds; `make soak`: CXJ_ONCE_ROUNDS
 def test_confirmed_end_offsets_are_the_true_ones(broker, topics):
     """Straight after sending, `OffsetReader.bounds` gives exactly the record-by-record ends,
     also when asked again and again on the same connection (as a run does per batch: the old
@@ -89,6 +92,7 @@ def test_confirmed_end_offsets_are_the_true_ones(broker, topics):
         reader.close()
 
 
+@pytest.mark.slow  # CI: 10 runs; `make soak`: CXJ_ONCE_RUNS
 def test_many_rounds_of_send_then_once_account_for_every_message(broker, topics, db):
     rng = random.Random(SEED + 1)
     sent = new_total = dead_total = 0
