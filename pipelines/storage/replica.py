@@ -298,6 +298,9 @@ def open_writer_replica(con: duckdb.DuckDBPyConnection, db: Path | str, lake: Op
 class Replica:
     """Publishes landed batches of one database file to its DuckLake replica (writer side)."""
 
+    # the view that tells readers what the replica holds (a shared lake has its own, per writer)
+    state_view: str = STATE_VIEW
+
     def __init__(self, con: duckdb.DuckDBPyConnection, db: Path | str, compact_every: int = COMPACT_EVERY) -> None:
         self.db = Path(db)
         self.compact_every = compact_every
@@ -389,10 +392,9 @@ class Replica:
             self._fingerprint_cache = hashlib.sha256(f"format {FORMAT_VERSION}\n{columns!r}".encode()).hexdigest()[:16]
         return self._fingerprint_cache
 
-    @staticmethod
-    def _views_fingerprint() -> str:
+    def _views_fingerprint(self) -> str:
         """Changes when a view file in sql/ changes: then the views are replaced."""
-        digest = hashlib.sha256(STATE_VIEW.encode())
+        digest = hashlib.sha256(self.state_view.encode())
         for statement in view_statements():
             digest.update(statement.encode() + b"\0")
         return digest.hexdigest()[:16]
@@ -491,7 +493,7 @@ class Replica:
         """Inside the caller's transaction: the state view and every view file, in the lake."""
         self.con.execute(f"USE {LAKE_ALIAS}")
         try:
-            self.con.execute(STATE_VIEW)
+            self.con.execute(self.state_view)
             for statement in view_statements():
                 self.con.execute(statement)
         finally:

@@ -55,7 +55,6 @@ from pipelines.storage.replica import (
     load_extensions,
     read_summary,
     summary_differences,
-    view_statements,
 )
 
 log = logging.getLogger("cxj.lake")
@@ -118,6 +117,8 @@ def writer_identity(con: duckdb.DuckDBPyConnection, source: str, wanted: Optiona
 
 class SharedLake(Replica):
     """Publishes one writer's landed batches to a shared DuckLake (PostgreSQL catalog)."""
+
+    state_view = SHARED_STATE_VIEW
 
     def __init__(self, con: duckdb.DuckDBPyConnection, db: Path | str, target: LakeTarget,
                  writer_id: Optional[str] = None) -> None:
@@ -219,14 +220,6 @@ class SharedLake(Replica):
 
     # ------------------------------------------------------------------ state
 
-    def _views_fingerprint(self) -> str:  # type: ignore[override]
-        import hashlib
-
-        digest = hashlib.sha256(SHARED_STATE_VIEW.encode())
-        for statement in view_statements():
-            digest.update(statement.encode() + b"\0")
-        return digest.hexdigest()[:16]
-
     def _state(self) -> Optional[tuple[int, Optional[datetime], str, str]]:
         row = self.con.execute(
             f"SELECT fingerprint, views_fingerprint FROM {LAKE_ALIAS}.{META_TABLE} WHERE {self._mine}").fetchone()
@@ -256,15 +249,6 @@ class SharedLake(Replica):
         if not self._views_current():
             self._retrying("replace views", self._replace_views)
         return self.publish()
-
-    def _create_views(self) -> None:
-        self.con.execute(f"USE {LAKE_ALIAS}")
-        try:
-            self.con.execute(SHARED_STATE_VIEW)
-            for statement in view_statements():
-                self.con.execute(statement)
-        finally:
-            self.con.execute(f"USE {self.source}")
 
     def _replace_views(self) -> None:
         """CREATE OR REPLACE of every view, and this writer's views fingerprint, in one transaction
