@@ -32,7 +32,7 @@ from pipelines.cli import sql as cmd_sql
 from pipelines.cli.main import main as cli_main
 from pipelines.kafka.simulator import generate_customer_events, to_messages
 from pipelines.storage.reader import connect, open_reader, query
-from pipelines.storage.replica import TABLES, catalog_path, data_path, lake_dir, read_summary
+from pipelines.storage.replica import TABLES, catalog_path, data_path, lake_dir, read_sidecar, read_summary
 from tests.support import new_topics, send
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -539,6 +539,9 @@ def test_tampering_while_the_writer_runs_warns_and_the_next_batch_repairs(landed
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: query("SELECT count(*) AS n FROM events WHERE event_id = 'live-1'", db)["n"][0] == 1, proc, log)
+        # tamper only after the writer's own check of that publish, which would repair it at once
+        live_batch = query("SELECT max(batch_id) AS b FROM pipeline_batches", db)["b"][0]
+        wait_for(lambda: (read_sidecar(db) or {}).get("last_batch") == live_batch, proc, log)
         hide_journeys(catalog_path(db))
         status = cxj_status(db, broker, topics)
         assert status.returncode == 1 and "disagrees" in status.stdout, status.stdout

@@ -165,7 +165,7 @@ REVIEWED = {
     **{f"storage/shared_lake.py:{function}": {e: LAKE_REASONS[e] for e in expressions.split()} for function, expressions in {
         "writer_identity": "source", "_open": "options_sql", "_columns": "database table",
         "_ensure_tables": "table self.source", "_state": "self._mine", "_views_current": "self._mine",
-        "_create_views": "self.source", "_replace_views": "self._mine", "_touched": "self.source window",
+        "_replace_views": "self._mine", "_touched": "self.source window",
         "_publish_once": "mine touched self.source window replaced table writer",
         "_rebuild_once": "table mine writer self.source", "_record_conflicts": "mine self.source window found",
         "_expire": "lake",
