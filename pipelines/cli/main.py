@@ -104,7 +104,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         child.add_argument("--verbose", action="store_true", help="also show Beam and Kafka client logs")
         child.add_argument("--config", metavar="FILE", help="config file (default $CXJ_CONFIG, else ./cxj.toml when present)")
         module.add_arguments(child)
-        child.set_defaults(handler=module.main, allows_extra=getattr(module, "ALLOWS_EXTRA", False))
+        child.set_defaults(handler=module.main, allows_extra=getattr(module, "ALLOWS_EXTRA", False),
+                           job_server_checks_extra=getattr(module, "JOB_SERVER_CHECKS_EXTRA", False))
         children[name] = child
     return parser, children
 
@@ -156,6 +157,8 @@ def _check_extra(command: str, child: argparse.ArgumentParser, extra: list[str])
             return f"Apache Beam option: {exc}"
         beam_known = beam_option_names()
         candidates += beam_known
+        if child.get_default("job_server_checks_extra") and any(t.startswith("--job_endpoint") for t in extra):
+            return None  # options a job server adds (Flink's --checkpointing_interval): the command asks it
     for token in unknown:
         if token.startswith("-"):
             name = token.split("=", 1)[0]

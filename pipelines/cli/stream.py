@@ -27,8 +27,10 @@ from pipelines.config.durations import parse_duration
 from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
 
 ALLOWS_EXTRA = True  # runner options for Beam
+JOB_SERVER_CHECKS_EXTRA = True  # with --job_endpoint, options Beam does not know are checked against the job server
 DEFAULT_STORE = Path("data/stream.lake/catalog.sqlite")
 EXIT_STORE, EXIT_BROKER, EXIT_PIPELINE = 2, 3, 4
+JOB_STREAM_DEADLINE_S = 10 * 365 * 86_400  # the job's state stream lives as long as the job
 
 log = logging.getLogger("cxj.stream")
 
@@ -108,6 +110,9 @@ def main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     except EndpointUnreachable as exc:
         print(f"cxj stream: error: {exc}", file=sys.stderr)
         return EXIT_PIPELINE
+    except RunnerProblem as exc:  # an option the job server does not take either
+        print(f"cxj stream: error: {exc}", file=sys.stderr)
+        return EXIT_STORE
     return _run(args, extra, plan, catalog, data_path, sqlite_path)
 
 
@@ -146,6 +151,11 @@ def _run(args: argparse.Namespace, extra: Sequence[str], plan, catalog: str, dat
     log.info("cxj stream: runner %s, %d partitions, %s, store %s", plan.name, len(specs),
              f"bounded ({to_read} records to read)" if to_read is not None else "unbounded", catalog)
     options = ["--streaming"] if not args.stop_at_end else []
+    if plan.job_endpoint and not any(a.startswith("--job_server_timeout") for a in extra):
+        # Beam's PortableRunner opens the job's state and message streams with --job_server_timeout
+        # (60 s) as their gRPC deadline, so any job running longer failed with "Deadline Exceeded":
+        # every streaming job. The endpoint already answered (check_endpoints); wait as long as the job runs.
+        options.append(f"--job_server_timeout={JOB_STREAM_DEADLINE_S}")
     if plan.in_process:
         options.append("--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner")
         extra = [a for a in extra if not a.startswith("--runner")]
