@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -228,6 +229,9 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "stream_throughput.json")
     args = parser.parse_args()
     from tests.postgres_cluster import ThrowawayPostgres
+
+    # a SIGTERM must still stop the broker and the PostgreSQL cluster (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     work = Path(tempfile.mkdtemp(prefix="cxj-stream-bench-"))
     port = free_port()

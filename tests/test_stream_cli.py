@@ -42,8 +42,9 @@ def cxj_stream(*args: str, cwd: Path, timeout: float = 120) -> tuple[int, str, f
     (["--runner=PortableRunner", "--job_endpoint=localhost:1", "--environment_type=LOOPBACK"],
      "LOOPBACK runs the workers inside this process"),
     (["--runner=DataflowRunner"], "DataflowRunner needs --project --region --temp_location"),
-    (["--runner=PortableRunner", "--job_endpoint=localhost:1", "--environment_type=EXTERNAL",
-      "--environment_config=localhost:1", "--flink_master=x:1", "--no_such=1"], "neither cxj nor Apache Beam knows it"),
+    # without a job endpoint nobody could take an option Beam does not know (with one: the job server is asked)
+    (["--runner=PortableRunner", "--environment_type=EXTERNAL", "--flink_master=x:1", "--no_such=1"],
+     "neither cxj nor Apache Beam knows it"),
     (["--stop-at-end", "--runner=NoSuchRunner"], "unknown Beam runner"),
     (["--stop-at-end", "--stop_at_end"], "did you mean --stop-at-end"),
     (["--stop-at-end", "--no_such_beam_option=1"], "neither cxj nor Apache Beam knows it"),
