@@ -169,14 +169,14 @@ def test_conflicting_copies_smallest_content_hash_wins_and_losers_name_it():
     smallest = min(sha(doc) for doc in copies)
 
     def winners_are(actual: list) -> None:
-        by_id = {row["event_id"]: (key, row) for key, chunk in actual for row in chunk}
+        by_id = {row["event_id"]: (key, row) for key, table in actual for row in table.to_pylist()}
         assert set(by_id) == {"e-1", "e-2"}
         key, winner = by_id["e-1"]
         assert winner["content_hash"] == smallest
         assert key == bucket_key(bucket_of("e-1", 16))
 
     def losers_are(actual: list) -> None:
-        losers = [row for _, chunk in actual for row in chunk]
+        losers = [row for _, table in actual for row in table.to_pylist()]
         assert sorted(row["content_hash"] for row in losers) == sorted(sha(d) for d in copies if sha(d) != smallest)
         assert {row["winner_hash"] for row in losers} == {smallest}
         assert all(json.loads(row["payload"])["event_id"] == "e-1" for row in losers)
@@ -194,8 +194,9 @@ def test_plain_duplicates_keep_the_smallest_source_coordinates():
 
     with TestPipeline(runner=FnApiRunner()) as p:
         out = p | beam.Create(chunked(rows, 1)) | DedupEvents()
-        coordinates = out.winners | "Where" >> beam.FlatMap(lambda kv: [(r["partition"], r["offset"]) for r in kv[1]])
-        lost = out.losing_copies | "Lost" >> beam.FlatMap(lambda kv: [(r["partition"], r["offset"], r["winner_hash"]) for r in kv[1]])
+        coordinates = out.winners | "Where" >> beam.FlatMap(lambda kv: [(r["partition"], r["offset"]) for r in kv[1].to_pylist()])
+        lost = out.losing_copies | "Lost" >> beam.FlatMap(
+            lambda kv: [(r["partition"], r["offset"], r["winner_hash"]) for r in kv[1].to_pylist()])
         assert_that(coordinates, equal_to([(0, 3)]), label="Winner")
         assert_that(lost, equal_to([(2, 5, sha(doc)), (0, 9, sha(doc)), (1, 1, sha(doc))]), label="Losers")
 
@@ -210,15 +211,43 @@ def test_every_copy_leaves_once_over_many_buckets():
     ids = {row["event_id"] for row in rows}
 
     def one_per_id_in_its_bucket(actual: list) -> None:
-        winners = [(key, row) for key, chunk in actual for row in chunk]
+        winners = [(key, row) for key, table in actual for row in table.to_pylist()]
         assert sorted(row["event_id"] for _, row in winners) == sorted(ids)
         assert all(key == bucket_key(bucket_of(row["event_id"], 16)) for key, row in winners)
         assert len({key for key, _ in winners}) == len(actual), "one element per bucket"
 
     with TestPipeline(runner=FnApiRunner()) as p:
         out = p | beam.Create(chunked(rows, 97)) | DedupEvents()
-        count_w = out.winners | "CountW" >> beam.Map(lambda kv: len(kv[1]))
-        count_l = out.losing_copies | "CountL" >> beam.Map(lambda kv: len(kv[1]))
+        count_w = out.winners | "CountW" >> beam.Map(lambda kv: kv[1].num_rows)
+        count_l = out.losing_copies | "CountL" >> beam.Map(lambda kv: kv[1].num_rows)
         total = (count_w, count_l) | beam.Flatten() | beam.CombineGlobally(sum)
         assert_that(total, equal_to([600]), label="AllCopies")
         assert_that(out.winners, matches(one_per_id_in_its_bucket), label="Winners")
+
+
+def test_split_copies_is_the_dedup_rule_on_columns_in_its_order():
+    """split_copies runs transforms.dedup.winning_copies on a bucket's table: the same winners in
+    the same order, and every other copy as staged (COPY_SCHEMA: its own content and source plus
+    the batch winner's hash), after the table went through the shuffle's byte form. Copies come
+    with plain duplicates, conflicting contents and equal contents on other partitions."""
+    from transforms.batch_files import COPY_SCHEMA, EVENT_SCHEMA, bytes_table, rows_table, table_bytes
+    from transforms.dedup import winning_copies
+    from transforms.ingest import split_copies
+
+    rng = random.Random(21)
+    rows = []
+    for n in range(500):
+        doc = event(f"e-{rng.randrange(120)}", note=rng.choice(["a", "b", "c"]))
+        row = parsed_row(doc, rng.choice(["cx.tickets", "cx.chats"]), rng.randrange(3), n)
+        rows.append({name: row.get(name) for name in EVENT_SCHEMA.names})
+    winners, losers = split_copies(bytes_table(table_bytes(rows_table(rows, EVENT_SCHEMA))))
+    expected_winners, expected_losers = winning_copies(rows)
+    assert winners.schema == EVENT_SCHEMA and losers.schema == COPY_SCHEMA
+    assert winners.to_pylist() == expected_winners
+    hash_of = {row["event_id"]: row["content_hash"] for row in expected_winners}
+    assert losers.to_pylist() == [{name: row[name] if name != "winner_hash" else hash_of[row["event_id"]]
+                                   for name in COPY_SCHEMA.names} for row in expected_losers]
+    assert winners.num_rows + losers.num_rows == 500 and winners.num_rows == len({r["event_id"] for r in rows})
+    assert losers.num_rows > 0 and len({r["winner_hash"] for r in losers.to_pylist()}) > 1
+    no_copies, none = split_copies(rows_table(expected_winners, EVENT_SCHEMA))
+    assert no_copies.to_pylist() == expected_winners and none.num_rows == 0 and none.schema == COPY_SCHEMA

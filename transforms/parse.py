@@ -5,6 +5,7 @@ the pipeline can count consumed = landed + duplicates + dead letters for every b
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -128,59 +129,65 @@ def parse_record(
     limits: ParseLimits = ParseLimits(),
 ) -> ParseOutcome:
     """Classifies one record. ``stream`` is tickets/chats/surveys for the record's topic."""
-    outcome = _parse(raw, source, stream, now_us, limits)
-    if isinstance(outcome, tuple):
-        return ("dead", dead_letter(source, raw, *outcome))
-    return ("event", outcome)
+    doc, text_or_reason, at_us_or_detail = _check(raw, source.topic, stream, now_us, limits)
+    if doc is None:
+        return ("dead", dead_letter(source, raw, text_or_reason, at_us_or_detail))
+    return ("event", _event_row(doc, text_or_reason, at_us_or_detail, source.topic, source.partition,
+                                source.offset, source.kafka_ts_ms))
 
 
-def _parse(
-    raw: Optional[bytes], source: SourceRef, stream: Optional[str], now_us: int, limits: ParseLimits
-) -> Union[dict[str, Any], tuple[str, str]]:
+# What _check found: (the decoded message, its text, occurred_at in epoch µs) for a valid event,
+# (None, reason, detail) for a dead letter. A plain tuple: parse_chunk runs this per record.
+Checked = tuple[Optional[dict[str, Any]], str, Any]
+
+
+def _check(
+    raw: Optional[bytes], topic: str, stream: Optional[str], now_us: int, limits: ParseLimits
+) -> Checked:
     if stream is None:
-        return (UNKNOWN_TOPIC, f"topic {source.topic!r} is not one of the configured event topics")
+        return (None, UNKNOWN_TOPIC, f"topic {topic!r} is not one of the configured event topics")
     if raw is None or len(raw) == 0:
-        return (EMPTY_MESSAGE, "message has no value")
+        return (None, EMPTY_MESSAGE, "message has no value")
     if len(raw) > limits.max_message_bytes:
-        return (TOO_LARGE, f"{len(raw)} bytes > limit {limits.max_message_bytes}")
+        return (None, TOO_LARGE, f"{len(raw)} bytes > limit {limits.max_message_bytes}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return (NOT_UTF8, str(exc))
+        return (None, NOT_UTF8, str(exc))
     try:
         doc = _DECODER.decode(text)
     except RecursionError:
-        return (TOO_DEEP, "JSON nesting too deep to parse")
+        return (None, TOO_DEEP, "JSON nesting too deep to parse")
     except ValueError as exc:
-        return (NOT_JSON, str(exc))
+        return (None, NOT_JSON, str(exc))
     if not isinstance(doc, dict):
-        return (NOT_OBJECT, f"top-level JSON is {type(doc).__name__}, expected object")
+        return (None, NOT_OBJECT, f"top-level JSON is {type(doc).__name__}, expected object")
     # Each level needs its own opening bracket, so a message with at most max_depth of them
     # cannot be too deep: most events skip the walk (which would add ~8% to parsing one).
     if text.count("{") + text.count("[") > limits.max_depth and _too_deep(doc, limits.max_depth):
-        return (TOO_DEEP, f"nesting deeper than {limits.max_depth}")
+        return (None, TOO_DEEP, f"nesting deeper than {limits.max_depth}")
     version = doc.get("schema_version")
     if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        return (UNKNOWN_SCHEMA_VERSION, f"schema_version {version!r} not in {list(SUPPORTED_VERSIONS)}")
+        return (None, UNKNOWN_SCHEMA_VERSION, f"schema_version {version!r} not in {list(SUPPORTED_VERSIONS)}")
     event_type = doc.get("event_type")
     checks = validators(version)
     if not isinstance(event_type, str) or event_type not in checks:
-        return (UNKNOWN_EVENT_TYPE, f"event_type {str(event_type)[:80]!r} is not defined in contract v{version}")
+        return (None, UNKNOWN_EVENT_TYPE, f"event_type {str(event_type)[:80]!r} is not defined in contract v{version}")
     if STREAM_OF_TYPE[event_type] != stream:
-        return (UNKNOWN_EVENT_TYPE, f"event_type {event_type!r} does not belong on topic {source.topic!r}")
+        return (None, UNKNOWN_EVENT_TYPE, f"event_type {event_type!r} does not belong on topic {topic!r}")
     try:
         checks[event_type](doc)
     except fastjsonschema.JsonSchemaException as exc:
-        return (SCHEMA_VIOLATION, exc.message)
+        return (None, SCHEMA_VIOLATION, exc.message)
     try:
         at_us = parse_timestamp_us(doc["occurred_at"])
     except (ValueError, OverflowError) as exc:
-        return (BAD_TIMESTAMP, str(exc))
+        return (None, BAD_TIMESTAMP, str(exc))
     if at_us < limits.min_occurred_at_us or at_us > now_us + limits.max_future_skew_s * 1_000_000:
-        return (TIMESTAMP_OUT_OF_RANGE, f"occurred_at {doc['occurred_at']} outside the accepted range")
+        return (None, TIMESTAMP_OUT_OF_RANGE, f"occurred_at {doc['occurred_at']} outside the accepted range")
     if "\\u" in text and _has_lone_surrogate(doc):
-        return (NOT_UTF8, "a string holds a lone surrogate (\\uD800-\\uDFFF escape): not valid Unicode text")
-    return _event_row(doc, text, at_us, source)
+        return (None, NOT_UTF8, "a string holds a lone surrogate (\\uD800-\\uDFFF escape): not valid Unicode text")
+    return (doc, text, at_us)
 
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -205,26 +212,55 @@ def _has_lone_surrogate(doc: Any) -> bool:
     return False
 
 
-def _event_row(doc: dict[str, Any], text: str, at_us: int, source: SourceRef) -> dict[str, Any]:
-    row: dict[str, Any] = {
+def _text_or_none(value: Any) -> Optional[str]:
+    return value if type(value) is str else None  # JSON decoding makes no str subclasses
+
+
+def _event_row(doc: dict[str, Any], text: str, at_us: int, topic: str, partition: int, offset: int,
+               kafka_ts_ms: Optional[int]) -> dict[str, Any]:
+    """The event's row: the contract fields journey logic reads (strings or None), the scores of
+    surveys, the payload as sent and the source. Spelled out field by field (EXTRACTED_FIELDS
+    in order): this runs once per event."""
+    get = doc.get
+    scored = doc["event_type"] == "survey.responded"  # elsewhere csat/nps are unknown extra fields
+    return {
         "event_id": doc["event_id"],
         "event_type": doc["event_type"],
         "at_us": at_us,
         "customer_id": doc["customer_id"],
         "occurred_at_text": doc["occurred_at"],
+        "ticket_id": _text_or_none(get("ticket_id")),
+        "chat_id": _text_or_none(get("chat_id")),
+        "survey_id": _text_or_none(get("survey_id")),
+        "channel": _text_or_none(get("channel")),
+        "handler_type": _text_or_none(get("handler_type")),
+        "agent_id": _text_or_none(get("agent_id")),
+        "team": _text_or_none(get("team")),
+        "status": _text_or_none(get("status")),
+        "author": _text_or_none(get("author")),
+        "outcome": _text_or_none(get("outcome")),
+        "csat": _as_int(get("csat")) if scored else None,
+        "nps": _as_int(get("nps")) if scored else None,
+        "payload": text,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "kafka_ts_ms": kafka_ts_ms,
     }
-    for name in EXTRACTED_FIELDS:
-        value = doc.get(name)
-        row[name] = value if isinstance(value, str) else None
-    scored = doc["event_type"] == "survey.responded"  # elsewhere csat/nps are unknown extra fields
-    row["csat"] = _as_int(doc.get("csat")) if scored else None
-    row["nps"] = _as_int(doc.get("nps")) if scored else None
-    row["payload"] = text
-    row["topic"] = source.topic
-    row["partition"] = source.partition
-    row["offset"] = source.offset
-    row["kafka_ts_ms"] = source.kafka_ts_ms
-    return row
+
+
+# The content hash's canonical JSON (transforms.dedup.canonical_content), with one encoder for
+# every record: json.dumps with these arguments builds the same encoder anew per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash_of(doc: dict[str, Any]) -> str:
+    """transforms.dedup.content_hash of a message this parser accepted, without decoding it a
+    second time: json.loads(payload) gives an equal object (the same decoder, and an accepted
+    message holds no NaN or Infinity, the one place the two decoders differ; validation adds
+    nothing to it), and the encoder has json.dumps's arguments, so the bytes hashed are the same.
+    transforms/parse_test.py checks the equality on hostile and generated messages."""
+    return hashlib.sha256(_CANONICAL.encode(doc).encode("utf-8")).hexdigest()
 
 
 # One Kafka record as the readers hand it over: (topic, partition, offset, timestamp ms, value bytes).
@@ -236,11 +272,21 @@ def parse_chunk(
     stream_of_topic: dict[str, str],
     now_us: int,
     limits: ParseLimits = ParseLimits(),
+    content_hashes: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(event rows, dead letters) for (topic, partition, offset, kafka_ts_ms, value) records."""
+    """(event rows, dead letters) for (topic, partition, offset, kafka_ts_ms, value) records:
+    each record's outcome is parse_record's. With ``content_hashes`` every event row also gets
+    its ``content_hash`` (transforms.dedup), computed from the message decoded here."""
     events: list[dict[str, Any]] = []
     dead: list[dict[str, Any]] = []
+    get_stream = stream_of_topic.get
     for topic, partition, offset, ts_ms, value in records:
-        kind, row = parse_record(value, SourceRef(topic, partition, offset, ts_ms), stream_of_topic.get(topic), now_us, limits)
-        (events if kind == "event" else dead).append(row)
+        doc, text_or_reason, at_us_or_detail = _check(value, topic, get_stream(topic), now_us, limits)
+        if doc is None:
+            dead.append(dead_letter(SourceRef(topic, partition, offset, ts_ms), value, text_or_reason, at_us_or_detail))
+            continue
+        row = _event_row(doc, text_or_reason, at_us_or_detail, topic, partition, offset, ts_ms)
+        if content_hashes:
+            row["content_hash"] = content_hash_of(doc)
+        events.append(row)
     return events, dead

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transforms.parse import ParseLimits, SourceRef, _as_int, dead_letter, parse_record, parse_timestamp_us
 
@@ -250,3 +252,83 @@ def test_a_tombstone_is_an_empty_message_with_empty_raw_bytes():
     for value in (None, b""):
         kind, row = parse_record(value, SRC, "tickets", NOW_US)
         assert (kind, row["reason"], row["raw"], row["detail"]) == ("dead", "empty_message", b"", "message has no value")
+
+
+# --- the batch parser's own fast path (parse_chunk) against the single-record API -----------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+# Message texts where decoding details matter, written by hand: duplicate keys (the last wins),
+# escapes of every kind, integers past 64 bits, a float that overflows to infinity, -0.0, and
+# key order that canonical JSON sorts.
+TRICKY_TEXTS = [
+    '{"event_id":"e-1","event_type":"ticket.created","occurred_at":"2026-11-01T09:30:00Z","customer_id":"c",'
+    '"schema_version":1,"ticket_id":"T","channel":"email","x":1,"x":2}',
+    '{"z":"caf\\u00e9 \\ud83d\\ude00 \\n\\t\\"","event_id":"e-2","event_type":"ticket.created","occurred_at":"2026-11-01T09:30:00Z",'
+    '"customer_id":"c","schema_version":1,"ticket_id":"T","channel":"email"}',
+    '{"event_id":"e-3","event_type":"ticket.created","occurred_at":"2026-11-01T09:30:00Z","customer_id":"c",'
+    '"schema_version":1,"ticket_id":"T","channel":"email","big":123456789012345678901234567890,"inf":1e400,"neg":-0.0}',
+    '{"event_id":"e-4","event_type":"ticket.created","occurred_at":"2026-11-01T09:30:00Z","customer_id":"c",'
+    '"schema_version":1,"ticket_id":"T","channel":"email","event_id":"e-4b","nested":{"b":[1,{"a":null}],"a":true}}',
+    '{"event_id":"e-5","event_type":"survey.responded","occurred_at":"2026-11-01T09:30:00.123456789+05:30",'
+    '"customer_id":"c","schema_version":1,"survey_id":"S","ticket_id":"T","csat":4.0,"nps":10}',
+]
+
+
+def chunk_of(values: list) -> list[tuple]:
+    """Surveys on the surveys topic, everything else on the tickets topic."""
+    return [("cx.surveys" if v and b"survey.responded" in v else "cx.tickets", i % 4, i, 1_700_000_000_000 + i, v)
+            for i, v in enumerate(values)]
+
+
+STREAMS = {"cx.tickets": "tickets", "cx.surveys": "surveys"}
+
+
+def test_parse_chunk_gives_each_record_parse_records_outcome():
+    """parse_chunk does not build a SourceRef per valid record and computes the content hash
+    from the message it decoded; each record's outcome is still exactly parse_record's (event row
+    or dead letter with the same reason and detail), and the hash is transforms.dedup's hash of
+    the stored payload."""
+    from transforms.dedup import payload_hash
+    from transforms.parse import parse_chunk
+
+    values = [t.encode() for t in TRICKY_TEXTS]
+    values += [json.dumps(event(event_id=f"e-{i}", extra=i)).encode() for i in range(5)]
+    values += [b"\xff\xfe", b"{not json", b'{"a": NaN}', b"[1, 2]", b"", None, b"[" * 100 + b"]" * 100,
+               json.dumps(event(channel="fax")).encode(), json.dumps(event(extra="\ud800")).encode(),
+               json.dumps(event(occurred_at="2099-01-01T00:00:00Z")).encode()]
+    records = chunk_of(values)
+    events, dead = parse_chunk(records, STREAMS, NOW_US, content_hashes=True)
+    expected_events, expected_dead = [], []
+    for topic, partition, offset, ts, value in records:
+        kind, row = parse_record(value, SourceRef(topic, partition, offset, ts), STREAMS.get(topic), NOW_US)
+        (expected_events if kind == "event" else expected_dead).append(row)
+    assert [{k: v for k, v in row.items() if k != "content_hash"} for row in events] == expected_events
+    assert dead == expected_dead
+    assert (len(events), len(dead)) == (10, 10)
+    assert all(row["content_hash"] == payload_hash(row["payload"]) for row in events)
+    assert parse_chunk(records, STREAMS, NOW_US)[0] == expected_events, "no hash unless asked"
+
+
+@settings(max_examples=150, deadline=None)
+@given(extra=st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=6), indent=st.sampled_from([None, 1]))
+def test_the_content_hash_from_the_parsed_message_equals_the_payloads_hash(extra, indent):
+    """For any accepted message (generated extra fields: huge integers, any float, any text
+    including escapes, nesting; sent compact or indented), the hash parse_chunk computes without
+    a second decode equals transforms.dedup.payload_hash of the stored payload, which decodes it
+    again with the standard parser."""
+    from transforms.dedup import payload_hash
+    from transforms.parse import parse_chunk
+
+    doc = {**extra, **event()}
+    raw = json.dumps(doc, indent=indent).encode("utf-8", "surrogatepass")
+    events, dead = parse_chunk([("cx.tickets", 0, 1, None, raw)], STREAMS, NOW_US, content_hashes=True)
+    if dead:  # only a lone surrogate in the generated text may turn the message away
+        assert dead[0]["reason"] in ("not_utf8", "too_deep")
+        return
+    assert events[0]["content_hash"] == payload_hash(events[0]["payload"])
