@@ -7,7 +7,8 @@ pipeline's reader), and one ingest run (`pipelines/local/batch_stages.py` ``run_
 parse, validate, de-duplicate, write the batch's Parquet files) over all of them. Reports the
 cheapest CPU seconds of each (process CPU time, all threads) and wall seconds, per event. The
 ingest run's fixed cost (pipeline construction, runner start, one consumer) is in its figure;
-at 50k+ events it is a small part.
+at 50k+ events it is a small part. The raw consumer is benchmarks/throughput.py's baseline, with
+kafka-python's default CRC checks, which the pipeline's reader turns off (~20% of reading).
 
   .venv/bin/python benchmarks/ingest_run.py [--events 50000] [--repeat 3]
 """
