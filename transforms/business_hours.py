@@ -18,12 +18,12 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from functools import lru_cache
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 from zoneinfo import ZoneInfo
 
 US = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ONE_DAY = timedelta(days=1)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 # (start, end) in minutes after local midnight; end may be 1440 ("24:00").
@@ -61,36 +61,62 @@ def _instant_us(local_day: date, minutes: int, zone: ZoneInfo) -> int:
     return (local - EPOCH) // timedelta(microseconds=1)
 
 
-@lru_cache(maxsize=65536)
-def _day_intervals_us(calendar: Calendar, day: date) -> tuple[tuple[int, int], ...]:
-    """The open intervals of one local date as instants (cached: journeys cluster on few days)."""
+# Open intervals by local date, per calendar (journeys cluster on few days). One dict per
+# calendar, looked up once per measurement rather than once per day: hashing a Calendar hashes
+# all its hours and holidays, which cost more than the measurement's own arithmetic.
+_DAYS: dict[Calendar, dict[date, tuple[tuple[int, int], ...]]] = {}
+_MAX_DAYS_PER_CALENDAR = 65536
+_MAX_CALENDARS = 64
+
+
+def _day_table(calendar: Calendar) -> dict[date, tuple[tuple[int, int], ...]]:
+    """The cache of ``calendar``'s open intervals by local date (emptied when it grows past its
+    bound, like the LRU cache it replaces: the cached values never change)."""
+    table = _DAYS.get(calendar)
+    if table is None or len(table) >= _MAX_DAYS_PER_CALENDAR:
+        if len(_DAYS) >= _MAX_CALENDARS:
+            _DAYS.clear()
+        table = _DAYS[calendar] = {}
+    return table
+
+
+def _day_intervals_us(calendar: Calendar, day: date, zone: ZoneInfo) -> tuple[tuple[int, int], ...]:
+    """The open intervals of one local date as instants."""
     if day in calendar.holidays:
         return ()
-    zone = calendar.zone
     return tuple((_instant_us(day, a, zone), _instant_us(day, b, zone)) for a, b in calendar.hours[day.weekday()])
+
+
+def _clipped_intervals_us(calendar: Calendar, start_us: int, end_us: int) -> Iterator[tuple[int, int]]:
+    """The calendar's open intervals that overlap [start_us, end_us], clipped to it, in order."""
+    zone = calendar.zone
+    table = _day_table(calendar)
+    day = datetime.fromtimestamp(start_us // US, zone).date() - ONE_DAY
+    last = datetime.fromtimestamp(end_us // US, zone).date() + ONE_DAY
+    while day <= last:
+        intervals = table.get(day)
+        if intervals is None:
+            intervals = table[day] = _day_intervals_us(calendar, day, zone)
+        for open_us, close_us in intervals:
+            a, b = max(start_us, open_us), min(end_us, close_us)
+            if b > a:
+                yield a, b
+        day += ONE_DAY
 
 
 def open_intervals_us(calendar: Calendar, start_us: int, end_us: int) -> list[tuple[int, int]]:
     """The calendar's open intervals (epoch us) that overlap [start_us, end_us], clipped to it."""
     if end_us <= start_us:
         return []
-    zone = calendar.zone
-    first = datetime.fromtimestamp(start_us // US, zone).date() - timedelta(days=1)
-    last = datetime.fromtimestamp(end_us // US, zone).date() + timedelta(days=1)
-    out: list[tuple[int, int]] = []
-    day = first
-    while day <= last:
-        for open_us, close_us in _day_intervals_us(calendar, day):
-            a, b = max(start_us, open_us), min(end_us, close_us)
-            if b > a:
-                out.append((a, b))
-        day += timedelta(days=1)
-    return out
+    return list(_clipped_intervals_us(calendar, start_us, end_us))
 
 
 def business_seconds(calendar: Calendar, start_us: int, end_us: int) -> float:
-    """Business time from ``start_us`` to ``end_us`` in seconds (0 when end is not after start)."""
-    return sum(b - a for a, b in open_intervals_us(calendar, start_us, end_us)) / US
+    """Business time from ``start_us`` to ``end_us`` in seconds (0 when end is not after start).
+    The sum is of integer microseconds, so it is exact whatever the order of the intervals."""
+    if end_us <= start_us:
+        return 0 / US
+    return sum(b - a for a, b in _clipped_intervals_us(calendar, start_us, end_us)) / US
 
 
 def calendar_for(calendars: Sequence[Calendar], customer_id: str, teams: Sequence[str]) -> Calendar:

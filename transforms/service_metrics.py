@@ -10,13 +10,14 @@ recomputing a customer's journeys from all their events gives the incremental re
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from transforms.bot_response import bot_figures
 from transforms.business_hours import calendar_for, optional_business_seconds
 from transforms.events import ASSIGN_TYPES, MESSAGE_TYPES, Event
 from transforms.handoff_kinds import handoff_counts, handoff_rows, journey_handoffs
-from transforms.journeys import DEFAULT_REPEAT_WINDOW_S, Thread, customer_groups, dedupe, journey_metrics
+from transforms.events import ThreadKey
+from transforms.journeys import DEFAULT_REPEAT_WINDOW_S, Thread, dedupe, groups_of_ordered, journey_metrics
 from transforms.metrics_config import MetricsConfig
 from transforms.repeat_contact import next_contact
 from transforms.resolution import durable_check_at, durably_resolved, resolved_spells
@@ -30,9 +31,14 @@ def _seconds(a: int | None, b: int | None) -> float | None:
 
 
 def service_row(journey: dict[str, Any], group: list[Thread], all_threads: list[Thread], watermark_us: int,
-                config: MetricsConfig) -> tuple[dict[str, Any], Rows]:
-    """(journey_metrics row, journey_handoffs rows) of one journey; ``journey`` is its journeys row."""
-    events = sorted((e for t in group for e in t.events), key=lambda e: e.sort_key)
+                config: MetricsConfig, events: Optional[list[Event]] = None) -> tuple[dict[str, Any], Rows]:
+    """(journey_metrics row, journey_handoffs rows) of one journey; ``journey`` is its journeys row.
+
+    ``events``: the events of the journey's threads in event order, when the caller has them
+    already (``assemble_customer`` splits the customer's ordered events by journey in one
+    pass instead of sorting each journey's again)."""
+    if events is None:
+        events = sorted((e for t in group for e in t.events), key=lambda e: e.sort_key)
     started = journey["started_at_us"]
     first_reply = next((e for e in events if e.event_type in MESSAGE_TYPES and e.author == "agent"), None)
     handoffs = journey_handoffs(group, first_reply.sort_key if first_reply is not None else None)
@@ -69,6 +75,31 @@ def service_row(journey: dict[str, Any], group: list[Thread], all_threads: list[
     return row, handoff_rows(journey["journey_id"], journey["customer_id"], handoffs)
 
 
+def _events_by_journey(ordered: list[Event], groups: list[list[Thread]],
+                       surveys_by_thread: dict[ThreadKey, list[Event]]) -> tuple[list[list[Event]], list[list[Event]]]:
+    """Per journey (index in ``groups``): the events of its threads, and those plus its surveys,
+    each in event order. One pass over the customer's ordered events: a subsequence of an
+    ordered list is ordered, so no journey's events need sorting again (sort keys are unique
+    per event, so this is exactly the order sorting would give)."""
+    journey_of: dict[Any, int] = {t.key: n for n, group in enumerate(groups) for t in group}
+    for key, surveys in surveys_by_thread.items():
+        for survey in surveys:
+            journey_of[survey.event_id] = journey_of[key]
+    thread_events: list[list[Event]] = [[] for _ in groups]
+    journey_events: list[list[Event]] = [[] for _ in groups]
+    for event in ordered:
+        key = event.thread
+        if key is None:  # a survey: in the journey of the thread it belongs to, if any
+            n = journey_of.get(event.event_id)
+            if n is not None:
+                journey_events[n].append(event)
+        else:
+            n = journey_of[key]
+            thread_events[n].append(event)
+            journey_events[n].append(event)
+    return thread_events, journey_events
+
+
 def assemble_customer(customer_id: str, events: Iterable[Event], repeat_window_s: float = DEFAULT_REPEAT_WINDOW_S,
                       config: MetricsConfig = MetricsConfig()) -> tuple[Rows, Rows, Rows]:
     """(journeys rows, journey_metrics rows, journey_handoffs rows) of one customer.
@@ -77,15 +108,17 @@ def assemble_customer(customer_id: str, events: Iterable[Event], repeat_window_s
     ordered = dedupe(e for e in events if e.customer_id == customer_id)  # the first delivery wins
     if not ordered:
         return [], [], []
-    watermark_us = max(e.at_us for e in ordered)  # the customer's latest event: "now" in event time
-    groups, surveys_by_thread = customer_groups(customer_id, ordered, repeat_window_s)
+    watermark_us = ordered[-1].at_us  # the customer's latest event ("now" in event time): ordered by time first
+    groups, surveys_by_thread = groups_of_ordered(ordered, repeat_window_s)
     all_threads = [t for g in groups for t in g]
+    thread_events, journey_events = _events_by_journey(ordered, groups, surveys_by_thread)
     journeys: Rows = []
     metrics: Rows = []
     handoffs: Rows = []
-    for group in groups:
-        journey = journey_metrics(customer_id, group, [s for t in group for s in surveys_by_thread.get(t.key, [])])
-        row, rows = service_row(journey, group, all_threads, watermark_us, config)
+    for n, group in enumerate(groups):
+        journey = journey_metrics(customer_id, group, [s for t in group for s in surveys_by_thread.get(t.key, [])],
+                                  journey_events[n])
+        row, rows = service_row(journey, group, all_threads, watermark_us, config, thread_events[n])
         journeys.append(journey)
         metrics.append(row)
         handoffs.extend(rows)
