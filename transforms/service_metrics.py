@@ -14,9 +14,8 @@ from typing import Any, Iterable, Optional
 
 from transforms.bot_response import bot_figures
 from transforms.business_hours import calendar_for, optional_business_seconds
-from transforms.events import ASSIGN_TYPES, MESSAGE_TYPES, Event
+from transforms.events import ASSIGN_TYPES, MESSAGE_TYPES, Event, ThreadKey
 from transforms.handoff_kinds import handoff_counts, handoff_rows, journey_handoffs
-from transforms.events import ThreadKey
 from transforms.journeys import DEFAULT_REPEAT_WINDOW_S, Thread, dedupe, groups_of_ordered, journey_metrics
 from transforms.metrics_config import MetricsConfig
 from transforms.repeat_contact import next_contact
