@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Iterable, Optional
 
 from transforms.events import (
@@ -23,6 +24,7 @@ from transforms.events import (
 
 DEFAULT_REPEAT_WINDOW_S = 72 * 3600
 US = 1_000_000
+SORT_KEY = attrgetter("sort_key")  # an event's place in event order (cheaper than a lambda per call)
 
 
 # --------------------------------------------------------------------------------------
@@ -391,7 +393,7 @@ def dedupe(events: Iterable[Event]) -> list[Event]:
     unique: dict[str, Event] = {}
     for event in events:
         unique.setdefault(event.event_id, event)
-    return sorted(unique.values(), key=lambda e: e.sort_key)
+    return sorted(unique.values(), key=SORT_KEY)
 
 
 def customer_groups(

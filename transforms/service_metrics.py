@@ -10,6 +10,7 @@ recomputing a customer's journeys from all their events gives the incremental re
 """
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Iterable, Optional
 
 from transforms.bot_response import bot_figures
@@ -74,28 +75,24 @@ def service_row(journey: dict[str, Any], group: list[Thread], all_threads: list[
     return row, handoff_rows(journey["journey_id"], journey["customer_id"], handoffs)
 
 
-def _events_by_journey(ordered: list[Event], groups: list[list[Thread]],
-                       surveys_by_thread: dict[ThreadKey, list[Event]]) -> tuple[list[list[Event]], list[list[Event]]]:
+def _in_order(events: list[Event]) -> list[Event]:
+    return sorted(events, key=attrgetter("sort_key"))
+
+
+def _events_by_journey(groups: list[list[Thread]], surveys_by_thread: dict[ThreadKey, list[Event]]
+                       ) -> tuple[list[list[Event]], list[list[Event]]]:
     """Per journey (index in ``groups``): the events of its threads, and those plus its surveys,
-    each in event order. One pass over the customer's ordered events: a subsequence of an
-    ordered list is ordered, so no journey's events need sorting again (sort keys are unique
-    per event, so this is exactly the order sorting would give)."""
-    journey_of: dict[Any, int] = {t.key: n for n, group in enumerate(groups) for t in group}
-    for key, surveys in surveys_by_thread.items():
-        for survey in surveys:
-            journey_of[survey.event_id] = journey_of[key]
-    thread_events: list[list[Event]] = [[] for _ in groups]
-    journey_events: list[list[Event]] = [[] for _ in groups]
-    for event in ordered:
-        key = event.thread
-        if key is None:  # a survey: in the journey of the thread it belongs to, if any
-            n = journey_of.get(event.event_id)
-            if n is not None:
-                journey_events[n].append(event)
-        else:
-            n = journey_of[key]
-            thread_events[n].append(event)
-            journey_events[n].append(event)
+    each in event order (what ``journey_metrics`` and ``service_row`` would sort for
+    themselves). Most journeys are one thread without a survey, whose events are in order
+    already (a thread's events are a subsequence of the customer's ordered events): those are
+    not sorted again; sort keys are unique per event, so sorting gives the one order there is."""
+    thread_events: list[list[Event]] = []
+    journey_events: list[list[Event]] = []
+    for group in groups:
+        own = group[0].events if len(group) == 1 else _in_order([e for t in group for e in t.events])
+        surveys = [s for t in group for s in surveys_by_thread.get(t.key, ())]
+        thread_events.append(own)
+        journey_events.append(_in_order(own + surveys) if surveys else own)
     return thread_events, journey_events
 
 
@@ -110,7 +107,7 @@ def assemble_customer(customer_id: str, events: Iterable[Event], repeat_window_s
     watermark_us = ordered[-1].at_us  # the customer's latest event ("now" in event time): ordered by time first
     groups, surveys_by_thread = groups_of_ordered(ordered, repeat_window_s)
     all_threads = [t for g in groups for t in g]
-    thread_events, journey_events = _events_by_journey(ordered, groups, surveys_by_thread)
+    thread_events, journey_events = _events_by_journey(groups, surveys_by_thread)
     journeys: Rows = []
     metrics: Rows = []
     handoffs: Rows = []

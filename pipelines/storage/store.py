@@ -104,6 +104,9 @@ def open_with_lock_retry(path: Path, read_only: bool, lock_timeout_s: float) -> 
 # Rows of journeys the batch recomputes: all of the touched customers' except the settled ones
 # (Store._freeze_settled_journeys) the batch leaves as landed.
 _NOT_FROZEN = "journey_id NOT IN (SELECT journey_id FROM batch_frozen)"
+# After landing: only the journeys whose ids were landed before the batch (a journey landed for
+# the first time is no revision, so its row is not read back; Store._land_service_metrics).
+_AND_LANDED_BEFORE = "AND j.journey_id IN (SELECT journey_id FROM batch_old_journeys)"
 
 
 def settled_prefix(journeys: list[tuple[str, str, int, int, int]], horizon_us: int) -> list[str]:
@@ -635,14 +638,17 @@ class Store:
 
     # ---------------------------------------------------------------- service metrics
 
-    def _journey_snapshot(self, customers: str, with_event_ids: bool = True) -> list[dict[str, Any]]:
-        """The landed journeys (+ service metrics, + event ids) of ``customers`` (a subquery)."""
+    def _journey_snapshot(self, customers: str, with_event_ids: bool = True,
+                          landed_before_only: bool = False) -> list[dict[str, Any]]:
+        """The landed journeys (+ service metrics, + event ids) of ``customers`` (a subquery);
+        with ``landed_before_only``, only those whose ids are in batch_old_journeys."""
         snapshot = rows(
             self.con,
             f"""SELECT j.* EXCLUDE (updated_at, batch_id), m.* EXCLUDE (journey_id, customer_id, batch_id),
                        m.journey_id IS NOT NULL AS _has_metrics
                 FROM journeys j LEFT JOIN journey_metrics m ON m.journey_id = j.journey_id
-                WHERE j.customer_id IN ({customers}) AND j.{_NOT_FROZEN} ORDER BY j.journey_id""",
+                WHERE j.customer_id IN ({customers}) AND j.{_NOT_FROZEN}
+                      {_AND_LANDED_BEFORE if landed_before_only else ''} ORDER BY j.journey_id""",
         )
         metric_columns = [d[0] for d in self.con.execute("SELECT * EXCLUDE (journey_id, customer_id, batch_id) "
                                                          "FROM journey_metrics LIMIT 0").description]
@@ -691,15 +697,26 @@ class Store:
         )
         if not before:
             return
-        after = self._journey_snapshot(customers, with_event_ids=False)
+        import pyarrow as pa
+
+        # Read back only what revisions() looks up: the new rows of journeys landed before (a
+        # new journey is no revision), and the new journeys of the batch's events and of the
+        # events of journeys landed before; not every row and link of every touched customer.
+        self._temp_from_arrow("batch_old_journeys", pa.table(
+            {"journey_id": pa.array([r["journey_id"] for r in before], pa.string())}))
+        self._temp_from_arrow("batch_old_events", pa.table(
+            {"event_id": pa.array([e for r in before for e in r["event_ids"]], pa.string())}))
+        after = self._journey_snapshot(customers, with_event_ids=False, landed_before_only=True)
         new_links = dict(con.execute(
-            f"SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers}) AND {_NOT_FROZEN}").fetchall())
-        batch_events = con.execute("SELECT event_id, customer_id, occurred_at FROM events WHERE batch_id = ?",
-                                   [batch_id]).fetchall()
+            f"""SELECT event_id, journey_id FROM journey_events WHERE customer_id IN ({customers}) AND {_NOT_FROZEN}
+                AND (event_id IN (SELECT event_id FROM batch_events) OR event_id IN (SELECT event_id FROM batch_old_events))"""
+        ).fetchall())
+        # the events this batch landed (inserted or replaced: batch_id = this batch in events),
+        # from the batch's own rows instead of a scan of the whole events table
+        batch_events = con.execute(f"SELECT event_id, customer_id, {_ts('at_us')} FROM batch_events").fetchall()
         found = revisions(before, after, new_links, batch_events)
         if not found:
             return
-        import pyarrow as pa
 
         text, texts = pa.string(), pa.list_(pa.string())
         schema = pa.schema([("journey_id", text), ("customer_id", text), ("change", text), ("replaced_by", texts),
