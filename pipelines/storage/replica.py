@@ -9,8 +9,9 @@ open it, not even read-only (docs/architecture.md, D7). So after every landed ba
     data/journeys.duckdb.lake/data/             Parquet files of the replica
 
 A publish is ONE DuckLake transaction: the events, dead letters and pipeline_batches rows of the
-batches after the replica's last published batch, the current offsets, and the journeys and
-journey_events of every customer those batches touched (delete + insert). The last published
+batches after the replica's last published batch, the current offsets, and the rows of the
+journeys those batches rewrote or removed (delete + insert by journey id, changed_journeys;
+settled journeys a batch left as landed are not copied again). The last published
 batch is the largest batch_id in the replica's pipeline_batches, so it is recorded by the same
 transaction. Readers attach the lake read-only and see whole batches only (snapshot isolation),
 without blocking the writer. Publishing is incremental and idempotent, and the writer catches
@@ -501,17 +502,26 @@ class Replica:
         records the database's summary next to the catalog for `cxj status`.
         """
         database = read_summary(self.con, f"{self.source}.")
-        differences = summary_differences(read_summary(self.con, f"{LAKE_ALIAS}."), database)
+        differences = summary_differences(self._lake_summary(), database)
         result = None
         if differences:
             log.warning("replica %s disagrees with the database (%s): rebuilding it",
                         lake_dir(self.db), "; ".join(differences))
             result = self._rebuild("it disagreed with the database")
-            differences = summary_differences(read_summary(self.con, f"{LAKE_ALIAS}."), database)
+            differences = summary_differences(self._lake_summary(), database)
             if differences:
                 raise ReplicaError(f"replica still disagrees after a rebuild: {'; '.join(differences)}")
         _write_sidecar(self.db, database)
         return result
+
+    def _lake_summary(self) -> dict[str, int]:
+        """The replica's read_summary in one read-only transaction: all counts from one snapshot,
+        and DuckLake reads its catalog once for them instead of once per statement."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            return read_summary(self.con, f"{LAKE_ALIAS}.")
+        finally:
+            _rollback(self.con)
 
     def _create_views(self) -> None:
         """Inside the caller's transaction: the state view and every view file, in the lake."""
