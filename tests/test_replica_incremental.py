@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pipelines.local.microbatch import MicroBatchRunner, RunConfig
+from pipelines.storage.lake_target import parse_lake
 from pipelines.storage.replica import LAKE_ALIAS, META_TABLE, PER_CUSTOMER, TABLES
 from pipelines.storage.store import Store
 from tests.support import examples, new_topics, send_events
@@ -112,42 +113,55 @@ def rounds() -> list[list[dict[str, Any]]]:
     return [first, second, third, fourth, fifth]
 
 
-def table_rows(con, catalog: str, table: str) -> list[str]:
-    """The rows of ``table`` as sorted JSON texts (a multiset any two catalogs can be compared by)."""
-    return sorted(r[0] for r in con.execute(f"SELECT to_json(t)::VARCHAR FROM {catalog}.{table} t").fetchall())
+def mine(store: Store) -> str:
+    """The condition on the replica rows of this store: all of them, or a shared lake writer's."""
+    writer = getattr(store.replica, "writer_id", "")
+    return f"writer_id = '{writer}'" if writer else "true"
+
+
+def table_rows(con, relation: str) -> list[str]:
+    """The rows of ``relation`` as sorted JSON texts (a multiset any two catalogs can be compared by)."""
+    return sorted(r[0] for r in con.execute(f"SELECT to_json(t)::VARCHAR FROM ({relation}) t").fetchall())
 
 
 def assert_replica_equals_database(store: Store, batch_id: int) -> None:
-    con = store.replica.con
-    source = store.replica.source
+    con, source = store.replica.con, store.replica.source
+    shared = mine(store) != "true"
     for table in TABLES:
-        database, replica = table_rows(con, source, table), table_rows(con, LAKE_ALIAS, table)
+        database = table_rows(con, f"FROM {source}.{table}")
+        replica = table_rows(con, f"SELECT * {'EXCLUDE (writer_id)' if shared else ''} FROM {LAKE_ALIAS}.{table} "
+                                  f"WHERE {mine(store)}")
         assert replica == database, f"batch {batch_id}: replica table {table} differs from the database"
+
+
+def _feed(store: Store, kind: str, table: str) -> str:
+    """DuckLake's change feed of ``table`` in the replica's latest snapshot (this store's rows)."""
+    con = store.replica.con
+    snapshot = con.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{LAKE_ALIAS}')").fetchone()[0]
+    return (f"SELECT * FROM ducklake_table_{kind}('{LAKE_ALIAS}', 'main', '{table}', {snapshot}, {snapshot}) "
+            f"WHERE {mine(store)}")
 
 
 def last_publish_changes(store: Store) -> dict[str, tuple[int, int]]:
     """(rows inserted, rows deleted) per journey table by the replica's latest snapshot."""
     con = store.replica.con
-    snapshot = con.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{LAKE_ALIAS}')").fetchone()[0]
-    return {table: tuple(con.execute(  # type: ignore[misc]
-        f"SELECT count(*) FROM ducklake_table_{kind}('{LAKE_ALIAS}', 'main', '{table}', {snapshot}, {snapshot})").fetchone()[0]
-        for kind in ("insertions", "deletions")) for table in PER_CUSTOMER}
+    return {table: tuple(con.execute(f"SELECT count(*) FROM ({_feed(store, kind, table)})").fetchone()[0]  # type: ignore[misc]
+                         for kind in ("insertions", "deletions")) for table in PER_CUSTOMER}
 
 
 def last_publish_inserted(store: Store, table: str, customer: str) -> int:
     """Rows of ``customer`` the replica's latest snapshot inserted into ``table``."""
-    con = store.replica.con
-    snapshot = con.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{LAKE_ALIAS}')").fetchone()[0]
-    return con.execute(f"SELECT count(*) FROM ducklake_table_insertions('{LAKE_ALIAS}', 'main', '{table}', {snapshot}, "
-                       f"{snapshot}) WHERE customer_id = ?", [customer]).fetchone()[0]
+    return store.replica.con.execute(
+        f"SELECT count(*) FROM ({_feed(store, 'insertions', table)}) WHERE customer_id = ?", [customer]).fetchone()[0]
 
 
-def land_and_compare(broker, db: Path, batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def land_and_compare(broker, db: Path, batches: list[list[dict[str, Any]]], lake: Any = None) -> list[dict[str, Any]]:
     """Lands each round as one batch; after each, the replica equals the database, was not
-    rebuilt, and its latest snapshot inserted only the rows of journeys this batch wrote."""
+    rebuilt, and its latest snapshot inserted only the rows of journeys this batch wrote.
+    ``lake``: publish to that shared lake (shared_lake.py) instead of the local replica."""
     topics = new_topics(broker)
     seen: list[dict[str, Any]] = []
-    with Store(db) as store:
+    with Store(db, lake=lake) as store:
         assert store.replica is not None
         runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics, max_batch_events=1_000_000), store)
         rebuilt_at = None
@@ -159,7 +173,8 @@ def land_and_compare(broker, db: Path, batches: list[list[dict[str, Any]]]) -> l
                 batch_id = landed[0].batch_id
                 assert store.replica.published_batch_id() == batch_id
                 assert_replica_equals_database(store, batch_id)
-                meta = store.replica.con.execute(f"SELECT rebuilt_at FROM {LAKE_ALIAS}.{META_TABLE}").fetchone()[0]
+                meta = store.replica.con.execute(
+                    f"SELECT rebuilt_at FROM {LAKE_ALIAS}.{META_TABLE} WHERE {mine(store)}").fetchone()[0]
                 assert rebuilt_at in (None, meta), f"batch {batch_id}: the replica was rebuilt instead of published"
                 rebuilt_at = meta
                 con, source = store.replica.con, store.replica.source
@@ -175,9 +190,14 @@ def land_and_compare(broker, db: Path, batches: list[list[dict[str, Any]]]) -> l
     return seen
 
 
-def test_every_batch_publishes_only_changed_journeys_and_the_replica_equals_the_database(broker, tmp_path):
+@pytest.mark.parametrize("target", ["replica", "shared_lake"])
+def test_every_batch_publishes_only_changed_journeys_and_the_replica_equals_the_database(broker, tmp_path, request, target):
     db = tmp_path / "incremental.duckdb"
-    seen = land_and_compare(broker, db, rounds())
+    lake = None
+    if target == "shared_lake":  # a DuckLake with a PostgreSQL catalog, this store as one writer
+        postgres = request.getfixturevalue("postgres")
+        lake = parse_lake(postgres.new_database("lake_incremental"), tmp_path / "lake-data")
+    seen = land_and_compare(broker, db, rounds(), lake)
     # the scenarios happened: settled journeys were left out, journeys disappeared, copies won
     assert [b["settled"].get("long", 0) for b in seen] == [0, 24, 25, 0, 0]
     with Store(db, read_only=True) as store:
