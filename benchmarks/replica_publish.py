@@ -3,9 +3,10 @@
 Fills a database with synthetic rows (``--rows`` events, journeys, journey_events and journey
 metrics, one journey per ten events, customers of ten journeys), builds its replica, then lands
 ``--batches`` synthetic batches the way the store does (new events for ``--customers``
-customers; each customer's latest journey rewritten, its older journeys left as landed, one
-journey in twenty merged away: a removed journey and its revision) and times each publish and
-each verify. Run it at two sizes to see growth::
+customers; each customer's latest journey rewritten, its older journeys left as landed; for one
+customer in twenty the latest journey merged into the one before: that one rewritten, the
+latest removed, with its revision) and times each publish and each verify. ``--rows 0`` means
+just the rows the batches rewrite (430 customers of 100 events: 43,000). Run it at two sizes to see growth::
 
   .venv/bin/python benchmarks/replica_publish.py --rows 0
   .venv/bin/python benchmarks/replica_publish.py --rows 1000000
@@ -67,26 +68,27 @@ def insert_batch(con, batch_id: int) -> None:
 
 def land_batch(con, batch_id: int, customers: int, rows: int, offset: int) -> None:
     """One synthetic batch, as the store lands one: new events, each touched customer's latest
-    journey rewritten (older ones settled), every twentieth rewritten journey merged away."""
+    journey rewritten (older ones settled); for one customer in twenty the latest journey is
+    merged into the one before it (that one rewritten, the latest removed, with its revision)."""
     total_customers = max(1, rows // (EVENTS_PER_JOURNEY * JOURNEYS_PER_CUSTOMER))
     first = (offset * customers) % total_customers
     picked = f"SELECT ({first} + k) % {total_customers} AS c FROM range({customers}) r(k)"
-    latest = f"SELECT c * {JOURNEYS_PER_CUSTOMER} + {JOURNEYS_PER_CUSTOMER} - 1 AS j FROM ({picked})"
+    last = JOURNEYS_PER_CUSTOMER - 1
+    # (customer, journey the new events join, journey removed or NULL)
+    plan = (f"SELECT c, c * {JOURNEYS_PER_CUSTOMER} + {last} - CASE WHEN c % 20 = 0 THEN 1 ELSE 0 END AS j, "
+            f"CASE WHEN c % 20 = 0 THEN c * {JOURNEYS_PER_CUSTOMER} + {last} END AS gone FROM ({picked})")
+    rewritten = f"SELECT j FROM ({plan}) UNION ALL SELECT gone FROM ({plan}) WHERE gone IS NOT NULL"
     con.execute("BEGIN TRANSACTION")
     for table in ("journeys", "journey_metrics", "journey_events"):
-        con.execute(f"DELETE FROM {table} WHERE journey_id IN (SELECT 'j' || j FROM ({latest}))")
-    kept = f"SELECT j FROM ({latest}) WHERE j % 20 <> 0"
-    insert_journeys(con, kept, batch_id)
-    con.execute(f"""INSERT INTO journey_revisions SELECT {batch_id}, now(), 'j' || j, 'c' || (j // {JOURNEYS_PER_CUSTOMER}),
-        'removed', [], 'new_events', [], 0, 0, [], '{{}}', '{{}}' FROM ({latest}) WHERE j % 20 = 0""")
-    new_events = f"SELECT 'b{batch_id}-' || c || '-' || k AS event_id, c FROM ({picked}), range(12) r(k)"
+        con.execute(f"DELETE FROM {table} WHERE journey_id IN (SELECT 'j' || j FROM ({rewritten}))")
+    insert_journeys(con, f"SELECT j FROM ({plan})", batch_id)
+    con.execute(f"""INSERT INTO journey_revisions SELECT {batch_id}, now(), 'j' || gone, 'c' || c, 'removed', [],
+        'new_events', [], 0, 0, [], '{{}}', '{{}}' FROM ({plan}) WHERE gone IS NOT NULL""")
+    new_events = f"SELECT 'b{batch_id}-' || c || '-' || k AS event_id, c, j FROM ({plan}), range(12) r(k)"
     con.execute(f"""INSERT INTO events SELECT event_id, 'ticket.message', now(), NULL, 'c' || c, NULL, NULL, NULL,
         'email', NULL, NULL, NULL, NULL, 'customer', NULL, NULL, NULL, '{{}}', 'topic', 0, 0, NULL, {batch_id}, now()
         FROM ({new_events})""")
-    # the new events and the rewritten journey's old events link to it (the merged ones to the one before)
-    con.execute(f"""INSERT INTO journey_events SELECT event_id, 'j' || (c * {JOURNEYS_PER_CUSTOMER} + {JOURNEYS_PER_CUSTOMER} - 1
-        - CASE WHEN (c * {JOURNEYS_PER_CUSTOMER} + {JOURNEYS_PER_CUSTOMER} - 1) % 20 = 0 THEN 1 ELSE 0 END), 'c' || c
-        FROM ({new_events})""")
+    con.execute(f"INSERT INTO journey_events SELECT event_id, 'j' || j, 'c' || c FROM ({new_events})")
     insert_batch(con, batch_id)
     con.execute("COMMIT")
 
