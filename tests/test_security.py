@@ -129,6 +129,19 @@ REVIEWED = {
         "table": "loop over the module tuples APPENDED/REPLACED/PER_CUSTOMER",
         "touched": "SQL text built in publish() from self.source and int batch ids",
     },
+    "storage/replica.py:changed_journeys": {
+        "source": "Replica.source at its one call site: ident() of current_database()",
+        "window": "the publish's window, built from int batch ids",
+    },
+    "storage/replica.py:_publish_journeys": {
+        "changed_journeys(self.source, window)": "changed_journeys(): SQL text from ident() and the int window",
+        "self.source": "ident() of current_database(), set in __init__",
+        "table": "loop over the module tuple PER_CUSTOMER",
+        "ids": "SQL text built in the same function from the constant CHANGED_TABLE",
+        "mine + ' AND ' if mine else ''": "SharedLake._mine: WRITER_COLUMN = sql_literal(writer id), or nothing",
+        "writer_column": "SharedLake: sql_literal(writer id) AS the constant WRITER_COLUMN, or nothing",
+        "columns": "SQL text built in the same function from writer_column (above) or a literal",
+    },
     "storage/replica.py:compact": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
     "storage/models_test.py:sql_type_rank": {"case.group(1)": "the CASE expression read from our own model file stg_events.sql"},
     "storage/store.py:_load_staged": {

@@ -9,8 +9,9 @@ open it, not even read-only (docs/architecture.md, D7). So after every landed ba
     data/journeys.duckdb.lake/data/             Parquet files of the replica
 
 A publish is ONE DuckLake transaction: the events, dead letters and pipeline_batches rows of the
-batches after the replica's last published batch, the current offsets, and the journeys and
-journey_events of every customer those batches touched (delete + insert). The last published
+batches after the replica's last published batch, the current offsets, and the rows of the
+journeys those batches rewrote or removed (delete + insert by journey id, changed_journeys;
+settled journeys a batch left as landed are not copied again). The last published
 batch is the largest batch_id in the replica's pipeline_batches, so it is recorded by the same
 transaction. Readers attach the lake read-only and see whole batches only (snapshot isolation),
 without blocking the writer. Publishing is incremental and idempotent, and the writer catches
@@ -48,7 +49,9 @@ LAKE_ALIAS = "lake"
 # Tables copied from the database file, and how each is published.
 APPENDED = ("events", "dead_letters", "pipeline_batches", "journey_revisions")  # new rows carry the batch_id that landed them
 REPLACED = ("pipeline_offsets", "source_resets", "source_fingerprints")  # small: replaced whole
-PER_CUSTOMER = ("journeys", "journey_events", "journey_metrics", "journey_handoffs")  # rewritten for the customers a batch touched
+# Rewritten journey by journey: a publish replaces the rows of the journeys the batches rewrote
+# or removed (changed_journeys), and leaves every other journey's rows as they are.
+PER_CUSTOMER = ("journeys", "journey_events", "journey_metrics", "journey_handoffs")
 TABLES = APPENDED + REPLACED + PER_CUSTOMER
 META_TABLE = "replica_meta"  # one row: fingerprint (tables), views_fingerprint, rebuilt_at
 STATE_TABLE = "replica_state"  # view for readers: published_batch_id, ...
@@ -185,6 +188,28 @@ def attach_sql(db: Path | str, alias: str = LAKE_ALIAS, read_only: bool = False)
         # have to be flushed, which moves rows while readers may be scanning them.
         options.append("DATA_INLINING_ROW_LIMIT 0")
     return f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS {ident(alias)} ({', '.join(options)})"
+
+
+CHANGED_TABLE = "replica_changed_journeys"  # temp table of the publishing connection
+
+
+def changed_journeys(source: str, window: str) -> str:
+    """The ids of the journeys whose rows the batches in ``window`` rewrote or removed.
+
+    Why this is all that changes: a batch deletes the rows of the journeys it recomputes (the
+    touched customers' journeys except the settled ones, store.py) and inserts the recomputed
+    ones, stamped with its batch_id in journeys, journey_metrics and journey_handoffs (and
+    journey_events under the same journey ids). A recomputed id that is not inserted again
+    disappeared (merged into or split across others), and the batch records it in
+    journey_revisions as change = 'removed'. Rows are never updated in place. So every row of
+    these tables that was inserted or deleted since the last publish has a journey id in this
+    set, and every other journey's rows are exactly as published. ``source`` is an ident()-quoted
+    database name, ``window`` a condition on batch_id built from ints.
+    """
+    return (f"SELECT journey_id FROM {source}.journeys WHERE {window} "
+            f"UNION SELECT journey_id FROM {source}.journey_metrics WHERE {window} "
+            f"UNION SELECT journey_id FROM {source}.journey_handoffs WHERE {window} "
+            f"UNION SELECT journey_id FROM {source}.journey_revisions WHERE {window} AND change = 'removed'")
 
 
 def view_statements() -> list[str]:
@@ -477,17 +502,26 @@ class Replica:
         records the database's summary next to the catalog for `cxj status`.
         """
         database = read_summary(self.con, f"{self.source}.")
-        differences = summary_differences(read_summary(self.con, f"{LAKE_ALIAS}."), database)
+        differences = summary_differences(self._lake_summary(), database)
         result = None
         if differences:
             log.warning("replica %s disagrees with the database (%s): rebuilding it",
                         lake_dir(self.db), "; ".join(differences))
             result = self._rebuild("it disagreed with the database")
-            differences = summary_differences(read_summary(self.con, f"{LAKE_ALIAS}."), database)
+            differences = summary_differences(self._lake_summary(), database)
             if differences:
                 raise ReplicaError(f"replica still disagrees after a rebuild: {'; '.join(differences)}")
         _write_sidecar(self.db, database)
         return result
+
+    def _lake_summary(self) -> dict[str, int]:
+        """The replica's read_summary in one read-only transaction: all counts from one snapshot,
+        and DuckLake reads its catalog once for them instead of once per statement."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            return read_summary(self.con, f"{LAKE_ALIAS}.")
+        finally:
+            _rollback(self.con)
 
     def _create_views(self) -> None:
         """Inside the caller's transaction: the state view and every view file, in the lake."""
@@ -543,17 +577,34 @@ class Replica:
             for table in REPLACED:
                 con.execute(f"DELETE FROM {LAKE_ALIAS}.{table}")
                 con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} SELECT * FROM {self.source}.{table}")
-            if customers:
-                for table in PER_CUSTOMER:
-                    con.execute(f"DELETE FROM {LAKE_ALIAS}.{table} WHERE customer_id IN ({touched})")
-                    con.execute(
-                        f"INSERT INTO {LAKE_ALIAS}.{table} SELECT * FROM {self.source}.{table} WHERE customer_id IN ({touched})"
-                    )
+            self._publish_journeys(window)
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
             raise
         return self._done(published + 1, last, customers, started, rebuilt=False)
+
+    def _publish_journeys(self, window: str, mine: str = "", writer_column: str = "") -> int:
+        """Inside the publishing transaction: replaces the rows of the journeys the batches in
+        ``window`` rewrote or removed (changed_journeys), in every PER_CUSTOMER table, and no
+        others. Returns how many journey ids that was.
+
+        Why not per customer: a batch leaves a long history's settled journeys as landed, so
+        re-copying every row of every touched customer made a small batch for a customer with
+        200k events copy 200k rows. ``mine``: a shared lake's condition on its writer's rows;
+        ``writer_column``: its rows' writer column (``'<id>' AS writer_id``), see shared_lake.py.
+        """
+        con = self.con
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {CHANGED_TABLE} AS {changed_journeys(self.source, window)}")
+        changed = int(con.execute(f"SELECT count(*) FROM {CHANGED_TABLE}").fetchone()[0])
+        if not changed:
+            return 0
+        ids = f"SELECT journey_id FROM {CHANGED_TABLE}"
+        for table in PER_CUSTOMER:
+            con.execute(f"DELETE FROM {LAKE_ALIAS}.{table} WHERE {mine + ' AND ' if mine else ''}journey_id IN ({ids})")
+            columns = f"BY NAME SELECT *, {writer_column}" if writer_column else "SELECT *"
+            con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} {columns} FROM {self.source}.{table} WHERE journey_id IN ({ids})")
+        return changed
 
     def _rebuild(self, reason: str) -> PublishResult:
         """Replaces every replica table and view with the database's, in one transaction."""

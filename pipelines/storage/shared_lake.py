@@ -44,7 +44,6 @@ from pipelines.storage.replica import (
     APPENDED,
     LAKE_ALIAS,
     META_TABLE,
-    PER_CUSTOMER,
     REPLACED,
     STATE_TABLE,
     TABLES,
@@ -300,11 +299,8 @@ class SharedLake(Replica):
             for table in REPLACED:
                 con.execute(f"DELETE FROM {LAKE_ALIAS}.{table} WHERE {mine}")
                 con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} BY NAME SELECT *, {writer} AS {WRITER_COLUMN} FROM {self.source}.{table}")
-            if customers:
-                for table in PER_CUSTOMER:
-                    con.execute(f"DELETE FROM {LAKE_ALIAS}.{table} WHERE {mine} AND customer_id IN ({touched})")
-                    con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} BY NAME SELECT *, {writer} AS {WRITER_COLUMN} "
-                                f"FROM {self.source}.{table} WHERE customer_id IN ({touched})")
+            # only the journeys the batches rewrote or removed, of this writer (replica.changed_journeys)
+            self._publish_journeys(window, mine=mine, writer_column=f"{writer} AS {WRITER_COLUMN}")
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
