@@ -168,6 +168,9 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
     seen: dict[int, float] = {}
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_replica, args=(db, stop, seen), daemon=True)
+    run_cpu_s: Optional[float] = None
+    load_before = os.getloadavg()
+    caught_up_s: Optional[float] = None
     try:
         deadline = time.time() + 60
         while not db.exists() and time.time() < deadline:
@@ -178,15 +181,19 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
         subprocess.run([*CXJ, "simulate", "--quiet", "--customers", str(customers), "--seed", "5", "--start", start,
                         "--rate", str(rate), *kafka_args(settings, topics)], cwd=ROOT, env=env, check=True)
         load_s = time.time() - began
+        load_during = os.getloadavg()
         sent = _end_offsets(settings, topics)
-        deadline = time.time() + 180
+        load_ended = time.time()
+        deadline = load_ended + 180
         while time.time() < deadline and _landed(db, seen) < sent:
             time.sleep(0.5)
+        if _landed(db, seen) >= sent:
+            caught_up_s = round(time.time() - load_ended, 1)
         time.sleep(1.0)  # the replica's last publish
     finally:
         stop.set()
         run.send_signal(signal.SIGTERM)
-        run.wait(timeout=120)
+        run_cpu_s = _wait_cpu_s(run, 120)
     with duckdb.connect(str(db), read_only=True) as con:
         p50, p95, p99, worst, events = con.execute(
             """SELECT quantile_cont(l, 0.5), quantile_cont(l, 0.95), quantile_cont(l, 0.99), max(l), count(*)
@@ -195,14 +202,36 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
         cycle = con.execute("SELECT median(duration_s), count(*) FROM pipeline_batches").fetchone()
     lags = sorted(seen[b] - finished[b] for b in finished if b in seen)
     replica = {"batches_seen": len(lags), "p50": _q(lags, 0.5), "p99": _q(lags, 0.99), "max": round(lags[-1], 2) if lags else None}
-    out = {"offered_per_s": rate, "load_seconds": round(load_s, 1), "events": events, "batches": cycle[1],
-           "median_batch_s": round(cycle[0] or 0, 2),
+    out = {"offered_per_s": rate, "load_seconds": round(load_s, 1), "sent": sent, "events": events,
+           "batches": cycle[1], "median_batch_s": round(cycle[0] or 0, 2),
            "latency_s": {"p50": round(p50, 2), "p95": round(p95, 2), "p99": round(p99, 2), "max": round(worst, 2)},
-           "replica_lag_s": replica}
-    print(f"freshness @ {rate:.0f}/s: {events:,} events in {cycle[1]} batches; landed_at - Kafka timestamp "
-          f"p50 {p50:.2f}s p95 {p95:.2f}s p99 {p99:.2f}s max {worst:.2f}s; replica behind by p50 {replica['p50']}s "
-          f"max {replica['max']}s", flush=True)
+           "replica_lag_s": replica,
+           "caught_up_after_load_s": caught_up_s,  # None: still behind 180 s after the load ended
+           "run_cpu_s": None if run_cpu_s is None else round(run_cpu_s, 1),  # CPU of the `run --follow` process
+           "load_average": {"before": round(load_before[0], 1), "end_of_load": round(load_during[0], 1)}}
+    print(f"freshness @ {rate:.0f}/s: {events:,} events ({sent:,} records sent) in {cycle[1]} batches (median "
+          f"{out['median_batch_s']}s); landed_at - Kafka timestamp p50 {p50:.2f}s p95 {p95:.2f}s p99 {p99:.2f}s "
+          f"max {worst:.2f}s; replica behind by p50 {replica['p50']}s p99 {replica['p99']}s max {replica['max']}s; "
+          f"caught up {caught_up_s}s after the load; run --follow used {out['run_cpu_s']} CPU s; load average "
+          f"{load_before[0]:.1f} before, {load_during[0]:.1f} at the end of the load", flush=True)
     return out
+
+
+def _wait_cpu_s(process: subprocess.Popen, timeout_s: float) -> Optional[float]:
+    """Waits for ``process`` and returns its CPU seconds (user + system, threads included) from
+    the kernel's accounting of the child; kills it after ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if time.time() > deadline:
+            process.kill()
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        time.sleep(0.1)
 
 
 def _q(values: list[float], q: float) -> Optional[float]:

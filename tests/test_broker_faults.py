@@ -300,7 +300,7 @@ def test_end_offsets_are_confirmed_even_when_the_broker_answers_slowly(tmp_path)
 
     Found by tests/test_repeat_window_pipeline.py on a loaded machine: `run --once` landed 1 of 10
     records sent before it started, because the confirming poll gave up after 100 ms and then
-    trusted the reported end (pipelines/kafka/offsets.py, OffsetReader._true_ends; fixed since).
+    trusted the reported end (pipelines/kafka/offsets.py, OffsetReader._confirm_ends; fixed since).
     """
     from pipelines.kafka.local_broker import _pid_path
     from pipelines.kafka.offsets import OffsetReader
@@ -316,11 +316,14 @@ def test_end_offsets_are_confirmed_even_when_the_broker_answers_slowly(tmp_path)
         frozen = threading.Event()
 
         class FrozenWhileConfirming(OffsetReader):
-            def _true_ends(self, reported):
+            confirmations_frozen = 0
+
+            def _confirm_ends(self, reported, deadline):
                 if frozen.is_set():
+                    self.confirmations_frozen += 1
                     os.kill(pid, signal.SIGSTOP)
                     threading.Timer(1.0, os.kill, (pid, signal.SIGCONT)).start()
-                return super()._true_ends(reported)
+                return super()._confirm_ends(reported, deadline)
 
         reader = FrozenWhileConfirming(settings, connect_timeout_s=5)
         try:
@@ -329,9 +332,11 @@ def test_end_offsets_are_confirmed_even_when_the_broker_answers_slowly(tmp_path)
             send_events(settings, TOPICS, events("b", 9))  # more record batches: offsets 1..9
             frozen.set()
             _, ends = reader.bounds(partitions)
+            frozen_confirmations = reader.confirmations_frozen
         finally:
             os.kill(pid, signal.SIGCONT)
             reader.close()
     finally:
         stop_broker(port=port, state_dir=state)
     assert ends == {(TOPICS["tickets"], 0): 10}
+    assert frozen_confirmations >= 1  # the broker really was frozen while the end was confirmed

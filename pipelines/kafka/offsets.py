@@ -7,18 +7,32 @@ Two facts about brokers shape this module:
   confirmed by fetching at the reported end and reading the high watermark of the response.
 * A confirmation can come back incomplete (a fetch response not there yet on a loaded
   machine) and a log can change between two requests, so ends are only trusted after two
-  consecutive complete answers that agree (the second may only have grown), within the
-  configured timeout.
+  consecutive complete answers on this reader that agree (the second may only have grown),
+  within the configured timeout. The first of the two may be the previous look-up's answer
+  (``_confirmed``): a running pipeline looks up ends at least once per cycle, so one round of
+  requests per look-up suffices while the answers keep agreeing; any disagreement (a log that
+  shrank) or a reader without an earlier answer takes fresh rounds until two agree, as before.
+
+Round trips are what a micro-batch cycle waits for (docs/architecture.md, "Per-cycle cost and
+freshness"), so the probe fetches little per partition (``PROBE_FETCH_BYTES``: it needs one
+record, or a fetch response's high watermark; a larger record batch still comes whole), and
+``wait_for_records`` lets a caught-up ``--follow`` sleep inside one long-polling fetch that
+returns as soon as a record arrives.
 """
 from __future__ import annotations
 
 import time
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from pipelines.kafka.settings import KafkaSettings, failure_cause, probe_tls
 from pipelines.kafka.source_log import Fingerprint, fingerprint
 
 PartitionKey = tuple[str, int]
+
+# What the probe consumer fetches per partition at most: it reads one record (or just the high
+# watermark of the response). Brokers return a whole record batch even when it is larger
+# (KIP-74; the local broker does too), so this caps the bytes decoded, never what can be read.
+PROBE_FETCH_BYTES = 64 * 1024
 
 
 class BrokerUnavailable(RuntimeError):
@@ -34,6 +48,8 @@ class OffsetReader:
 
         self.settings = settings
         self.probe = None
+        self.waiter = None  # long-polling consumer of wait_for_records, made on first use
+        self._confirmed: dict[PartitionKey, int] = {}  # the last complete end-offset answer, per partition
         self.timeout_s = connect_timeout_s
         self.timeout_ms = int(connect_timeout_s * 1000)  # offset requests fail this fast, not after 30 s
         tls_problem = probe_tls(settings, connect_timeout_s)  # kafka-python would hang on a non-TLS listener
@@ -65,11 +81,13 @@ class OffsetReader:
         return found, missing
 
     def bounds(self, partitions: list[PartitionKey]) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int]]:
-        """(earliest offsets, confirmed end offsets): the ends of two consecutive agreeing answers."""
+        """(earliest offsets, confirmed end offsets): the ends of two consecutive agreeing answers,
+        the first of which may be this reader's previous answer (see the module's docstring)."""
         if not partitions:
             return {}, {}
         deadline = time.monotonic() + self.timeout_s
-        previous: Optional[dict[PartitionKey, int]] = None
+        previous: Optional[dict[PartitionKey, int]] = (
+            dict(self._confirmed) if all(k in self._confirmed for k in partitions) else None)
         while True:
             begin, ends, complete = self._bounds_once(partitions, deadline)
             if complete and previous is not None and all(ends[k] >= previous[k] for k in partitions):
@@ -80,16 +98,35 @@ class OffsetReader:
                     f"{len(partitions)} partitions within {self.timeout_s:.0f}s")
             previous = ends if complete else None
 
+    def latest_ends(self, partitions: list[PartitionKey]) -> Optional[dict[PartitionKey, int]]:
+        """End offsets from one round (no earliest offsets), for reporting the lag: None when the
+        answer was incomplete. A complete answer also serves as the next look-up's first round."""
+        if not partitions:
+            return {}
+        deadline = time.monotonic() + self.timeout_s
+        ends, complete = self._ends_once(partitions, deadline)
+        return ends if complete else None
+
     def _bounds_once(self, partitions: list[PartitionKey],
                      deadline: float) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int], bool]:
         from kafka import TopicPartition
 
         tps = [TopicPartition(t, p) for t, p in partitions]
         begin = self._call(lambda: self.consumer.beginning_offsets(tps, timeout_ms=self.timeout_ms))
+        ends, complete = self._ends_once(partitions, deadline)
+        return {(tp.topic, tp.partition): o for tp, o in begin.items()}, ends, complete
+
+    def _ends_once(self, partitions: list[PartitionKey], deadline: float) -> tuple[dict[PartitionKey, int], bool]:
+        """One answer: the reported ends, confirmed by a fetch; remembered when complete."""
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(t, p) for t, p in partitions]
         end = self._call(lambda: self.consumer.end_offsets(tps, timeout_ms=self.timeout_ms))
         reported = {(tp.topic, tp.partition): o for tp, o in end.items()}
         ends, complete = self._call(lambda: self._confirm_ends(reported, deadline))
-        return {(tp.topic, tp.partition): o for tp, o in begin.items()}, ends, complete
+        if complete:
+            self._confirmed.update(ends)
+        return ends, complete
 
     def _probe(self):  # type: ignore[no-untyped-def]
         from kafka import KafkaConsumer
@@ -98,10 +135,55 @@ class OffsetReader:
             self.probe = KafkaConsumer(
                 **self.settings.client_kwargs(), enable_auto_commit=False, group_id=None,
                 fetch_max_wait_ms=10, max_poll_records=10_000, check_crcs=False,
+                max_partition_fetch_bytes=PROBE_FETCH_BYTES,
                 auto_offset_reset="none",  # an offset the log no longer has is an answer, not a jump
                 bootstrap_timeout_ms=self.timeout_ms,
             )
         return self.probe
+
+    def wait_for_records(self, ends: dict[PartitionKey, int], timeout_s: float,
+                         stopping: Callable[[], bool] = lambda: False) -> bool:
+        """Waits up to ``timeout_s`` for a record at or past ``ends`` (the confirmed ends of the
+        last look-up) in any of their partitions; True as soon as one arrives.
+
+        One long-polling fetch (the broker holds it up to ``fetch_max_wait_ms`` and answers as
+        soon as there is data) instead of sleeping a poll interval: a caught-up ``--follow``
+        plans its next batch within a round trip of new data. It only decides WHEN the next
+        look-up happens, never what is read: on any error (a broker gone, a log that no longer
+        reaches the offsets) it returns False at once, the caller waits out the interval, and
+        the look-up that follows finds and handles the cause. New topics and partitions are
+        found by that look-up too, at the latest after ``timeout_s``.
+        """
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + timeout_s
+        if not ends:
+            return False
+        try:
+            if self.waiter is None:
+                self.waiter = KafkaConsumer(
+                    **self.settings.client_kwargs(), enable_auto_commit=False, group_id=None,
+                    fetch_max_wait_ms=max(10, min(500, int(timeout_s * 1000))), max_poll_records=1,
+                    max_partition_fetch_bytes=PROBE_FETCH_BYTES, check_crcs=False, auto_offset_reset="none",
+                    bootstrap_timeout_ms=self.timeout_ms,
+                )
+            waiter = self.waiter
+            waiter.unsubscribe()
+            tps = {TopicPartition(t, p): o for (t, p), o in ends.items()}
+            waiter.assign(list(tps))
+            for tp, offset in tps.items():
+                waiter.seek(tp, offset)
+            while not stopping():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                polled = waiter.poll(timeout_ms=int(min(0.1, left) * 1000), max_records=1)
+                if any(records for records in polled.values()):
+                    return True
+        except (KafkaError, OSError):
+            return False  # the look-up after the interval finds out what is wrong
+        return False
 
     def _assign_fresh(self, offsets: dict[PartitionKey, int]) -> dict:  # type: ignore[type-arg]
         """Assigns the partitions anew (forgetting high watermarks of earlier fetches) and seeks."""
@@ -204,7 +286,7 @@ class OffsetReader:
             raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}{failure_cause(self.settings)}") from None
 
     def close(self) -> None:
-        for consumer in (self.consumer, self.probe):
+        for consumer in (self.consumer, self.probe, self.waiter):
             try:
                 if consumer is not None:
                     consumer.close()

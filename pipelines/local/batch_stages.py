@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-
 from pipelines.kafka.read import OffsetRange, RangeReader, ReadKafkaRanges, read_range_chunks
 from pipelines.kafka.settings import KafkaSettings
+from pipelines.local import beam_reuse
+from pipelines.local.beam_reuse import reusable_options
 from transforms.assemble import AssembleJourneys
 from transforms.batch_files import (
     COPY_FILES,
@@ -54,16 +54,11 @@ class StageResult:
     counters: dict[str, int]
 
 
-# The in-process portable runner behind the DirectRunner, named directly: the plain
-# DirectRunner first tries Prism, which downloads a binary at run time (docs/architecture.md, D1).
-DEFAULT_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
-
-
-def _options(beam_args: Sequence[str]) -> PipelineOptions:
-    options = PipelineOptions(list(beam_args))
-    if not any(a.startswith("--runner") for a in beam_args):
-        options.view_as(beam.options.pipeline_options.StandardOptions).runner = DEFAULT_RUNNER
-    return options
+# Beam's DoFn signature inspection, done once per function instead of on every construction
+# (pipelines/local/beam_reuse.py). The runner is ours unless named (reusable_options): the
+# in-process FnApiRunner, because the plain DirectRunner first tries Prism, which downloads a
+# binary at run time (docs/architecture.md, D1).
+beam_reuse.install()
 
 
 def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -131,7 +126,7 @@ def run_ingest(
     """Writes events, losing copies and dead letters, plus one read manifest per read task
     saying which offsets were really covered (the reader stops early at ``budget_bytes``)."""
     started = time.perf_counter()
-    pipeline = beam.Pipeline(options=_options(beam_args))
+    pipeline = beam.Pipeline(options=reusable_options(beam_args))
     build_ingest(pipeline, ranges, settings, stream_of_topic, now_us, str(staging), limits, read_timeout_s,
                  read_tasks, budget_bytes)
     result = pipeline.run()
@@ -144,7 +139,7 @@ def run_assemble(
     metrics: MetricsConfig = MetricsConfig(),
 ) -> StageResult:
     started = time.perf_counter()
-    pipeline = beam.Pipeline(options=_options(beam_args))
+    pipeline = beam.Pipeline(options=reusable_options(beam_args))
     build_assemble(pipeline, history_files, str(staging), repeat_window_s, metrics)
     result = pipeline.run()
     result.wait_until_finish()

@@ -180,6 +180,13 @@ class MicroBatchRunner:
     def broker_positions(self) -> tuple[list[PartitionKey], dict[PartitionKey, int], dict[PartitionKey, int]]:
         """Partitions, earliest and confirmed end offsets, after checking that every partition's
         log is still the one we landed from (and recording what changed if not)."""
+        partitions, beginnings, ends, _ = self._positions(verify=True)
+        return partitions, beginnings, ends
+
+    def _positions(self, verify: bool
+                   ) -> tuple[list[PartitionKey], dict[PartitionKey, int], dict[PartitionKey, int], set[str]]:
+        """broker_positions, plus the topics that do not exist; ``verify=False`` leaves the
+        source-log check to the caller (plan_batch verifies after fetching the ranges' ends)."""
         reader = self._reader()
         self._looked_up_at = time.time()
         partitions, missing = reader.partitions(self.config.topics.values())
@@ -189,9 +196,10 @@ class MicroBatchRunner:
             self._warn_once(f"topic {topic!r} does not exist on {self.config.settings.bootstrap_servers} (yet)")
         beginnings, ends = reader.bounds(partitions)
         self._last_ends = ends
-        self._verify_source_logs(partitions, set(missing), beginnings, ends)
-        self._seen_ends.update(ends)
-        return partitions, beginnings, ends
+        if verify:
+            self._verify_source_logs(partitions, set(missing), beginnings, ends)
+            self._seen_ends.update(ends)
+        return partitions, beginnings, ends, set(missing)
 
     def _verify_source_logs(self, partitions: list[PartitionKey], missing: set[str],
                             beginnings: dict[PartitionKey, int], ends: dict[PartitionKey, int],
@@ -224,24 +232,28 @@ class MicroBatchRunner:
         """(resume offsets, confirmed ends, ranges to read) for the next batch.
 
         The fingerprints of the records at the ends of the ranges are fetched before the
-        stored ones are verified once more: if the log changed at any moment before that
-        last check, the check fails and the batch is planned again; if it changes after it,
-        the fingerprints landed belong to the old log and the next batch's check catches it.
+        stored ones are verified: if the log changed at any moment before that check, the
+        check fails and the batch is planned again (from the positions the change left); if it
+        changes after it, the fingerprints landed belong to the old log and the next batch's
+        check catches it. Each plan verifies once: the stored fingerprints are fetched after
+        the ranges' last records, or on their own when there is nothing to read (a changed log
+        is found and recorded while idle too). Warnings about the resume offsets wait for that
+        verification, so that a change it records is not reported twice.
         """
         self.store.pending_fingerprints = {}
         for _ in range(5):
-            partitions, beginnings, ends = self.broker_positions()
+            partitions, beginnings, ends, missing = self._positions(verify=False)
             starts, warnings = start_offsets(partitions, self.store.landed_offsets(), beginnings, ends)
-            for w in warnings:
-                self._warn_once(w)
             goal = {k: min(ends[k], targets.get(k, ends[k])) if targets else ends[k] for k in partitions}
             ranges = plan_ranges(starts, goal, self.config.max_batch_events)
-            if not ranges:
-                return starts, ends, ranges
-            reader = self._reader()
-            lasts = reader.records_at({(r.topic, r.partition): r.stop - 1 for r in ranges}, ends)
-            if self._verify_source_logs(partitions, set(), beginnings, ends, only={(r.topic, r.partition) for r in ranges}):
-                continue  # the log changed while planning: plan again from the new positions
+            lasts = (self._reader().records_at({(r.topic, r.partition): r.stop - 1 for r in ranges}, ends)
+                     if ranges else {})
+            changes = self._verify_source_logs(partitions, missing, beginnings, ends)
+            self._seen_ends.update(ends)
+            if changes:
+                continue  # the log changed (or had changed): plan again from the new positions
+            for w in warnings:
+                self._warn_once(w)
             self.store.pending_fingerprints = {
                 (r.topic, r.partition, r.stop): fp for r in ranges if (fp := lasts.get((r.topic, r.partition))) is not None
             }
@@ -470,11 +482,15 @@ class MicroBatchRunner:
     def _ends_now(self, partitions: list[PartitionKey],
                   planned: dict[PartitionKey, int]) -> tuple[dict[PartitionKey, int], Optional[float]]:
         """End offsets looked up again after landing: the ones the batch was planned with are stale
-        by now (producers kept sending), and the lag a batch reports must be today's, not the plan's."""
+        by now (producers kept sending), and the lag a batch reports must be today's, not the plan's.
+        One round suffices (it only reports; the next plan confirms ends with this answer as its
+        first round, pipelines/kafka/offsets.py)."""
         looked_up_at = time.time()
         try:
-            _, ends = self._reader().bounds(partitions)
+            ends = self._reader().latest_ends(partitions)
         except BrokerUnavailable:
+            ends = None
+        if ends is None:
             return planned, self._looked_up_at  # the next look-up will retry; report what is known
         return {**planned, **ends}, looked_up_at  # _last_ends stays the plan's: --once targets rely on it
 
@@ -579,10 +595,20 @@ class MicroBatchRunner:
                 backoff = min(backoff * 2, 30.0)
                 continue
             if batch is None:
-                stopper.sleep(self.config.poll_interval_s)
+                self._wait_for_records(stopper)
             else:
                 landed += batch.landed
         return landed
+
+    def _wait_for_records(self, stopper: Stopper) -> None:
+        """Caught up: waits up to the poll interval, but plans the next batch as soon as a record
+        arrives past the ends just confirmed (one long-polling fetch; pipelines/kafka/offsets.py
+        ``wait_for_records``) rather than sleeping the interval out."""
+        deadline = time.monotonic() + self.config.poll_interval_s
+        if self.offsets is not None and self._last_ends and self.offsets.wait_for_records(
+                self._last_ends, self.config.poll_interval_s, lambda: stopper.stopping):
+            return
+        stopper.sleep(max(0.0, deadline - time.monotonic()))  # the rest of the interval, if the wait could not run
 
     def close(self) -> None:
         self._reset_reader()
