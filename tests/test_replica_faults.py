@@ -198,7 +198,8 @@ def test_a_deleted_replica_is_recreated_not_published_into_the_void(broker, tmp_
                     (lake / name).unlink(missing_ok=True)
             send_events(broker, topics, events("w", 20))
             assert [b.landed for b in runner.run_once()] == [20]
-            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("cxj")]
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("cxj")
+                        and not r.getMessage().startswith("replica: published batches")]  # slow-publish notes on a loaded machine
             assert len(warnings) == 1 and "was deleted or replaced" in warnings[0], warnings
             assert store.replica is not None and store.replica.published_batch_id() == 2
             replica_matches_database(store)
