@@ -122,6 +122,8 @@ def install() -> None:
     """Makes Beam's DoFn inspection go through the memos (idempotent)."""
     from apache_beam.transforms import core, userstate
 
+    if not (hasattr(core, "get_function_args_defaults") and hasattr(userstate, "get_dofn_specs")):
+        return  # another Beam release: its own inspection runs, only slower (Beam is pinned)
     if "original" not in _installed:
         _installed["original"] = core.get_function_args_defaults
         _installed["specs"] = userstate.get_dofn_specs
