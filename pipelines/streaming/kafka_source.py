@@ -2,8 +2,8 @@
 
 Why a Python splittable DoFn: Beam's `ReadFromKafka` is a cross-language transform that needs
 Java and an expansion service jar fetched from Maven at pipeline construction; this reader needs
-only kafka-python, so it runs on every runner the Python SDK runs on (see docs/streaming.md for
-`--kafka-source java`).
+only kafka-python, so it runs on every runner the Python SDK runs on (docs/streaming.md, "Reading
+Kafka", says how to swap in `ReadFromKafka` where Java and its jars are at hand).
 
 * One element (and so one restriction) per topic-partition: `PartitionSpec(topic, partition,
   start, stop)`. The restriction is an `OffsetRange` tracked by Beam's `OffsetRestrictionTracker`:
