@@ -94,6 +94,18 @@ def check_store(tmp: Path, landed: list[Record], sent: int) -> None:
     assert as_comparable(stored_journeys(catalog, data)) == as_comparable(expected)
 
 
+def read_and_land(loop: RunnerLoop, read: list[tuple], sent: int, tmp: Path, topics: dict[str, str]) -> None:
+    """A restarted reader: reads until ``sent`` records in all, then stops (the job is cancelled);
+    what it read goes through the real graph, and the store must account for everything so far."""
+    before = len(read)
+    try:
+        loop.read_until(sent, read)
+    finally:
+        loop.close()
+    run_stream(tmp, as_test_records(read[before:], topics))
+    check_store(tmp, as_test_records(read, topics), sent)
+
+
 def test_unbounded_reads_wave_after_wave_and_lands_every_message(broker: KafkaSettings, tmp_path: Path) -> None:
     topics = new_topics(broker)
     docs = [json.loads(v) for *_, v in golden_records()][:150]
@@ -146,13 +158,7 @@ def test_a_restart_resumes_from_the_checkpoint_or_the_store_without_loss_or_doub
     sent += send_events(broker, topics, docs[40:80])
     restarted = RunnerLoop([PartitionSpec(s.topic, s.partition, checkpoint[(s.topic, s.partition)].start) for s in specs],
                            options)
-    before = len(read)
-    try:
-        restarted.read_until(sent, read)
-    finally:
-        restarted.close()
-    run_stream(tmp_path, as_test_records(read[before:], topics))
-    check_store(tmp_path, as_test_records(read, topics), sent)
+    read_and_land(restarted, read, sent, tmp_path, topics)
 
     # a restart without checkpoint: `--start-from store` offsets, then more events
     sent += send_events(broker, topics, docs[80:]) + send_events(broker, topics, docs[::11])
@@ -162,13 +168,7 @@ def test_a_restart_resumes_from_the_checkpoint_or_the_store_without_loss_or_doub
     real = {TEST_TOPICS[stream]: topic for stream, topic in topics.items()}
     resume = {(real[t], p): o for (t, p), o in resume.items()}
     from_store = RunnerLoop(plan_partitions(broker, list(topics.values()), resume, stop_at_end=False), options)
-    before = len(read)
-    try:
-        from_store.read_until(sent, read)
-    finally:
-        from_store.close()
-    run_stream(tmp_path, as_test_records(read[before:], topics))
-    check_store(tmp_path, as_test_records(read, topics), sent)
+    read_and_land(from_store, read, sent, tmp_path, topics)
     coordinates = [(t, p, o) for (t, p, o, *_rest) in read]
     assert len(set(coordinates)) == len(coordinates) == sent
 
