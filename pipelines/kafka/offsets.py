@@ -18,6 +18,14 @@ freshness"), so the probe fetches little per partition (``PROBE_FETCH_BYTES``: i
 record, or a fetch response's high watermark; a larger record batch still comes whole), and
 ``wait_for_records`` lets a caught-up ``--follow`` sleep inside one long-polling fetch that
 returns as soon as a record arrives.
+
+The probe stops fetching a partition it has its answer for by dropping it from its assignment
+(``_stop_fetching``), not by pausing it. Either way the rest of a fetched batch is skipped
+without being decoded (the local broker answers a 64 KB fetch with up to tens of thousands of
+records). But kafka-python 3.0 parks a paused partition's buffered records and brings them back
+only while its in-line slot is None; a drained record set left in that slot is not None, so a
+parked partition was never fetched again by the reused probe, and every later look-up of its end
+timed out (tests/test_probe_reuse.py).
 """
 from __future__ import annotations
 
@@ -33,6 +41,18 @@ PartitionKey = tuple[str, int]
 # watermark of the response). Brokers return a whole record batch even when it is larger
 # (KIP-74; the local broker does too), so this caps the bytes decoded, never what can be read.
 PROBE_FETCH_BYTES = 64 * 1024
+
+
+def _stop_fetching(consumer, waiting: set) -> None:  # type: ignore[no-untyped-def, type-arg]
+    """Narrows the consumer's assignment to the partitions still waiting for an answer.
+
+    Unassigned partitions' buffered records are discarded undecoded, and the waiting ones keep
+    their positions (kafka-python keeps a partition's state across assignments that both hold
+    it). Nothing to do when nothing is left waiting: the caller's loop ends, and the next
+    look-up assigns afresh.
+    """
+    if waiting and set(consumer.assignment()) != waiting:
+        consumer.assign(list(waiting))
 
 
 class BrokerUnavailable(RuntimeError):
@@ -134,7 +154,9 @@ class OffsetReader:
         if self.probe is None:
             self.probe = KafkaConsumer(
                 **self.settings.client_kwargs(), enable_auto_commit=False, group_id=None,
-                fetch_max_wait_ms=10, max_poll_records=10_000, check_crcs=False,
+                # one record per poll: a look-up needs one record (or just the high watermark) per
+                # partition, and kafka-python decodes up to max_poll_records of a fetched batch
+                fetch_max_wait_ms=10, max_poll_records=1, check_crcs=False,
                 max_partition_fetch_bytes=PROBE_FETCH_BYTES,
                 auto_offset_reset="none",  # an offset the log no longer has is an answer, not a jump
                 bootstrap_timeout_ms=self.timeout_ms,
@@ -219,7 +241,7 @@ class OffsetReader:
                 if high is not None:
                     ends[tps[tp]] = max(ends[tps[tp]], high)
                     waiting.discard(tp)
-                    probe.pause(tp)
+            _stop_fetching(probe, waiting)
             if waiting and time.monotonic() > deadline:
                 return ends, False
         return ends, True
@@ -251,7 +273,7 @@ class OffsetReader:
                     if tp in waiting:
                         found[tps[tp]] = None
                         waiting.discard(tp)
-                        probe.pause(tp)
+                _stop_fetching(probe, waiting)
                 if not gone:
                     raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}") from None
                 continue
@@ -262,13 +284,12 @@ class OffsetReader:
                     found[key] = (fingerprint(first.offset, first.timestamp, first.key, first.value)
                                   if first.offset == wanted[key] else None)
                     waiting.discard(tp)
-                    probe.pause(tp)
             for tp in list(waiting):
                 high = probe.highwater(tp)
                 if high is not None and high <= wanted[tps[tp]]:  # the log ends before the offset
                     found[tps[tp]] = None
                     waiting.discard(tp)
-                    probe.pause(tp)
+            _stop_fetching(probe, waiting)
             if waiting and time.monotonic() > deadline:
                 where = ", ".join(f"{tps[tp][0]}[{tps[tp][1]}]@{wanted[tps[tp]]}" for tp in sorted(waiting))
                 raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} did not return the records at "
