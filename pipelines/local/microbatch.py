@@ -106,6 +106,12 @@ def _is_environment_error(exc: BaseException) -> bool:
     return False
 
 
+def _backlog_left(starts: dict[PartitionKey, int], ends: dict[PartitionKey, int], ranges: list[OffsetRange]) -> bool:
+    """True when the broker holds more unread records than these ranges read."""
+    unread = sum(max(0, end - starts.get(key, end)) for key, end in ends.items())
+    return unread > sum(r.size for r in ranges)
+
+
 def _shrunk_ranges(suspect: Suspect, ends: dict[PartitionKey, int]) -> list[OffsetRange]:
     """The next attempt after a failure: the failed attempt's offsets not landed yet, in a
     fixed order, capped at ``suspect.cap`` offsets (half the failed attempt; the same after a
@@ -291,13 +297,14 @@ class MicroBatchRunner:
             if suspect.outcome != "died" and suspect.records == 1 and sum(r.size for r in ranges) == 1:
                 return self._land_poison(suspect, ranges[0], starts, ends)
         if not ranges:
+            self.store.publish_pending()  # caught up: readers see everything landed
             for listener in self.listeners:
                 listener.idle(Positions(starts, ends, self._looked_up_at))
             return None
         plan = [{"topic": r.topic, "partition": r.partition, "from": r.start, "to": r.stop} for r in ranges]
         attempt_id = self.store.begin_attempt(plan)
         try:
-            landed = self._run_and_land(ranges, attempt_id)
+            landed = self._run_and_land(ranges, attempt_id, backlog_left=_backlog_left(starts, ends, ranges))
         except (BrokerUnavailable, BatchNotAccounted, StoreError) as exc:
             self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
             raise
@@ -368,8 +375,9 @@ class MicroBatchRunner:
         except Exception:  # the store itself may be what failed; the attempt then stays open
             log.debug("could not record the attempt's outcome", exc_info=True)
 
-    def _run_and_land(self, ranges: list[OffsetRange], attempt_id: int) -> LandedBatch:
-        """Runs the two stages, checks their output and lands it; the staging dir is removed after."""
+    def _run_and_land(self, ranges: list[OffsetRange], attempt_id: int, backlog_left: bool = False) -> LandedBatch:
+        """Runs the two stages, checks their output and lands it; the staging dir is removed after.
+        ``backlog_left``: records wait behind these ranges (the store may defer the replica publish)."""
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
         staging = self.config.batch_files_root / f"batch-{batch_id}"
@@ -412,7 +420,7 @@ class MicroBatchRunner:
             )
             log.debug("batch %d: landing %d new events (%d replacing landed copies) and offsets in one transaction",
                       batch_id, resolution.new, resolution.replacing)
-            landed = self.store.land(facts, staged)
+            landed = self.store.land(facts, staged, backlog_left=backlog_left)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         landed.extra["stops"] = [(r["topic"], r["partition"], r["to"]) for r in facts.ranges]

@@ -69,6 +69,10 @@ def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
 # one-shot reader of a database without a replica, `cxj check` storing its result, a
 # notebook): brief holders are waited out instead of failing the start (`cxj run --lock-timeout`).
 DEFAULT_LOCK_TIMEOUT_S = 10.0
+# While a backlog is read, the replica is published at most this often (and always once the
+# backlog is read): one publish covers all batches landed since the last, and a publish is the
+# largest fixed cost of a batch (docs/architecture.md, "Replica publish while catching up").
+REPLICA_DEFER_MAX_S = 10.0
 _PID = re.compile(r"\(PID (\d+)\)")
 
 
@@ -235,7 +239,9 @@ class Store:
         # per customer, the landed journeys the last batch left as they were (settled, see
         # _freeze_settled_journeys): reported with the batch, and read by tests
         self.settled_journeys: dict[str, int] = {}
-        self.replica = None  # DuckLake read replica, published after every landed batch (pipelines/storage/replica.py)
+        self.replica = None  # DuckLake read replica, published after landed batches (pipelines/storage/replica.py)
+        self._publish_due = False  # a landed batch is not published yet (deferred while a backlog is read)
+        self._published_at = float("-inf")  # time.monotonic() of the last publish
         if not read_only:
             try:
                 self.apply_schema()
@@ -251,8 +257,18 @@ class Store:
                 _close_quietly(self.con)
                 raise StoreError(f"cannot publish to the shared lake: {exc}") from None
 
+    def publish_pending(self, force: bool = False) -> None:
+        """Publishes landed batches the replica lacks (one publish covers several); never fails
+        the caller: a failed publish is retried by the next one. ``force``: publish even when
+        nothing was deferred (after a landing, and to retry a failed publish)."""
+        if self.replica is not None and (force or self._publish_due):
+            self.replica.after_land()
+            self._published_at = time.monotonic()
+        self._publish_due = False
+
     def close(self) -> None:
         if self.replica is not None:
+            self.publish_pending()  # what landed is what readers see once the writer has stopped
             self.replica.close()
         try:
             self.con.close()
@@ -524,10 +540,13 @@ class Store:
             "SELECT customer_id, count(*) FROM batch_frozen GROUP BY customer_id").fetchall())
         return int(con.execute("SELECT count(*) FROM batch_frozen_events").fetchone()[0])
 
-    def land(self, facts: BatchFacts, staged: StagedFiles) -> LandedBatch:
+    def land(self, facts: BatchFacts, staged: StagedFiles, backlog_left: bool = False) -> LandedBatch:
         """One transaction: events (new and replacing), losing copies, dead letters, journeys of
         touched customers, offsets, the attempt's outcome and the batch row — committed only if
-        every record the batch read is accounted for (``_check_accounting``)."""
+        every record the batch read is accounted for (``_check_accounting``).
+
+        ``backlog_left``: more records wait behind this batch. The replica publish is then
+        deferred unless the last one is ``REPLICA_DEFER_MAX_S`` old (``publish_pending``)."""
         from transforms.batch_files import HANDOFF_SCHEMA, JOURNEY_METRICS_SCHEMA, JOURNEY_SCHEMA, LINK_SCHEMA
 
         land_started = datetime.now(timezone.utc)
@@ -623,8 +642,10 @@ class Store:
             _rollback_quietly(con)
             raise
         self.verify_file(facts.batch_id)  # deleted between the check above and the commit
-        if self.replica is not None:
-            self.replica.after_land()  # publish to readers; never fails the batch (retried next time)
+        if backlog_left and time.monotonic() - self._published_at < REPLICA_DEFER_MAX_S:
+            self._publish_due = True
+        else:
+            self.publish_pending(force=True)
         return LandedBatch(
             batch_id=facts.batch_id,
             consumed=facts.consumed,
