@@ -72,7 +72,7 @@ DEFAULT_LOCK_TIMEOUT_S = 10.0
 # While a backlog is read, the replica is published at most this often (and always once the
 # backlog is read): one publish covers all batches landed since the last, and a publish is the
 # largest fixed cost of a batch (docs/architecture.md, "Replica publish while catching up").
-REPLICA_DEFER_MAX_S = 10.0
+REPLICA_DEFER_MAX_S = 30.0
 _PID = re.compile(r"\(PID (\d+)\)")
 
 
