@@ -5,8 +5,9 @@ its in-line slot is None. A drained record set in that slot is falsy but not Non
 records were never restored, and the fetcher never fetched those partitions again: a fingerprint
 look-up (which stops reading a partition once its first record arrived) left partitions whose
 end offsets no later look-up could confirm. `benchmarks/throughput.py` at 200k events failed with
-"did not confirm the end offsets of 9 partitions" on its third batch. The probe no longer
-pauses partitions; these tests drive the sequence that broke it against the real broker.
+"did not confirm the end offsets of 9 partitions" on its third batch. The probe now drops
+answered partitions from its assignment instead of pausing them; these tests drive the sequence
+that broke it against the real broker.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pipelines.kafka.offsets import OffsetReader
 
 
 def _fill(broker, topic: str, partitions: int, per_partition: int) -> None:
-    """Large record batches (1 MB) of small records in every partition: one fetch brings more
-    records than one poll returns (10,000), so records stay buffered when a partition is done."""
+    """Large record batches (1 MB) of small records in every partition: one fetch brings
+    thousands of records, far more than a look-up reads, so records stay buffered when a
+    partition is done."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(**broker.client_kwargs(), linger_ms=50, batch_size=1 << 20, acks=1)

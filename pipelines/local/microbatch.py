@@ -106,12 +106,6 @@ def _is_environment_error(exc: BaseException) -> bool:
     return False
 
 
-def _backlog_left(starts: dict[PartitionKey, int], ends: dict[PartitionKey, int], ranges: list[OffsetRange]) -> bool:
-    """True when the broker holds more unread records than these ranges read."""
-    unread = sum(max(0, end - starts.get(key, end)) for key, end in ends.items())
-    return unread > sum(r.size for r in ranges)
-
-
 def _shrunk_ranges(suspect: Suspect, ends: dict[PartitionKey, int]) -> list[OffsetRange]:
     """The next attempt after a failure: the failed attempt's offsets not landed yet, in a
     fixed order, capped at ``suspect.cap`` offsets (half the failed attempt; the same after a
@@ -304,7 +298,9 @@ class MicroBatchRunner:
         plan = [{"topic": r.topic, "partition": r.partition, "from": r.start, "to": r.stop} for r in ranges]
         attempt_id = self.store.begin_attempt(plan)
         try:
-            landed = self._run_and_land(ranges, attempt_id, backlog_left=_backlog_left(starts, ends, ranges))
+            # more unread records than these ranges read: the store may defer the replica publish
+            backlog_left = Positions(starts, ends).lag > sum(r.size for r in ranges)
+            landed = self._run_and_land(ranges, attempt_id, backlog_left=backlog_left)
         except (BrokerUnavailable, BatchNotAccounted, StoreError) as exc:
             self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
             raise

@@ -257,11 +257,10 @@ class Store:
                 _close_quietly(self.con)
                 raise StoreError(f"cannot publish to the shared lake: {exc}") from None
 
-    def publish_pending(self, force: bool = False) -> None:
-        """Publishes landed batches the replica lacks (one publish covers several); never fails
-        the caller: a failed publish is retried by the next one. ``force``: publish even when
-        nothing was deferred (after a landing, and to retry a failed publish)."""
-        if self.replica is not None and (force or self._publish_due):
+    def publish_pending(self) -> None:
+        """Publishes the landed batches whose publish was deferred (one publish covers them all);
+        never fails the caller: a failed publish is retried by the next one."""
+        if self.replica is not None and self._publish_due:
             self.replica.after_land()
             self._published_at = time.monotonic()
         self._publish_due = False
@@ -642,10 +641,9 @@ class Store:
             _rollback_quietly(con)
             raise
         self.verify_file(facts.batch_id)  # deleted between the check above and the commit
-        if backlog_left and time.monotonic() - self._published_at < REPLICA_DEFER_MAX_S:
-            self._publish_due = True
-        else:
-            self.publish_pending(force=True)
+        self._publish_due = True
+        if not backlog_left or time.monotonic() - self._published_at >= REPLICA_DEFER_MAX_S:
+            self.publish_pending()
         return LandedBatch(
             batch_id=facts.batch_id,
             consumed=facts.consumed,
