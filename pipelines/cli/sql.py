@@ -17,7 +17,8 @@ Tables: events, journeys, journey_events, dead_letters, pipeline_offsets, pipeli
 Views: stg_*, core_*, v_freshness and the marts mart_daily_kpis, mart_channel_paths,
 mart_handoff_pingpong, mart_open_backlog, mart_csat_by_friction (docs/marts.md).
 
-Reads the read replica the pipeline publishes after every batch (docs/storage.md), running or
+Reads the read replica the pipeline publishes after every batch (at most every 30 s while it
+reads a backlog; docs/storage.md), running or
 not, so it never keeps the pipeline from starting; a database without a replica is read
 directly, for one-shot queries only. Only queries run, and no other file is read unless
 --allow-read names its folder (docs/security.md "Readers cannot write").
