@@ -369,6 +369,19 @@ class Terminal:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
+    def wait_until_waiting_for_keys(self, timeout: float = 30.0) -> None:
+        """Waits until the prompt sleeps in its wait for a key, as a person does before pressing Ctrl-C.
+
+        Python's readline draws the prompt before it starts waiting; a SIGINT in that gap only sets
+        Python's flag, and the wait then never wakes until the next key. A person cannot type that
+        fast; a test on a loaded machine can, so it waits for the kernel to say the prompt sleeps.
+        """
+        deadline = time.monotonic() + timeout
+        wchan = Path(f"/proc/{self.process.pid}/wchan")
+        while not any(word in wchan.read_text() for word in ("poll", "select")):
+            assert time.monotonic() < deadline, f"the prompt never waited for a key (in {wchan.read_text()!r})"
+            time.sleep(0.02)
+
     def close(self) -> int:
         try:
             return self.process.wait(timeout=30)
@@ -392,6 +405,7 @@ def test_prompt_on_a_real_terminal_never_crashes(small_db):
         assert "Error: " in term.read_until("cxj> ")
         term.type("SELECT 'unfinished\n")
         term.read_until("...> ")
+        term.wait_until_waiting_for_keys()
         term.type("\x03")  # Ctrl-C drops the half-typed statement
         term.read_until("cxj> ")
         term.type(".mode line\nSELECT 'ü 日本' AS u, NULL AS n, {'a': 1} AS s;\n")
