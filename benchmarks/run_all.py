@@ -338,9 +338,24 @@ def _stages(db: Path, landed: Landed, batch_ids: tuple[int, ...] = ()) -> dict[s
             "other_in_batch": round(duration - ingest - assemble - land_s, 2), "outside_batch": round(landed.wall_s - duration, 2)}
 
 
+def _rss_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def peak_rss_mb(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> float:
-    """Peak resident memory of a `cxj run --once` child: the high-water mark of its own address
-    space (VmHWM in /proc/<pid>/status), read every 20 ms while it runs.
+    """Peak resident memory of a `cxj run --once` child and of the process that reads its next
+    batch ahead: the largest sum of their resident sizes, read every 20 ms while it runs (and at
+    least the child's own high-water mark, VmHWM in /proc/<pid>/status).
 
     Not the child's rusage: Linux carries the resident high-water mark of the address space a
     process had before exec into ru_maxrss, and subprocess starts children with vfork, whose
@@ -349,13 +364,11 @@ def peak_rss_mb(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> fl
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     child = subprocess.Popen([*CXJ, "run", "--once", "--quiet", "--db", str(db), *kafka_args(settings, topics)],
                              cwd=ROOT, env=env)
-    status_file = Path(f"/proc/{child.pid}/status")
     peak_kb = 0
     while child.poll() is None:
         try:
-            for line in status_file.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_kb = max(peak_kb, int(line.split()[1]))
+            together = _rss_kb(child.pid, "VmRSS:") + sum(_rss_kb(c, "VmRSS:") for c in _children(child.pid))
+            peak_kb = max(peak_kb, together, _rss_kb(child.pid, "VmHWM:"))
         except (OSError, ValueError, IndexError):  # exiting: its memory is gone already
             pass
         time.sleep(0.02)

@@ -20,13 +20,22 @@ from pipelines.kafka.read import OffsetRange, RangeRead, manifest_name, read_ran
 from pipelines.kafka.source_log import SourceChange, offsets_to_verify, source_changes
 from pipelines.local.batch_manifest import collect_assembled, collect_staged, verified_reads
 from pipelines.local.batch_stages import run_assemble, run_ingest
-from pipelines.local.planner import plan_ranges, start_offsets
+from pipelines.local.ingest_ahead import IngestAhead, ReadAhead
+from pipelines.local.ingest_ahead import enabled as ingest_ahead_enabled
+from pipelines.local.planner import is_valid_plan, plan_ranges, start_offsets
 from pipelines.ops import failures
 from pipelines.storage.store import BatchFacts, BatchNotAccounted, LandedBatch, Store, StoreError, Suspect
 from transforms.batch_files import DEAD_LETTER_SCHEMA, write_json, write_rows
 from transforms.parse import POISON, SourceRef, dead_letter
 
 log = logging.getLogger("cxj.run")
+
+
+# Start the process that reads the next batch ahead (pipelines/local/ingest_ahead.py) only when at
+# least this many records wait behind the current batch: starting it costs a few CPU seconds of
+# imports, about what ingesting 20k records costs, so a short backlog is read faster without it.
+# Once it runs, it reads ahead whenever anything waits.
+READ_AHEAD_MIN_BACKLOG = 20_000
 
 
 # Load only the part of a touched customer's history that the batch can still change
@@ -163,6 +172,10 @@ class MicroBatchRunner:
         self._seen_ends: dict[PartitionKey, int] = {}  # newest end seen of every partition ever seen in this run
         self.changed_partitions: set[PartitionKey] = set()  # partitions whose log changed during this run
         self._looked_up_at: Optional[float] = None
+        self._goal: dict[PartitionKey, int] = {}  # where the last plan read toward (ends, or --once's targets)
+        # the next batch's ingest in a second process while a backlog is read (pipelines/local/ingest_ahead.py)
+        self._ahead: Optional[IngestAhead] = IngestAhead(config.batch_files_root) if ingest_ahead_enabled() else None
+        self._read_ahead_taken = 0
         self.listeners: list[RunListener] = []
 
     # ------------------------------------------------------------------ broker
@@ -245,7 +258,8 @@ class MicroBatchRunner:
             partitions, beginnings, ends, missing = self._positions(verify=False)
             starts, warnings = start_offsets(partitions, self.store.landed_offsets(), beginnings, ends)
             goal = {k: min(ends[k], targets.get(k, ends[k])) if targets else ends[k] for k in partitions}
-            ranges = plan_ranges(starts, goal, self.config.max_batch_events)
+            ranges = self._adopted_proposal(starts, goal) or plan_ranges(starts, goal, self.config.max_batch_events)
+            self._goal = goal
             lasts = (self._reader().records_at({(r.topic, r.partition): r.stop - 1 for r in ranges}, ends)
                      if ranges else {})
             changes = self._verify_source_logs(partitions, missing, beginnings, ends)
@@ -259,6 +273,14 @@ class MicroBatchRunner:
             }
             return starts, ends, ranges
         raise BrokerUnavailable("the broker's logs kept changing while a batch was planned (5 attempts)")
+
+    def _adopted_proposal(self, starts: dict[PartitionKey, int], goal: dict[PartitionKey, int]
+                          ) -> Optional[list[OffsetRange]]:
+        """The ranges read ahead, if they are still a valid plan: each starts where its
+        partition resumes and ends within the goal. Then the batch uses what was read ahead; its
+        records' fingerprints are fetched and the stored ones verified below, as for any plan."""
+        proposal = self._ahead.proposal if self._ahead is not None else None
+        return proposal if proposal and is_valid_plan(proposal, starts, goal) else None
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -287,6 +309,8 @@ class MicroBatchRunner:
                         " again on the same offsets: its batch will be split" if outcome == "died_again" else "; retrying it")
         suspect = self.store.open_suspect(starts)
         if suspect is not None:
+            if self._ahead is not None:
+                self._ahead.discard()  # a batch is being split: it reads its own records
             ranges = _shrunk_ranges(suspect, ends)  # the fingerprints of their last records are fetched after reading
             if suspect.outcome != "died" and suspect.records == 1 and sum(r.size for r in ranges) == 1:
                 return self._land_poison(suspect, ranges[0], starts, ends)
@@ -295,12 +319,15 @@ class MicroBatchRunner:
             for listener in self.listeners:
                 listener.idle(Positions(starts, ends, self._looked_up_at))
             return None
+        read_ahead = self._take_read_ahead(ranges)
         plan = [{"topic": r.topic, "partition": r.partition, "from": r.start, "to": r.stop} for r in ranges]
         attempt_id = self.store.begin_attempt(plan)
         try:
-            # more unread records than these ranges read: the store may defer the replica publish
-            backlog_left = Positions(starts, ends).lag > sum(r.size for r in ranges)
-            landed = self._run_and_land(ranges, attempt_id, backlog_left=backlog_left)
+            # more unread records than these ranges read: the store may defer the replica publish,
+            # and the next batch's ingest may start while this one assembles and lands
+            behind = Positions(starts, ends).lag - sum(r.size for r in ranges)
+            landed = self._run_and_land(ranges, attempt_id, backlog_left=behind > 0, read_ahead=read_ahead,
+                                        starts=starts if self._worth_reading_ahead(behind) else None)
         except (BrokerUnavailable, BatchNotAccounted, StoreError) as exc:
             self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
             raise
@@ -371,29 +398,79 @@ class MicroBatchRunner:
         except Exception:  # the store itself may be what failed; the attempt then stays open
             log.debug("could not record the attempt's outcome", exc_info=True)
 
-    def _run_and_land(self, ranges: list[OffsetRange], attempt_id: int, backlog_left: bool = False) -> LandedBatch:
+    def _ingest_arguments(self, now_us: int) -> dict:
+        """run_ingest's arguments besides the ranges and the staging dir (the same whether the
+        stage runs here or is read ahead)."""
+        return {"settings": self.config.settings, "stream_of_topic": self.config.stream_of_topic,
+                "now_us": now_us, "beam_args": list(self.config.beam_args),
+                "limits": self.config.limits, "read_timeout_s": self.config.read_timeout_s,
+                "budget_bytes": self.config.max_batch_bytes}
+
+    def _worth_reading_ahead(self, behind: int) -> bool:
+        """Records wait behind this batch, and enough of them to pay for starting the worker
+        (once it runs, any backlog is worth it)."""
+        if self._ahead is None or behind <= 0:
+            return False
+        return self._ahead.warm or behind >= READ_AHEAD_MIN_BACKLOG
+
+    def _read_next_ahead(self, starts: dict[PartitionKey, int], reads: list[dict]) -> None:
+        """Starts the next batch's ingest in the second process: from where these reads stopped
+        toward the same goal. The next plan adopts it only if it is still valid then."""
+        assert self._ahead is not None
+        following = dict(starts) | {(r["topic"], r["partition"]): r["stop"] for r in reads}
+        ranges = plan_ranges(following, self._goal, self.config.max_batch_events)
+        if ranges:
+            try:
+                self._ahead.start(ranges, **self._ingest_arguments(int(time.time() * 1_000_000)))
+            except Exception as exc:  # never the batch's fault: its records must not be blamed
+                self._turn_ahead_off(exc)
+
+    def _take_read_ahead(self, ranges: list[OffsetRange]) -> Optional[ReadAhead]:
+        if self._ahead is None:
+            return None
+        try:
+            taken = self._ahead.take(ranges)
+        except Exception as exc:
+            self._turn_ahead_off(exc)
+            return None
+        self._read_ahead_taken += taken is not None
+        return taken
+
+    def _turn_ahead_off(self, exc: BaseException) -> None:
+        """The second process could not be used: this run ingests every batch itself."""
+        log.warning("reading the next batch ahead is off for this run (%s); batches ingest one after another",
+                    _first_line(exc))
+        ahead, self._ahead = self._ahead, None
+        try:
+            if ahead is not None:
+                ahead.close()
+        except Exception:
+            log.debug("closing the read-ahead worker failed", exc_info=True)
+
+    def _run_and_land(self, ranges: list[OffsetRange], attempt_id: int, backlog_left: bool = False,
+                      read_ahead: Optional[ReadAhead] = None,
+                      starts: Optional[dict[PartitionKey, int]] = None) -> LandedBatch:
         """Runs the two stages, checks their output and lands it; the staging dir is removed after.
-        ``backlog_left``: records wait behind these ranges (the store may defer the replica publish)."""
+        ``backlog_left``: records wait behind these ranges (the store may defer the replica publish).
+        ``starts``: where these ranges started, given when the next batch is to be read ahead.
+        ``read_ahead``: these ranges' ingest output, staged by the second process."""
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
         staging = self.config.batch_files_root / f"batch-{batch_id}"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
         try:
-            ingest = _broker_errors_named(run_ingest)(
-                ranges,
-                self.config.settings,
-                self.config.stream_of_topic,
-                int(started_at.timestamp() * 1_000_000),
-                staging,
-                self.config.beam_args,
-                self.config.limits,
-                self.config.read_timeout_s,
-                budget_bytes=self.config.max_batch_bytes,
-            )
+            if read_ahead is not None:
+                read_ahead.staging.rename(staging)  # the same files the stage would write here
+                ingest_s = read_ahead.seconds
+            else:
+                staging.mkdir(parents=True)
+                ingest_s = _broker_errors_named(run_ingest)(
+                    ranges=ranges, staging=staging, **self._ingest_arguments(int(started_at.timestamp() * 1_000_000))).seconds
             self._tell_staged(batch_id, staging, "ingest")
             reads = verified_reads(staging, ranges, batch_id)
             self._fingerprint_real_stops(reads)
+            if starts is not None and self._ahead is not None:
+                self._read_next_ahead(starts, reads)
             staged = collect_staged(staging)
             resolution = self.store.resolve_copies(staged, batch_id)
             assemble_s = 0.0
@@ -410,7 +487,7 @@ class MicroBatchRunner:
                 ranges=[{"topic": r["topic"], "partition": r["partition"], "from": r["start"], "to": r["stop"]}
                         for r in reads if r["stop"] > r["start"]],
                 reads=reads,
-                ingest_s=ingest.seconds,
+                ingest_s=ingest_s,
                 assemble_s=assemble_s,
                 attempt_id=attempt_id,
             )
@@ -614,5 +691,12 @@ class MicroBatchRunner:
             return
         stopper.sleep(max(0.0, deadline - time.monotonic()))  # the rest of the interval, if the wait could not run
 
+    @property
+    def batches_read_ahead(self) -> int:
+        """Batches of this run whose ingest the second process had done."""
+        return self._read_ahead_taken
+
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
         self._reset_reader()

@@ -73,3 +73,20 @@ def plan_ranges(
         for k, n in sorted(shares.items())
         if n > 0
     ]
+
+
+def is_valid_plan(
+    ranges: list[OffsetRange],
+    starts: Mapping[PartitionKey, int],
+    targets: Mapping[PartitionKey, int],
+) -> bool:
+    """Whether ``ranges`` (planned earlier, e.g. read ahead) may be the next batch now: each
+    starts exactly where its partition resumes (none skips or repeats an offset) and reads
+    something, but nothing past the target. A partition may be left out: it is read later."""
+    seen: set[PartitionKey] = set()
+    for r in ranges:
+        key = (r.topic, r.partition)
+        if key in seen or key not in starts or r.start != starts[key] or not (r.start < r.stop <= targets.get(key, -1)):
+            return False
+        seen.add(key)
+    return bool(ranges)

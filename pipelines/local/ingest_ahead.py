@@ -1,0 +1,200 @@
+"""The next batch's ingest, run in a second process while this batch assembles and lands.
+
+Why: while a backlog is read, a cycle is the ingest stage (Kafka decoding, parsing, validation)
+followed by assembly and the landing, each a core's worth of Python work; one after the other
+they leave the machine's second core idle. The next batch's offset ranges are known as soon as
+this batch's reads are (they start where those reads stopped), so its ingest can start at once.
+
+What is read ahead is only a proposal (docs/architecture.md, "Reading the next batch ahead"): the
+next plan adopts it only if it is still a valid plan, i.e. every range starts at the offset
+landed by then and ends within the confirmed end offsets; the staged files are then used exactly
+as if that batch had ingested them itself (same stage, same ranges, same checks of its read
+manifests). Anything else (the worker failed or died, a log changed, a batch failed and is being
+split) discards it, and the batch ingests as if nothing had been read ahead. Nothing is landed
+or committed here.
+
+The worker is `python -m pipelines.local.ingest_ahead`, not a multiprocessing child: spawning
+re-imports the parent's main script, which would run a script without a ``__main__`` guard (a
+benchmark, a notebook's runner) a second time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from pipelines.kafka.read import OffsetRange
+
+log = logging.getLogger("cxj.run")
+
+# CXJ_INGEST_AHEAD=0 switches reading ahead off, =1 on; unset, it is on where this process may
+# use two cores or more (on one core the two processes would only take turns). Results are the
+# same either way.
+ENV = "CXJ_INGEST_AHEAD"
+
+Outcome = tuple[str, Any]  # ("ok", stage seconds) | ("error", first line of the failure)
+
+
+def enabled() -> bool:
+    setting = os.environ.get(ENV, "").strip().lower()
+    if setting:
+        return setting not in {"0", "false", "off", "no"}
+    return len(os.sched_getaffinity(0)) >= 2
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """Staged ingest output for ``ranges``, and the stage's seconds in the worker."""
+
+    ranges: tuple[OffsetRange, ...]
+    staging: Path
+    seconds: float
+
+
+class IngestAhead:
+    """One worker process (started on first use) and at most one job in flight."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._process: Optional[subprocess.Popen[bytes]] = None
+        self._ranges: Optional[tuple[OffsetRange, ...]] = None
+        self._staging: Optional[Path] = None
+        self._jobs = 0
+
+    @property
+    def proposal(self) -> Optional[list[OffsetRange]]:
+        """The ranges being read ahead, if any: what the next plan may adopt."""
+        return list(self._ranges) if self._ranges is not None else None
+
+    @property
+    def warm(self) -> bool:
+        """Whether the worker is running: reading ahead then costs no start-up."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, ranges: list[OffsetRange], **stage: Any) -> None:
+        """Starts ingesting ``ranges`` (run_ingest's other arguments in ``stage``)."""
+        self.discard()
+        if self._process is None or self._process.poll() is not None:
+            self._spawn()
+        assert self._process is not None and self._process.stdin is not None
+        self._jobs += 1
+        staging = self.root / f"ahead-{os.getpid()}-{self._jobs}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            pickle.dump({"ranges": list(ranges), "staging": staging, **stage}, self._process.stdin)
+            self._process.stdin.flush()
+        except OSError:  # the worker is gone: this batch is simply not read ahead
+            shutil.rmtree(staging, ignore_errors=True)
+            self._stop_worker()
+            return
+        self._ranges, self._staging = tuple(ranges), staging
+
+    def take(self, ranges: list[OffsetRange]) -> Optional[ReadAhead]:
+        """The staged output if exactly ``ranges`` were read ahead and the stage succeeded
+        (waits for it to finish); else None, and whatever was read ahead is discarded."""
+        if self._ranges is None or tuple(ranges) != self._ranges:
+            self.discard()
+            return None
+        staging, read = self._staging, self._ranges
+        assert staging is not None
+        waited = time.perf_counter()
+        outcome = self._wait()
+        self._ranges, self._staging = None, None
+        log.debug("read ahead: waited %.2fs for the ingest of %d records (%s)", time.perf_counter() - waited,
+                  sum(r.size for r in read), outcome[0] if outcome else "the worker died")
+        if outcome is None or outcome[0] != "ok":
+            log.debug("reading ahead failed (%s); the batch ingests itself", outcome[1] if outcome else "the worker died")
+            shutil.rmtree(staging, ignore_errors=True)
+            if outcome is None:
+                self._stop_worker()
+            return None
+        return ReadAhead(read, staging, float(outcome[1]))
+
+    def discard(self) -> None:
+        """Drops a job in flight: the worker is stopped (a Beam run cannot be cancelled) and
+        started again on next use."""
+        if self._ranges is None:
+            return
+        self._stop_worker()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        self._ranges, self._staging = None, None
+
+    def close(self) -> None:
+        self.discard()
+        self._stop_worker(grace_s=5.0)
+
+    # ------------------------------------------------------------ the worker
+
+    def _spawn(self) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # what this process imports
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.local.ingest_ahead"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=env)
+
+    def _wait(self) -> Optional[Outcome]:
+        process = self._process
+        assert process is not None and process.stdout is not None
+        while True:
+            ready, _, _ = select.select([process.stdout], [], [], 0.5)
+            if ready:
+                try:
+                    return pickle.load(process.stdout)  # type: ignore[no-any-return]
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    return None  # the worker died mid-job
+            if process.poll() is not None:
+                return None
+
+    def _stop_worker(self, grace_s: float = 0.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            try:
+                process.stdin.close()  # end of jobs: the worker exits after its current one
+            except OSError:
+                pass
+        try:
+            process.wait(grace_s if grace_s else 0.01)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _serve(jobs: IO[bytes], results: IO[bytes]) -> None:
+    """The worker: one ingest stage per job, until its parent closes the pipe (or dies)."""
+    from pipelines.local.batch_stages import run_ingest
+
+    while True:
+        try:
+            job = pickle.load(jobs)
+        except (EOFError, OSError):
+            return
+        try:
+            outcome: Outcome = ("ok", run_ingest(**job).seconds)
+        except BaseException as exc:  # noqa: BLE001 - reported; the parent ingests that batch itself
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")
+            outcome = ("error", f"{type(exc).__name__}: {first}"[:300])
+        pickle.dump(outcome, results)
+        results.flush()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it finishes its batch, then stops us
+    logging.getLogger().setLevel(logging.ERROR)  # failures go back to the parent, which falls back
+    # results go over the original stdout; anything a library prints goes to stderr instead
+    results = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    _serve(sys.stdin.buffer, results)

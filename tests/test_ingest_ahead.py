@@ -1,0 +1,224 @@
+"""Reading the next batch ahead in a second process lands exactly what one batch after another lands.
+
+While a backlog is read, `run` starts the next batch's ingest in a worker process as soon as the
+current batch's reads are known; the next plan uses those staged files only if they are still a
+valid plan (pipelines/local/ingest_ahead.py). Real broker, real DuckDB files, the real worker
+process; messy input (re-deliveries, conflicting copies, garbage, late events) in small batches,
+so that journeys change across batches. Each run is compared table by table, batch ids and
+offsets included, with a run that reads one batch after another.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+import pipelines.local.microbatch as microbatch
+from pipelines.config.run_config import RunConfig
+from pipelines.kafka.simulator import generate_customer_events, to_messages
+from pipelines.local.microbatch import MicroBatchRunner, RunListener
+from pipelines.storage.store import Store
+from tests.support import new_topics, send, table
+from tests.test_batch_accounting import TABLES, conflicting, snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 60
+WORKER = "pipelines.local.ingest_ahead"
+
+
+@pytest.fixture(scope="module")
+def backlog(broker):
+    """Topics holding a messy backlog of several hundred messages, and how many were sent."""
+    events = generate_customer_events(30, 11, datetime(2026, 8, 1, tzinfo=timezone.utc))
+    messages = to_messages(events, 11, out_of_order=0.05, duplicates=0.1, malformed=0.05)
+    messages += conflicting(messages, random.Random(11), 6)
+    topics = new_topics(broker)
+    send(broker, topics, messages)
+    return topics, len(messages)
+
+
+@pytest.fixture(autouse=True)
+def _every_backlog_is_read_ahead(monkeypatch):
+    monkeypatch.setenv("CXJ_REPLICA", "off")  # the read replica is not under test here
+    monkeypatch.setattr(microbatch, "READ_AHEAD_MIN_BACKLOG", 0)
+
+
+def _workers() -> list[int]:
+    """Pids of this process's read-ahead workers that are still running."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if WORKER in cmdline and fields.get("PPid", "").strip() == str(os.getpid()) and fields.get("State", "")[:1] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _run(db: Path, broker, topics: dict[str, str], ahead: bool, monkeypatch,  # type: ignore[no-untyped-def]
+         listener: RunListener | None = None) -> tuple[int, int, int]:
+    """(records consumed, batches, batches read ahead) of one `run --once`."""
+    monkeypatch.setenv("CXJ_INGEST_AHEAD", "1" if ahead else "0")
+    with Store(db) as store:
+        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics, max_batch_events=BATCH), store)
+        if listener is not None:
+            runner.listeners.append(listener)
+        try:
+            batches = runner.run_once()
+        finally:
+            runner.close()
+        assert not _workers(), "the worker outlived the run"
+        return sum(b.consumed for b in batches), len(batches), runner.batches_read_ahead
+
+
+@pytest.fixture(scope="module")
+def one_after_another(backlog, broker, tmp_path_factory):
+    """The reference: the same backlog landed without reading ahead."""
+    topics, sent = backlog
+    db = tmp_path_factory.mktemp("sequential") / "sequential.duckdb"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CXJ_REPLICA", "off")
+        consumed, batches, ahead = _run(db, broker, topics, False, patch)
+    assert (consumed, ahead) == (sent, 0) and batches >= 5, (consumed, batches)
+    return snapshot(db)
+
+
+def test_every_batch_after_the_first_is_read_ahead_and_lands_the_same(backlog, broker, tmp_path, monkeypatch,
+                                                                        one_after_another):
+    topics, sent = backlog
+    db = tmp_path / "ahead.duckdb"
+    consumed, batches, ahead = _run(db, broker, topics, True, monkeypatch)
+    assert consumed == sent
+    assert ahead == batches - 1, "the last batch has nothing behind it; every other one reads the next ahead"
+    assert snapshot(db) == one_after_another
+
+
+class KillTheWorker(RunListener):
+    """Kills the worker (SIGKILL) in every other batch, once the batch's own ingest is done:
+    the worker has just been given the next batch to read ahead."""
+
+    def __init__(self) -> None:
+        self.killed = 0
+        self.batches = 0
+
+    def staged(self, batch_id: int, staging: Path, stage: str) -> None:
+        if stage == "assemble":
+            self.batches += 1
+            if self.batches % 2:
+                for pid in _workers():
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed += 1
+
+
+def test_a_worker_killed_while_it_reads_ahead_costs_time_not_records(backlog, broker, tmp_path, monkeypatch,
+                                                                      one_after_another):
+    topics, sent = backlog
+    db = tmp_path / "killed.duckdb"
+    killer = KillTheWorker()
+    consumed, batches, ahead = _run(db, broker, topics, True, monkeypatch, killer)
+    assert killer.killed >= 2, "the sabotage would prove nothing"
+    assert consumed == sent and 0 < ahead < batches - 1
+    assert snapshot(db) == one_after_another
+
+
+def test_a_backlog_read_ahead_after_a_restart_resumes_where_the_landed_offsets_say(backlog, broker, tmp_path,
+                                                                                   monkeypatch, one_after_another):
+    """A run stopped half way (its worker had read the next batch ahead, never landed): the
+    next run starts from the landed offsets and lands the rest exactly once."""
+    topics, sent = backlog
+    db = tmp_path / "restarted.duckdb"
+
+    class StopHalfWay(RunListener):
+        def batch_landed(self, batch, positions) -> None:  # type: ignore[no-untyped-def]
+            if batch.batch_id == 3:
+                raise KeyboardInterrupt  # as Ctrl-C would, between batches
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(db, broker, topics, True, monkeypatch, StopHalfWay())
+    assert table(db, "SELECT max(batch_id) FROM pipeline_batches") == [(3,)]
+    consumed, _, ahead = _run(db, broker, topics, True, monkeypatch)
+    assert ahead >= 1
+    assert consumed + table(db, "SELECT sum(consumed) FROM pipeline_batches WHERE batch_id <= 3")[0][0] == sent
+    assert snapshot(db) == one_after_another
+
+
+SCRIPT = """
+import json, sys
+from pathlib import Path
+import pipelines.local.microbatch as microbatch
+from pipelines.config.run_config import RunConfig
+from pipelines.kafka.settings import KafkaSettings
+from pipelines.local.microbatch import MicroBatchRunner
+from pipelines.storage.store import Store
+
+# no `if __name__ == "__main__":` guard: the worker must not run this script a second time
+microbatch.READ_AHEAD_MIN_BACKLOG = 0
+db, servers, topics = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+with Store(db) as store:
+    runner = MicroBatchRunner(RunConfig(db=db, settings=KafkaSettings(bootstrap_servers=servers), topics=topics,
+                                        max_batch_events=%d), store)
+    batches = runner.run_once()
+    runner.close()
+print(json.dumps({"consumed": sum(b.consumed for b in batches), "ahead": runner.batches_read_ahead}))
+""" % BATCH
+
+
+def test_a_script_without_a_main_guard_runs_once(backlog, broker, tmp_path, one_after_another):
+    topics, sent = backlog
+    script = tmp_path / "embedded.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    db = tmp_path / "script.duckdb"
+    done = subprocess.run([sys.executable, str(script), str(db), broker.bootstrap_servers, json.dumps(topics)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "CXJ_REPLICA": "off"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["consumed"] == sent and result["ahead"] >= 1, result
+    assert snapshot(db) == one_after_another
+
+
+def test_the_reference_is_not_trivial(one_after_another):
+    """The comparison above would prove little on an empty or dead-letter-only backlog."""
+    assert len(one_after_another["events"]) > 200 and len(one_after_another["journeys"]) > 20
+    assert one_after_another["dead_letters"] and one_after_another["event_conflicts"]
+    assert set(TABLES) <= set(one_after_another)
+
+
+def test_a_batch_that_fails_after_the_next_was_read_ahead_skips_nothing(broker, tmp_path, monkeypatch):
+    """A record whose Kafka timestamp (2**62 ms) no date type holds fails its batch after the
+    next batch was read ahead from beyond it. The failed batch is split until that record is
+    dead-lettered alone; what was read ahead starts past offsets that never landed, so it must
+    not be used: every other record lands exactly once, as when reading one batch after another."""
+    from tests.test_memory_budget import send_compressed, valid_messages
+
+    topics = new_topics(broker, partitions=1)
+    messages = valid_messages(16, 13)
+    middle = len(messages) // 2
+    send_compressed(broker, topics, messages[:middle])
+    poison = {"event_id": "poison", "event_type": "ticket.created", "occurred_at": "2026-08-01T10:00:00Z",
+              "customer_id": "c-poison", "schema_version": 1, "ticket_id": "TP", "channel": "email"}
+    [(_, poison_offset)] = send_compressed(broker, topics, [("tickets", b"c-poison", json.dumps(poison).encode())],
+                                           timestamp_ms=2**62)
+    send_compressed(broker, topics, messages[middle:])
+    sent = len(messages) + 1
+    assert poison_offset > BATCH, "the poison must sit in a batch after the first, once one was read ahead"
+    results = {}
+    for ahead in (False, True):
+        db = tmp_path / f"ahead-{ahead}.duckdb"
+        consumed, _, read_ahead = _run(db, broker, topics, ahead, monkeypatch)
+        assert consumed == sent and (read_ahead > 0) == ahead
+        assert table(db, 'SELECT "offset", reason FROM dead_letters') == [(poison_offset, "poison")]
+        assert table(db, "SELECT count(*), count(DISTINCT event_id) FROM events") == [(len(messages), len(messages))]
+        results[ahead] = snapshot(db)
+    assert results[True] == results[False]
