@@ -436,6 +436,19 @@ class MicroBatchRunner:
         self._read_ahead_taken += taken is not None
         return taken
 
+    @staticmethod
+    def _adopt(read_ahead: ReadAhead, staging: Path) -> bool:
+        """Moves what was read ahead to the batch's staging dir: the same files the stage would
+        have written there. If that fails, the batch ingests itself (never the records' fault)."""
+        try:
+            read_ahead.staging.rename(staging)
+            return True
+        except OSError as exc:
+            log.debug("could not use what was read ahead (%s); the batch ingests itself", exc)
+            shutil.rmtree(read_ahead.staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+
     def _turn_ahead_off(self, exc: BaseException) -> None:
         """The second process could not be used: this run ingests every batch itself."""
         log.warning("reading the next batch ahead is off for this run (%s); batches ingest one after another",
@@ -459,8 +472,7 @@ class MicroBatchRunner:
         staging = self.config.batch_files_root / f"batch-{batch_id}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            if read_ahead is not None:
-                read_ahead.staging.rename(staging)  # the same files the stage would write here
+            if read_ahead is not None and self._adopt(read_ahead, staging):
                 ingest_s = read_ahead.seconds
             else:
                 staging.mkdir(parents=True)
