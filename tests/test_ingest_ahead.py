@@ -176,7 +176,7 @@ print(json.dumps({"consumed": sum(b.consumed for b in batches), "ahead": runner.
 
 def test_a_script_without_a_main_guard_runs_once(backlog, broker, tmp_path, one_after_another):
     topics, sent = backlog
-    script = tmp_path / "embedded.py"
+    script = tmp_path / "embedded_run"  # a script like any other (python runs it whatever its suffix)
     script.write_text(textwrap.dedent(SCRIPT))
     db = tmp_path / "script.duckdb"
     done = subprocess.run([sys.executable, str(script), str(db), broker.bootstrap_servers, json.dumps(topics)],
