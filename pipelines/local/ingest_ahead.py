@@ -53,9 +53,8 @@ def enabled() -> bool:
 
 @dataclass(frozen=True)
 class ReadAhead:
-    """Staged ingest output for ``ranges``, and the stage's seconds in the worker."""
+    """Staged ingest output of the ranges taken, and the stage's seconds in the worker."""
 
-    ranges: tuple[OffsetRange, ...]
     staging: Path
     seconds: float
 
@@ -111,14 +110,14 @@ class IngestAhead:
         outcome = self._wait()
         self._ranges, self._staging = None, None
         log.debug("read ahead: waited %.2fs for the ingest of %d records (%s)", time.perf_counter() - waited,
-                  sum(r.size for r in read), outcome[0] if outcome else "the worker died")
+                  sum(r.size for r in read), "ok" if outcome and outcome[0] == "ok"
+                  else f"failed: {outcome[1] if outcome else 'the worker died'}; the batch ingests itself")
         if outcome is None or outcome[0] != "ok":
-            log.debug("reading ahead failed (%s); the batch ingests itself", outcome[1] if outcome else "the worker died")
             shutil.rmtree(staging, ignore_errors=True)
             if outcome is None:
                 self._stop_worker()
             return None
-        return ReadAhead(read, staging, float(outcome[1]))
+        return ReadAhead(staging, float(outcome[1]))
 
     def discard(self) -> None:
         """Drops a job in flight: the worker is stopped (a Beam run cannot be cancelled) and

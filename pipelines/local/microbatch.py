@@ -327,7 +327,7 @@ class MicroBatchRunner:
             # and the next batch's ingest may start while this one assembles and lands
             behind = Positions(starts, ends).lag - sum(r.size for r in ranges)
             landed = self._run_and_land(ranges, attempt_id, backlog_left=behind > 0, read_ahead=read_ahead,
-                                        starts=starts if self._worth_reading_ahead(behind) else None)
+                                        read_next_from=starts if self._worth_reading_ahead(behind) else None)
         except (BrokerUnavailable, BatchNotAccounted, StoreError) as exc:
             self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
             raise
@@ -462,10 +462,10 @@ class MicroBatchRunner:
 
     def _run_and_land(self, ranges: list[OffsetRange], attempt_id: int, backlog_left: bool = False,
                       read_ahead: Optional[ReadAhead] = None,
-                      starts: Optional[dict[PartitionKey, int]] = None) -> LandedBatch:
+                      read_next_from: Optional[dict[PartitionKey, int]] = None) -> LandedBatch:
         """Runs the two stages, checks their output and lands it; the staging dir is removed after.
         ``backlog_left``: records wait behind these ranges (the store may defer the replica publish).
-        ``starts``: where these ranges started, given when the next batch is to be read ahead.
+        ``read_next_from``: where these ranges started, given when the next batch is to be read ahead.
         ``read_ahead``: these ranges' ingest output, staged by the second process."""
         started_at = datetime.now(timezone.utc)
         batch_id = self.store.next_batch_id()
@@ -481,8 +481,8 @@ class MicroBatchRunner:
             self._tell_staged(batch_id, staging, "ingest")
             reads = verified_reads(staging, ranges, batch_id)
             self._fingerprint_real_stops(reads)
-            if starts is not None and self._ahead is not None:
-                self._read_next_ahead(starts, reads)
+            if read_next_from is not None and self._ahead is not None:
+                self._read_next_ahead(read_next_from, reads)
             staged = collect_staged(staging)
             resolution = self.store.resolve_copies(staged, batch_id)
             assemble_s = 0.0
