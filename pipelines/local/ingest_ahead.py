@@ -175,6 +175,7 @@ class IngestAhead:
 def _serve(jobs: IO[bytes], results: IO[bytes]) -> None:
     """The worker: one ingest stage per job, until its parent closes the pipe (or dies)."""
     from pipelines.local.batch_stages import run_ingest
+    from pipelines.ops.failures import error_line
 
     while True:
         try:
@@ -184,8 +185,7 @@ def _serve(jobs: IO[bytes], results: IO[bytes]) -> None:
         try:
             outcome: Outcome = ("ok", run_ingest(**job).seconds)
         except BaseException as exc:  # noqa: BLE001 - reported; the parent ingests that batch itself
-            first = next((line for line in str(exc).splitlines() if line.strip()), "")
-            outcome = ("error", f"{type(exc).__name__}: {first}"[:300])
+            outcome = ("error", error_line(exc, 300))
         pickle.dump(outcome, results)
         results.flush()
 

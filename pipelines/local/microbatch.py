@@ -89,11 +89,6 @@ class StagesBroken(RuntimeError):
     """The stages fail whatever the records: halving the batch would blame innocent records."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = next((line for line in str(exc).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {text}"[:500]
-
-
 ENVIRONMENT_ERRORS = ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded")
 
 
@@ -335,7 +330,7 @@ class MicroBatchRunner:
             if _is_environment_error(exc) or failures.describe(exc, self.config.db, self.config.batch_files_root):
                 self._finish_quietly(attempt_id, "error", exc)  # a full disk, a vanished directory: no record's fault
                 raise
-            error = _first_line(exc)
+            error = failures.error_line(exc)
             size = sum(r.size for r in ranges)
             # before blaming records (a first failure, or the one record about to be dead-lettered)
             if (suspect is None or size == 1) and not self._stages_work_without_records():
@@ -381,7 +376,7 @@ class MicroBatchRunner:
             try:
                 found = self._reader().records_at(wanted, self._last_ends)
             except Exception as exc:  # a broker failure here is like one while reading
-                raise BrokerUnavailable(f"reading from Kafka failed: {_first_line(exc)}") from None
+                raise BrokerUnavailable(f"reading from Kafka failed: {failures.error_line(exc)}") from None
             for (topic, partition), fp in found.items():
                 if fp is not None:
                     self.store.pending_fingerprints[(topic, partition, wanted[(topic, partition)] + 1)] = fp
@@ -394,7 +389,7 @@ class MicroBatchRunner:
 
     def _finish_quietly(self, attempt_id: int, outcome: str, exc: BaseException) -> None:
         try:
-            self.store.finish_attempt(attempt_id, outcome, _first_line(exc))
+            self.store.finish_attempt(attempt_id, outcome, failures.error_line(exc))
         except Exception:  # the store itself may be what failed; the attempt then stays open
             log.debug("could not record the attempt's outcome", exc_info=True)
 
@@ -452,7 +447,7 @@ class MicroBatchRunner:
     def _turn_ahead_off(self, exc: BaseException) -> None:
         """The second process could not be used: this run ingests every batch itself."""
         log.warning("reading the next batch ahead is off for this run (%s); batches ingest one after another",
-                    _first_line(exc))
+                    failures.error_line(exc))
         ahead, self._ahead = self._ahead, None
         try:
             if ahead is not None:
@@ -558,7 +553,7 @@ class MicroBatchRunner:
         except Exception as exc:
             if _is_broker_error(exc):
                 self._finish_quietly(attempt_id, "broker", exc)
-                raise BrokerUnavailable(f"reading from Kafka failed: {_first_line(exc)}") from None
+                raise BrokerUnavailable(f"reading from Kafka failed: {failures.error_line(exc)}") from None
             self._finish_quietly(attempt_id, "error", exc)
             raise
         finally:

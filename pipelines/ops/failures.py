@@ -50,6 +50,14 @@ def first_line(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
+def error_line(exc: BaseException, limit: int = 500) -> str:
+    """``<type>: <first non-empty line>``, cut at ``limit``: how a failed attempt's error is
+    recorded (batch_attempts.error) and logged, the same whether the stage failed in this
+    process or in the read-ahead worker, which sends only this line back."""
+    text = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text}"[:limit]
+
+
 def _storage_cause(exc: BaseException) -> Optional[tuple[str, Optional[str], BaseException]]:
     """(the C library's words, the path if known, the exception) for a storage errno in the chain."""
     for link in chain(exc):
