@@ -67,11 +67,12 @@ def _workers() -> list[int]:
 
 
 def _run(db: Path, broker, topics: dict[str, str], ahead: bool, monkeypatch,  # type: ignore[no-untyped-def]
-         listener: RunListener | None = None) -> tuple[int, int, int]:
+         listener: RunListener | None = None, **config) -> tuple[int, int, int]:
     """(records consumed, batches, batches read ahead) of one `run --once`."""
     monkeypatch.setenv("CXJ_INGEST_AHEAD", "1" if ahead else "0")
     with Store(db) as store:
-        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics, max_batch_events=BATCH), store)
+        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics, max_batch_events=BATCH, **config),
+                                  store)
         if listener is not None:
             runner.listeners.append(listener)
         try:
@@ -102,6 +103,27 @@ def test_every_batch_after_the_first_is_read_ahead_and_lands_the_same(backlog, b
     assert consumed == sent
     assert ahead == batches - 1, "the last batch has nothing behind it; every other one reads the next ahead"
     assert snapshot(db) == one_after_another
+
+
+def test_reads_cut_short_by_the_byte_budget_are_read_ahead_from_where_they_stopped(backlog, broker, tmp_path,
+                                                                                    monkeypatch):
+    """A byte budget stops each batch's reads before its planned stops: the next batch is read
+    ahead from where the reads really stopped (not where they were planned to), is adopted,
+    and the run lands what one batch after another lands with the same budget."""
+    topics, sent = backlog
+    budget = 6_000  # bytes of message values per batch: far less than BATCH records hold
+    reference = tmp_path / "budget-sequential.duckdb"
+    consumed, batches, ahead = _run(reference, broker, topics, False, monkeypatch, max_batch_bytes=budget)
+    assert (consumed, ahead) == (sent, 0)
+    assert batches > -(-sent // BATCH), "the budget did not cut any batch short of its planned records"
+    db = tmp_path / "budget-ahead.duckdb"
+    consumed, batches_ahead, ahead = _run(db, broker, topics, True, monkeypatch, max_batch_bytes=budget)
+    # the batches planned to reach the end that the budget cut short have nothing read ahead
+    # behind them (the plan saw no backlog); every other one is followed by a read-ahead
+    assert consumed == sent and batches_ahead == batches and batches // 2 <= ahead < batches
+    planned_more = table(db, "SELECT count(*) FROM batch_attempts")  # one attempt per batch: nothing failed
+    assert planned_more == [(batches,)]
+    assert snapshot(db) == snapshot(reference)
 
 
 class KillTheWorker(RunListener):
