@@ -1014,16 +1014,17 @@ def fetch_utc(con: duckdb.DuckDBPyConnection, query: str, params: Iterable[Any] 
     Why not a plain fetchall: DuckDB turns each TIMESTAMPTZ value into a datetime by localizing
     it through pytz, ~4 µs a value, and the journey snapshots a landing compares read several
     such columns per journey (measured: 1.44 s for 300k values, 0.26 s read as plain
-    timestamps). So those columns are read as UTC wall times (the store's session runs in UTC)
-    and given ``timezone.utc`` here. The values are the same instants: equal to DuckDB's, with
-    the same isoformat (``+00:00``), which is what the revisions compare and record."""
+    timestamps). So those columns are read as UTC wall times (``timezone('UTC', ...)``, whatever
+    the session's time zone) and given ``timezone.utc`` here. The values are the same instants:
+    equal to DuckDB's, and in the store's UTC session with the same isoformat (``+00:00``),
+    which is what the revisions compare and record."""
     params = list(params)
     probe = con.execute(f"SELECT * FROM ({query}) LIMIT 0", params).description
     names = [d[0] for d in probe]
     zoned = [i for i, d in enumerate(probe) if str(d[1]) == _TIMESTAMPTZ]
     if not zoned:
         return names, con.execute(query, params).fetchall()
-    columns = ", ".join(f'"{i}"::TIMESTAMP' if i in zoned else f'"{i}"' for i in range(len(names)))
+    columns = ", ".join(f"timezone('UTC', \"{i}\")" if i in zoned else f'"{i}"' for i in range(len(names)))
     renamed = ", ".join(f'"{i}"' for i in range(len(names)))
     values = con.execute(f"SELECT {columns} FROM ({query}) AS q({renamed})", params).fetchall()
     utc = timezone.utc

@@ -101,3 +101,12 @@ def test_fetch_utc_passes_parameters_and_leaves_queries_without_timestamps_alone
     assert fetch_utc(con, "SELECT ? AS n, 'x' AS s", [7]) == (["n", "s"], [(7, "x")])
     names, got = fetch_utc(con, "SELECT make_timestamptz(?) AS t", [1_700_000_000_000_001])
     assert names == ["t"] and got[0][0].isoformat() == "2023-11-14T22:13:20.000001+00:00"
+
+
+def test_fetch_utc_gives_utc_instants_in_a_session_of_another_time_zone():
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'America/New_York'")
+    query = "SELECT make_timestamptz(?) AS t"
+    own = con.execute(query, [1_700_000_000_000_001]).fetchone()[0]
+    got = fetch_utc(con, query, [1_700_000_000_000_001])[1][0][0]
+    assert got == own and got.isoformat() == "2023-11-14T22:13:20.000001+00:00" != own.isoformat()
