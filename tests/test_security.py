@@ -149,6 +149,11 @@ REVIEWED = {
         "source": "read_parquet([...]) of staged paths, each quoted with sql_literal in the same function",
     },
     "storage/store.py:_temp_from_arrow": {"name": "temp table names are string literals at every call site"},
+    "storage/store.py:fetch_utc": {
+        "query": "the store's own SQL text: rows() from _journey_snapshot, and a literal query in _land_service_metrics",
+        "columns": "positional column names \"<int>\", with or without timezone('UTC', ...), built in fetch_utc",
+        "renamed": "positional column names \"<int>\" built in fetch_utc",
+    },
     "storage/store.py:_journey_snapshot": {"customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()"},
     "storage/store.py:_land_service_metrics": {"customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()"},
     "storage/store.py:_land_losing_copies": {"changed": "literal SQL text assigned in the same function"},
