@@ -266,6 +266,8 @@ def _end_offsets(settings: KafkaSettings, topics: dict[str, str]) -> int:
         reader.close()
 
 
+# ---------------------------------------------------------------------------------- growth
+
 def whale_events(customer: str, events: int, end: datetime) -> list[dict[str, Any]]:
     """One customer with ``events`` events: tickets of 500 messages each, 40 days apart, ending
     at ``end`` (journeys that ended long ago, as a long-lived account accumulates)."""

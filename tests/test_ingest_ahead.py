@@ -121,8 +121,8 @@ def test_reads_cut_short_by_the_byte_budget_are_read_ahead_from_where_they_stopp
     # the batches planned to reach the end that the budget cut short have nothing read ahead
     # behind them (the plan saw no backlog); every other one is followed by a read-ahead
     assert consumed == sent and batches_ahead == batches and batches // 2 <= ahead < batches
-    planned_more = table(db, "SELECT count(*) FROM batch_attempts")  # one attempt per batch: nothing failed
-    assert planned_more == [(batches,)]
+    attempts = table(db, "SELECT count(*) FROM batch_attempts")  # one attempt per batch: nothing failed
+    assert attempts == [(batches,)]
     assert snapshot(db) == snapshot(reference)
 
 
