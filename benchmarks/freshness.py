@@ -7,8 +7,9 @@ DuckDB file and `cxj simulate --rate R` for the given duration (the same measure
 for 30 s). Reports, per rate: p50/p95/p99/max of landed_at minus the Kafka record timestamp
 over every landed event; how long after its landing each batch first became visible in the read
 replica (p50/p99/max); the number and median duration of batches; how long after the load
-ended the pipeline had landed everything; the CPU seconds of the `run --follow` process; and
-the load average (the machine's other work distorts every wall-clock figure).
+ended the pipeline had landed everything; the CPU seconds of the `run --follow` process and of
+this benchmark itself (its replica watcher shares the cores with what it measures); and the
+load average (the machine's other work distorts every wall-clock figure).
 
   .venv/bin/python benchmarks/freshness.py [--rate 2000] [--rate 5000] [--seconds 60]
 """
