@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import pytest
 import pipelines.local.microbatch as microbatch
 from pipelines.config.run_config import RunConfig
 from pipelines.kafka.simulator import generate_customer_events, to_messages
+from pipelines.local.ingest_ahead import IngestAhead
 from pipelines.local.microbatch import MicroBatchRunner, RunListener
 from pipelines.storage.store import Store
 from tests.support import new_topics, send, table
@@ -67,8 +69,9 @@ def _workers() -> list[int]:
 
 
 def _run(db: Path, broker, topics: dict[str, str], ahead: bool, monkeypatch,  # type: ignore[no-untyped-def]
-         listener: RunListener | None = None, **config) -> tuple[int, int, int]:
-    """(records consumed, batches, batches read ahead) of one `run --once`."""
+         listener: RunListener | None = None, shared: list[int] | None = None, **config) -> tuple[int, int, int]:
+    """(records consumed, batches, batches read ahead) of one `run --once`; the number of
+    batches whose assembly the worker shared is appended to ``shared``."""
     monkeypatch.setenv("CXJ_INGEST_AHEAD", "1" if ahead else "0")
     with Store(db) as store:
         runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics, max_batch_events=BATCH, **config),
@@ -80,6 +83,8 @@ def _run(db: Path, broker, topics: dict[str, str], ahead: bool, monkeypatch,  # 
         finally:
             runner.close()
         assert not _workers(), "the worker outlived the run"
+        if shared is not None:
+            shared.append(runner.batches_assembled_on_both_cores)
         return sum(b.consumed for b in batches), len(batches), runner.batches_read_ahead
 
 
@@ -215,6 +220,56 @@ def test_the_reference_is_not_trivial(one_after_another):
     assert len(one_after_another["events"]) > 200 and len(one_after_another["journeys"]) > 20
     assert one_after_another["dead_letters"] and one_after_another["event_conflicts"]
     assert set(TABLES) <= set(one_after_another)
+
+
+def test_batches_assembled_on_both_cores_land_the_same(backlog, broker, tmp_path, monkeypatch, one_after_another):
+    """Once the worker runs, it assembles part of each batch's history partitions while this
+    process assembles the rest, into the same staging directory."""
+    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_RECORDS", 0)
+    topics, sent = backlog
+    db = tmp_path / "shared.duckdb"
+    shared: list[int] = []
+    consumed, batches, ahead = _run(db, broker, topics, True, monkeypatch, shared=shared)
+    assert consumed == sent and ahead == batches - 1
+    # the first batch's share is decided before the worker starts; after that, every batch
+    # whose history has two partitions or more is shared
+    assert batches - 1 >= shared[0] >= (batches - 1) // 2, (shared, batches)
+    assert snapshot(db) == one_after_another
+
+
+@pytest.mark.parametrize("fault", ["killed", "failed"])
+def test_a_share_the_worker_does_not_finish_is_assembled_here(backlog, broker, tmp_path, monkeypatch,
+                                                               one_after_another, fault):
+    """The worker is SIGKILLed at different moments of its share (before it starts, while it
+    assembles or writes its files), or its share fails; this process then assembles those
+    partitions itself, over whatever the worker left, and lands what one batch after another
+    lands."""
+    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_RECORDS", 0)
+    real_share = IngestAhead.assemble_share
+    delays = iter([0.0, 0.05, 0.15, 0.3, 0.6] * 10)
+    sabotaged = []
+
+    def sabotaged_share(self, history_files, **stage):  # type: ignore[no-untyped-def]
+        if fault == "failed":
+            stage = {**stage, "beam_args": ["--runner=NoSuchRunner"]}  # the worker's stage raises
+        sent = real_share(self, history_files, **stage)
+        if sent:
+            sabotaged.append(history_files)
+            if fault == "killed":
+                threading.Timer(next(delays), os.kill, (self._process.pid, signal.SIGKILL)).start()
+        return sent
+
+    monkeypatch.setattr(IngestAhead, "assemble_share", sabotaged_share)
+    topics, sent = backlog
+    db = tmp_path / f"{fault}.duckdb"
+    shared: list[int] = []
+    consumed, batches, _ = _run(db, broker, topics, True, monkeypatch, shared=shared)
+    assert len(sabotaged) >= 3, "the sabotage would prove nothing"
+    assert consumed == sent
+    # every failed share, and at least the one killed at once, was assembled here instead
+    assert shared[0] == 0 if fault == "failed" else shared[0] < len(sabotaged)
+    assert table(db, "SELECT count(*) FROM batch_attempts")[0][0] == batches, "a share's fault failed a batch"
+    assert snapshot(db) == one_after_another
 
 
 def test_a_batch_that_fails_after_the_next_was_read_ahead_skips_nothing(broker, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The next batch's ingest, run in a second process while this batch assembles and lands.
+"""The second process: the next batch's ingest while this batch assembles and lands, and a
+share of this batch's assembly.
 
 Why: while a backlog is read, a cycle is the ingest stage (Kafka decoding, parsing, validation)
 followed by assembly and the landing, each a core's worth of Python work; one after the other
@@ -13,6 +14,13 @@ manifests). Anything else (the worker failed or died, a log changed, a batch fai
 split) discards it, and the batch ingests as if nothing had been read ahead. Nothing is landed
 or committed here.
 
+A share of the assembly (docs/architecture.md, "Assembling on both cores"): the history the
+store exports is partitioned by customer, and each partition is assembled on its own. While a
+large batch assembles, the worker takes some partitions and this process the others; the worker
+writes its partitions' files into the batch's own staging directory, under the same names the
+stage would give them here. If the worker fails or dies, this process assembles those partitions
+itself, overwriting whatever the worker left of them; so the files landed are the same either way.
+
 The worker is `python -m pipelines.local.ingest_ahead`, not a multiprocessing child: spawning
 re-imports the parent's main script, which would run a script without a ``__main__`` guard (a
 benchmark, a notebook's runner) a second time.
@@ -25,11 +33,12 @@ import pickle
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, Any, Optional
 
 from pipelines.kafka.read import OffsetRange
@@ -42,6 +51,31 @@ log = logging.getLogger("cxj.run")
 ENV = "CXJ_INGEST_AHEAD"
 
 Outcome = tuple[str, Any]  # ("ok", stage seconds) | ("error", first line of the failure)
+
+# An outcome's length, before its pickle on the worker's stdout.
+_FRAME = struct.Struct(">Q")
+
+# A job's stage (the "stage" key of the job sent to the worker): the worker runs
+# pipelines.local.batch_stages' run_ingest or run_assemble with the job's other keys.
+INGEST = "ingest"
+ASSEMBLE = "assemble"
+
+
+def split_partitions(history_files: list[str], sizes: dict[str, int]) -> tuple[list[str], list[str]]:
+    """Two shares of the history files with about the same bytes each (assembly's work grows
+    with a partition's events); the files of one partition (its directory) stay together, since
+    a partition's outputs are named after it. Largest partitions first, each to the lighter
+    share."""
+    partitions: dict[str, list[str]] = {}
+    for path in history_files:
+        partitions.setdefault(str(PurePath(path).parent), []).append(path)
+    shares: tuple[list[str], list[str]] = ([], [])
+    weights = [0, 0]
+    for _, files in sorted(partitions.items(), key=lambda item: (-sum(sizes.get(f, 0) for f in item[1]), item[0])):
+        lighter = 0 if weights[0] <= weights[1] else 1
+        shares[lighter].extend(files)
+        weights[lighter] += sum(sizes.get(f, 0) for f in files)
+    return shares
 
 
 def enabled() -> bool:
@@ -60,13 +94,17 @@ class ReadAhead:
 
 
 class IngestAhead:
-    """One worker process (started on first use) and at most one job in flight."""
+    """One worker process (started on first use), at most one ingest and one assembly share in
+    flight. The worker runs its jobs in the order sent, so an assembly share sent before an
+    ingest is finished first."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._process: Optional[subprocess.Popen[bytes]] = None
         self._ranges: Optional[tuple[OffsetRange, ...]] = None
         self._staging: Optional[Path] = None
+        self._assembling = False  # an assembly share was sent and its outcome not read yet
+        self._inbox = bytearray()  # what the worker wrote that is not read as an outcome yet
         self._jobs = 0
 
     @property
@@ -101,6 +139,8 @@ class IngestAhead:
     def take(self, ranges: list[OffsetRange]) -> Optional[ReadAhead]:
         """The staged output if exactly ``ranges`` were read ahead and the stage succeeded
         (waits for it to finish); else None, and whatever was read ahead is discarded."""
+        if self._assembling:
+            self.assembled()  # the worker answers in order: an unread share's outcome comes first
         if self._ranges is None or tuple(ranges) != self._ranges:
             self.discard()
             return None
@@ -119,6 +159,41 @@ class IngestAhead:
             return None
         return ReadAhead(staging, float(outcome[1]))
 
+    def assemble_share(self, history_files: list[str], **stage: Any) -> bool:
+        """Sends the worker ``history_files`` to assemble (run_assemble's other arguments in
+        ``stage``, the batch's staging dir among them). False if the worker is busy with an
+        ingest or could not take the job: the caller then assembles those files itself."""
+        if self._ranges is not None or self._assembling:
+            return False
+        if self._process is None or self._process.poll() is not None:
+            self._spawn()
+        assert self._process is not None and self._process.stdin is not None
+        try:
+            pickle.dump({"stage": ASSEMBLE, "history_files": list(history_files), **stage}, self._process.stdin)
+            self._process.stdin.flush()
+        except OSError:
+            self._stop_worker()
+            return False
+        self._assembling = True
+        return True
+
+    def assembled(self) -> bool:
+        """Waits for the share sent by ``assemble_share``: True if the worker assembled it, False
+        if it failed or died (the caller assembles the share itself)."""
+        if not self._assembling:
+            return False
+        self._assembling = False
+        outcome = self._wait() if self._process is not None else None
+        if outcome is None:
+            self.discard()  # an ingest sent after the share died with the worker
+            self._stop_worker()
+            log.debug("assembly share: the worker died; this process assembles it")
+            return False
+        if outcome[0] != "ok":
+            log.debug("assembly share failed in the worker (%s); this process assembles it", outcome[1])
+            return False
+        return True
+
     def discard(self) -> None:
         """Drops a job in flight: the worker is stopped (a Beam run cannot be cancelled) and
         started again on next use."""
@@ -128,6 +203,7 @@ class IngestAhead:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
         self._ranges, self._staging = None, None
+        self._assembling = False  # stopped with the worker
 
     def close(self) -> None:
         self.discard()
@@ -136,26 +212,45 @@ class IngestAhead:
     # ------------------------------------------------------------ the worker
 
     def _spawn(self) -> None:
+        self._assembling = False  # a share sent to a worker that is gone is assembled by the caller
+        self._inbox = bytearray()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # what this process imports
         self._process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.local.ingest_ahead"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=env)
 
     def _wait(self) -> Optional[Outcome]:
+        """The worker's next outcome; None if it died first. Outcomes are length-prefixed and
+        read from the pipe's file descriptor into our own buffer: two outcomes may arrive in one
+        read, and a buffered reader would hold the second where ``select`` cannot see it."""
         process = self._process
         assert process is not None and process.stdout is not None
+        fd = process.stdout.fileno()
         while True:
-            ready, _, _ = select.select([process.stdout], [], [], 0.5)
+            if len(self._inbox) >= _FRAME.size:
+                (size,) = _FRAME.unpack_from(self._inbox)
+                if len(self._inbox) >= _FRAME.size + size:
+                    data = bytes(self._inbox[_FRAME.size:_FRAME.size + size])
+                    del self._inbox[:_FRAME.size + size]
+                    try:
+                        return pickle.loads(data)  # type: ignore[no-any-return]
+                    except (pickle.UnpicklingError, EOFError, ValueError):
+                        return None
+            ready, _, _ = select.select([fd], [], [], 0.5)
             if ready:
                 try:
-                    return pickle.load(process.stdout)  # type: ignore[no-any-return]
-                except (EOFError, OSError, pickle.UnpicklingError):
+                    chunk = os.read(fd, 1 << 16)
+                except OSError:
+                    return None
+                if not chunk:
                     return None  # the worker died mid-job
-            if process.poll() is not None:
+                self._inbox += chunk
+            elif process.poll() is not None:
                 return None
 
     def _stop_worker(self, grace_s: float = 0.0) -> None:
         process, self._process = self._process, None
+        self._assembling = False
         if process is None:
             return
         if process.stdin is not None:
@@ -173,8 +268,8 @@ class IngestAhead:
 
 
 def _serve(jobs: IO[bytes], results: IO[bytes]) -> None:
-    """The worker: one ingest stage per job, until its parent closes the pipe (or dies)."""
-    from pipelines.local.batch_stages import run_ingest
+    """The worker: one stage per job, until its parent closes the pipe (or dies)."""
+    from pipelines.local.batch_stages import run_assemble, run_ingest
     from pipelines.ops.failures import error_line
 
     while True:
@@ -183,10 +278,12 @@ def _serve(jobs: IO[bytes], results: IO[bytes]) -> None:
         except (EOFError, OSError):
             return
         try:
-            outcome: Outcome = ("ok", run_ingest(**job).seconds)
-        except BaseException as exc:  # noqa: BLE001 - reported; the parent ingests that batch itself
+            run = run_assemble if job.pop("stage", INGEST) == ASSEMBLE else run_ingest
+            outcome: Outcome = ("ok", run(**job).seconds)
+        except BaseException as exc:  # noqa: BLE001 - reported; the parent runs that stage itself
             outcome = ("error", error_line(exc, 300))
-        pickle.dump(outcome, results)
+        data = pickle.dumps(outcome)
+        results.write(_FRAME.pack(len(data)) + data)
         results.flush()
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from pipelines.config.run_config import RunConfig, Stopper
 from pipelines.kafka.offsets import BrokerUnavailable, OffsetReader, PartitionKey
@@ -20,7 +20,7 @@ from pipelines.kafka.read import OffsetRange, RangeRead, manifest_name, read_ran
 from pipelines.kafka.source_log import SourceChange, offsets_to_verify, source_changes
 from pipelines.local.batch_manifest import collect_assembled, collect_staged, verified_reads
 from pipelines.local.batch_stages import run_assemble, run_ingest
-from pipelines.local.ingest_ahead import IngestAhead, ReadAhead
+from pipelines.local.ingest_ahead import IngestAhead, ReadAhead, split_partitions
 from pipelines.local.ingest_ahead import enabled as ingest_ahead_enabled
 from pipelines.local.planner import is_valid_plan, plan_ranges, start_offsets
 from pipelines.ops import failures
@@ -36,6 +36,10 @@ log = logging.getLogger("cxj.run")
 # imports, about what ingesting 20k records costs, so a short backlog is read faster without it.
 # Once it runs, it reads ahead whenever anything waits.
 READ_AHEAD_MIN_BACKLOG = 20_000
+
+# Share a batch's assembly with that process (once it runs) when the batch read at least this
+# many records: below it, the worker's own Beam run costs about what the share saves.
+ASSEMBLY_SHARE_MIN_RECORDS = 5_000
 
 
 # Load only the part of a touched customer's history that the batch can still change
@@ -171,6 +175,7 @@ class MicroBatchRunner:
         # the next batch's ingest in a second process while a backlog is read (pipelines/local/ingest_ahead.py)
         self._ahead: Optional[IngestAhead] = IngestAhead(config.batch_files_root) if ingest_ahead_enabled() else None
         self._read_ahead_taken = 0
+        self._assembly_shared = 0
         self.listeners: list[RunListener] = []
 
     # ------------------------------------------------------------------ broker
@@ -476,16 +481,19 @@ class MicroBatchRunner:
             self._tell_staged(batch_id, staging, "ingest")
             reads = verified_reads(staging, ranges, batch_id)
             self._fingerprint_real_stops(reads)
-            if read_next_from is not None and self._ahead is not None:
-                self._read_next_ahead(read_next_from, reads)
+            read_next = _once(lambda: self._read_next_ahead(read_next_from, reads)
+                              if read_next_from is not None and self._ahead is not None else None)
+            share = self._worth_sharing_assembly(reads)
+            if not share:
+                read_next()  # at once: the worker has nothing else to do
             staged = collect_staged(staging)
             resolution = self.store.resolve_copies(staged, batch_id)
             assemble_s = 0.0
             history = staging / "history"
             if self.store.export_history(history, horizon_s=history_horizon_s(self.config) if PRUNE_SETTLED_HISTORY else None):
                 files = sorted(str(f) for f in history.rglob("*.parquet"))
-                assemble_s = run_assemble(files, staging, self.config.repeat_window_s, self.config.beam_args,
-                                          self.config.service_metrics).seconds
+                assemble_s = self._assemble(files, staging, share, read_next)
+            read_next()
             self._tell_staged(batch_id, staging, "assemble")
             collect_assembled(staging, history, staged, batch_id)
             facts = BatchFacts(
@@ -506,6 +514,39 @@ class MicroBatchRunner:
         landed.extra["stops"] = [(r["topic"], r["partition"], r["to"]) for r in facts.ranges]
         landed.extra["settled_journeys"] = dict(self.store.settled_journeys)
         return landed
+
+    def _worth_sharing_assembly(self, reads: list[dict]) -> bool:
+        """The second process runs (so the share costs it no start-up) and the batch is large
+        enough to pay for a second Beam run."""
+        if self._ahead is None or not self._ahead.warm:
+            return False
+        return sum(r["stop"] - r["start"] for r in reads) >= ASSEMBLY_SHARE_MIN_RECORDS
+
+    def _assemble(self, files: list[str], staging: Path, share: bool, read_next: Callable[[], None]) -> float:
+        """Runs the assemble stage over ``files``; with ``share``, the second process assembles
+        part of them at the same time (docs/architecture.md, "Assembling on both cores").
+        ``read_next`` starts reading the next batch ahead: after the share is sent, so the
+        worker finishes the share first. Returns the stage's seconds."""
+        started = time.perf_counter()
+        arguments = {"repeat_window_s": self.config.repeat_window_s, "beam_args": list(self.config.beam_args),
+                     "metrics": self.config.service_metrics}
+        mine, theirs = files, []
+        if share and self._ahead is not None:
+            mine, theirs = split_partitions(files, {f: Path(f).stat().st_size for f in files})
+            if not theirs or not self._ahead.assemble_share(theirs, staging=staging, **arguments):
+                mine, theirs = files, []
+        read_next()
+        worker_done = False
+        try:
+            if mine:
+                run_assemble(mine, staging, **arguments)
+        finally:
+            if theirs and self._ahead is not None:  # always waited for: the worker must not write here later
+                worker_done = self._ahead.assembled()
+        if theirs and not worker_done:
+            run_assemble(theirs, staging, **arguments)  # the worker failed or died: its files are rewritten here
+        self._assembly_shared += bool(theirs) and worker_done
+        return time.perf_counter() - started
 
     def _land_poison(self, suspect: Suspect, offset_range: OffsetRange,
                      starts: dict[PartitionKey, int], ends: dict[PartitionKey, int]) -> LandedBatch:
@@ -703,7 +744,24 @@ class MicroBatchRunner:
         """Batches of this run whose ingest the second process had done."""
         return self._read_ahead_taken
 
+    @property
+    def batches_assembled_on_both_cores(self) -> int:
+        """Batches of this run part of whose assembly the second process did."""
+        return self._assembly_shared
+
     def close(self) -> None:
         if self._ahead is not None:
             self._ahead.close()
         self._reset_reader()
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    """``action`` run at the first call only; later calls do nothing."""
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+    return run

@@ -1,0 +1,91 @@
+"""The second process's protocol and the assembly shares: the two shares split the history files by
+whole partitions; outcomes are read in the order the jobs were sent."""
+import array
+import fcntl
+import pickle
+import termios
+import threading
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipelines.kafka.settings import KafkaSettings
+from pipelines.local.ingest_ahead import IngestAhead, split_partitions
+from transforms.metrics_config import MetricsConfig
+from transforms.parse import ParseLimits
+
+# partition number -> sizes of its files (a partition usually has one file; more must stay together)
+PARTITIONS = st.dictionaries(st.integers(0, 15), st.lists(st.integers(0, 10_000_000), min_size=1, max_size=3),
+                             max_size=12)
+
+
+def _files(partitions: dict[int, list[int]]) -> dict[str, int]:
+    return {f"/staging/history/part={part}/data_{n}.parquet": size
+            for part, sizes in partitions.items() for n, size in enumerate(sizes)}
+
+
+@given(PARTITIONS)
+def test_every_file_goes_to_one_share_with_the_rest_of_its_partition(partitions):
+    sizes = _files(partitions)
+    mine, theirs = split_partitions(sorted(sizes), sizes)
+    assert sorted(mine + theirs) == sorted(sizes)
+    assert not {f.rsplit("/", 1)[0] for f in mine} & {f.rsplit("/", 1)[0] for f in theirs}
+
+
+@given(PARTITIONS)
+def test_the_shares_differ_by_at_most_one_partition(partitions):
+    """Greedy largest-first: the heavier share is at most the largest partition heavier."""
+    sizes = _files(partitions)
+    mine, theirs = split_partitions(sorted(sizes), sizes)
+    weight = [sum(sizes[f] for f in share) for share in (mine, theirs)]
+    largest = max((sum(s) for s in partitions.values()), default=0)
+    assert abs(weight[0] - weight[1]) <= largest
+
+
+def test_two_partitions_or_more_give_two_shares():
+    sizes = _files({0: [500], 3: [400], 5: [300], 7: [200]})
+    mine, theirs = split_partitions(sorted(sizes), sizes)
+    assert [sum(sizes[f] for f in share) for share in (mine, theirs)] == [700, 700]
+
+
+def test_one_partition_leaves_nothing_to_share():
+    sizes = _files({4: [100, 200]})
+    assert split_partitions(sorted(sizes), sizes) == (sorted(sizes), [])
+
+
+def test_two_outcomes_that_arrive_together_are_both_read(tmp_path):
+    """A share and the next batch's ingest are sent one after the other; when both outcomes are
+    already in the pipe, reading the first must not hide the second (a buffered reader would
+    hold it where ``select`` cannot see it, and the wait for the ingest would never end)."""
+    ahead = IngestAhead(tmp_path)
+    try:
+        staging = tmp_path / "batch"
+        staging.mkdir()
+        assert ahead.assemble_share([], staging=staging, repeat_window_s=3600.0, beam_args=[],
+                                    metrics=MetricsConfig())
+        ahead.start([], settings=KafkaSettings(bootstrap_servers="127.0.0.1:9"), stream_of_topic={}, now_us=0,
+                    beam_args=[], limits=ParseLimits(), read_timeout_s=5.0, budget_bytes=None)
+        both = 2 * (8 + len(pickle.dumps(("ok", 1.0))))
+        deadline = time.monotonic() + 120
+        while _waiting_bytes(ahead) < both:  # both stages done, neither outcome read yet
+            assert time.monotonic() < deadline, "the worker did not answer both jobs"
+            time.sleep(0.05)
+        assert ahead.assembled()
+        taken: list = []
+        reader = threading.Thread(target=lambda: taken.append(ahead.take([])), daemon=True)
+        reader.start()
+        reader.join(30)
+        assert not reader.is_alive(), "the second outcome was in the pipe but never read"
+        assert taken[0] is not None
+    finally:
+        ahead.close()
+
+
+def _waiting_bytes(ahead: IngestAhead) -> int:
+    """Bytes the worker wrote to its stdout pipe that nobody has read yet."""
+    process = ahead._process
+    assert process is not None and process.stdout is not None
+    count = array.array("i", [0])
+    fcntl.ioctl(process.stdout.fileno(), termios.FIONREAD, count)
+    return count[0]
