@@ -542,7 +542,11 @@ class MicroBatchRunner:
                 run_assemble(mine, staging, **arguments)
         finally:
             if theirs and self._ahead is not None:  # always waited for: the worker must not write here later
+                waited = time.perf_counter()
                 worker_done = self._ahead.assembled()
+                log.debug("assembly: the worker's share of %d of %d files %s; waited %.2fs for it after %.2fs here",
+                          len(theirs), len(files), "done" if worker_done else "not done", time.perf_counter() - waited,
+                          waited - started)
         if theirs and not worker_done:
             run_assemble(theirs, staging, **arguments)  # the worker failed or died: its files are rewritten here
         self._assembly_shared += bool(theirs) and worker_done
