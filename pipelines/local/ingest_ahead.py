@@ -120,7 +120,7 @@ class IngestAhead:
     def start(self, ranges: list[OffsetRange], **stage: Any) -> None:
         """Starts ingesting ``ranges`` (run_ingest's other arguments in ``stage``)."""
         self.discard()
-        if self._process is None or self._process.poll() is not None:
+        if not self.warm:
             self._spawn()
         assert self._process is not None and self._process.stdin is not None
         self._jobs += 1
@@ -128,7 +128,7 @@ class IngestAhead:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            pickle.dump({"ranges": list(ranges), "staging": staging, **stage}, self._process.stdin)
+            pickle.dump({"stage": INGEST, "ranges": list(ranges), "staging": staging, **stage}, self._process.stdin)
             self._process.stdin.flush()
         except OSError:  # the worker is gone: this batch is simply not read ahead
             shutil.rmtree(staging, ignore_errors=True)
@@ -165,7 +165,7 @@ class IngestAhead:
         ingest or could not take the job: the caller then assembles those files itself."""
         if self._ranges is not None or self._assembling:
             return False
-        if self._process is None or self._process.poll() is not None:
+        if not self.warm:
             self._spawn()
         assert self._process is not None and self._process.stdin is not None
         try:
@@ -203,7 +203,6 @@ class IngestAhead:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
         self._ranges, self._staging = None, None
-        self._assembling = False  # stopped with the worker
 
     def close(self) -> None:
         self.discard()
@@ -212,8 +211,7 @@ class IngestAhead:
     # ------------------------------------------------------------ the worker
 
     def _spawn(self) -> None:
-        self._assembling = False  # a share sent to a worker that is gone is assembled by the caller
-        self._inbox = bytearray()
+        self._stop_worker()  # a worker that died: its pipes are closed, and a share sent to it is the caller's
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # what this process imports
         self._process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.local.ingest_ahead"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -250,7 +248,8 @@ class IngestAhead:
 
     def _stop_worker(self, grace_s: float = 0.0) -> None:
         process, self._process = self._process, None
-        self._assembling = False
+        self._assembling = False  # whatever was sent to it and not answered is lost with it
+        self._inbox = bytearray()
         if process is None:
             return
         if process.stdin is not None:
@@ -278,7 +277,7 @@ def _serve(jobs: IO[bytes], results: IO[bytes]) -> None:
         except (EOFError, OSError):
             return
         try:
-            run = run_assemble if job.pop("stage", INGEST) == ASSEMBLE else run_ingest
+            run = run_assemble if job.pop("stage") == ASSEMBLE else run_ingest
             outcome: Outcome = ("ok", run(**job).seconds)
         except BaseException as exc:  # noqa: BLE001 - reported; the parent runs that stage itself
             outcome = ("error", error_line(exc, 300))
