@@ -60,3 +60,65 @@ def test_the_byte_budget_stops_reading_exactly_where_the_manifest_says(broker):
         offsets = read.records | "Offsets" >> beam.FlatMap(lambda chunk: [o for _, _, o, _, _ in chunk])
         assert_that(offsets, equal_to(list(range(10))), label="Records")
         assert_that(read.manifests | "Entries" >> beam.Map(lambda kv: kv[1]), equal_to([expected]), label="Manifest")
+
+
+def _transactional(broker, topic: str) -> None:
+    """Five records committed in a transaction, then one aborted: the log holds offsets that
+    carry no record a reader is given (the transaction's markers, the aborted record)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**broker.client_kwargs(), transactional_id=f"{topic}-tx")
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        for i in range(5):
+            producer.send(topic, f"v{i}".encode(), partition=0)
+        producer.commit_transaction()
+        producer.begin_transaction()
+        producer.send(topic, b"aborted", partition=0)
+        producer.abort_transaction()
+    finally:
+        producer.close()
+
+
+def test_offsets_without_a_record_at_the_end_of_a_range_still_complete_it(broker):
+    """The range ends where the log ends, past offsets that hold no record: the reader finishes
+    there at once (not at its deadline) and its manifest covers the planned stop, counting only
+    the records it handed on."""
+    import time
+
+    from pipelines.kafka.read import RangeRead, read_range_chunks
+
+    topic = new_topics(broker)["tickets"]
+    _transactional(broker, topic)
+    reader = OffsetReader(broker)
+    try:
+        partitions, _ = reader.partitions([topic])
+        _, ends = reader.bounds(partitions)
+    finally:
+        reader.close()
+    end = ends[(topic, 0)]
+    report: dict = {}
+    started = time.monotonic()
+    records = [r for chunk in read_range_chunks(broker, [OffsetRange(topic, 0, 0, end)], 20.0, report=report)
+               for r in chunk]
+    assert time.monotonic() - started < 10.0, "the reader waited for records that do not exist"
+    assert [v for _, _, _, _, v in records] == [f"v{i}".encode() for i in range(5)]  # as kafka-python reads it
+    assert end > len(records), "the log has no offset without a record: the test proves nothing"
+    assert report[(topic, 0)] == RangeRead(topic, 0, 0, end, end, len(records), 0, records[-1][2])
+
+
+def test_a_range_past_the_end_of_the_log_stalls_where_the_log_ends_and_says_so(broker):
+    """A planned stop the broker never reaches (a log that lost its tail) is not reported as read:
+    the reader names the partition and the offset it got to when its deadline passes."""
+    import pytest
+
+    from pipelines.kafka.read import KafkaReadTimeout, read_range_chunks
+
+    topic, ends = _sent(broker, 30)
+    (key, end), *_ = sorted(ends.items())
+    report: dict = {}
+    with pytest.raises(KafkaReadTimeout, match=rf"{key[0]}\[{key[1]}\]@{end}\b"):
+        for _ in read_range_chunks(broker, [OffsetRange(key[0], key[1], 0, end + 5)], 2.0, report=report):
+            pass
+    assert report[key].stop == end and report[key].records == end

@@ -79,6 +79,7 @@ def version_text() -> str:
             return "?"
 
     return (f"cxj {v('cx-journeys')} (Apache Beam {v('apache-beam')}, kafka-python {v('kafka-python')}, "
+            f"confluent-kafka {v('confluent-kafka')}, "
             f"DuckDB {v('duckdb')}, Python {sys.version.split()[0]})")
 
 

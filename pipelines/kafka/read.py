@@ -3,7 +3,8 @@
 Each micro-batch is a bounded pipeline over [from, to) offset ranges planned by the driver,
 so a batch always reads exactly what the driver will record as landed (docs/architecture.md, D1, D3).
 Ranges are grouped into read tasks; one consumer per task fetches all its partitions at once
-(consumer start-up costs ~0.15 s, which per partition would dominate small batches). On a
+(a consumer per partition would multiply connections and fetches for small batches). The
+consumer is librdkafka's (confluent-kafka): it decodes record batches in C. On a
 cluster, more tasks spread the reading over workers; ReadFromKafka is the alternative there.
 
     planned ranges | ReadKafkaRanges -> .records (chunks of raw records),
@@ -14,9 +15,10 @@ The composite writes nothing: a sink at the end of the pipeline writes the manif
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -25,6 +27,18 @@ from apache_beam.pvalue import TaggedOutput
 from pipelines.kafka.settings import FAST_CONSUMER_SETTINGS, KafkaSettings
 from transforms.batch_files import MANIFEST_FILES, batch_file_name
 from transforms.parse import RawRecord
+
+
+class _ClientLog(logging.LoggerAdapter):
+    """librdkafka's own log lines, at DEBUG: it retries a lost connection by itself and logs every
+    attempt as an error, while the reader's deadline decides when the broker has failed and the
+    run then says so once (--verbose shows these lines)."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.logger.log(logging.DEBUG, msg, *args, **kwargs)
+
+
+_CLIENT_LOG = _ClientLog(logging.getLogger("cxj.kafka.reader"), {})
 
 # Output tags (attribute names of ReadKafkaRanges' result)
 RECORDS = "records"
@@ -45,6 +59,40 @@ class OffsetRange:
 
 class KafkaReadTimeout(RuntimeError):
     """The broker stopped answering before the planned range was read."""
+
+
+# Records one consume() call may return; librdkafka has usually fetched them already.
+CONSUME_MESSAGES = 10_000
+
+
+def range_reader_config(settings: KafkaSettings, budget_bytes: Optional[int]) -> dict[str, Any]:
+    """librdkafka's configuration for reading planned ranges: the fetch sizes of D6, bounded by the
+    batch's byte budget (records fetched ahead count against memory too); no group is joined and
+    nothing is committed (the ranges are assigned, the store keeps the offsets); a start offset the
+    broker does not hold is never answered by a silent jump to the log's end (librdkafka's default),
+    which would mark the range read without its records; transactional records
+    are read as kafka-python reads them (read_uncommitted), so the ranges planned with kafka-python's
+    end offsets are covered."""
+    fetch_max = FAST_CONSUMER_SETTINGS["fetch_max_bytes"]
+    partition_max = FAST_CONSUMER_SETTINGS["max_partition_fetch_bytes"]
+    if budget_bytes is not None:
+        fetch_max = max(1024 * 1024, min(fetch_max, budget_bytes))
+        partition_max = max(1024 * 1024, min(partition_max, budget_bytes // 2))
+    return {
+        **settings.librdkafka_config(),
+        "group.id": "cxj-range-reader",  # required by the client; unused: assign() joins no group
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "error",
+        "enable.partition.eof": True,
+        "isolation.level": "read_uncommitted",
+        "check.crcs": False,
+        "fetch.max.bytes": fetch_max,
+        "max.partition.fetch.bytes": partition_max,
+        "fetch.wait.max.ms": FAST_CONSUMER_SETTINGS["fetch_max_wait_ms"],
+        "queued.max.messages.kbytes": max(1024, fetch_max // 1024),
+        "logger": _CLIENT_LOG,
+    }
 
 
 def read_tasks(ranges: list[OffsetRange], tasks: int) -> list[list[OffsetRange]]:
@@ -106,71 +154,81 @@ def read_range_chunks(
     Reading stops early once the values read reach ``budget_bytes`` (always after at least
     one record, so every batch makes progress): a batch's memory is bounded by bytes as well
     as by records, and the report says where each range stopped.
+
+    The records are fetched and decoded by librdkafka (confluent-kafka), not kafka-python:
+    kafka-python decodes record batches in pure Python, which cost ~30 CPU µs a record here,
+    most of an ingest run; librdkafka costs ~2 (docs/architecture.md, "A C client reads the
+    ranges"). Planning, offsets and fingerprints stay with kafka-python.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     covered = report if report is not None else {}
     for r in task:
         covered[(r.topic, r.partition)] = RangeRead(r.topic, r.partition, r.start, r.stop, r.start)
-    stops = {TopicPartition(r.topic, r.partition): r.stop for r in task}
-    positions = {TopicPartition(r.topic, r.partition): r.start for r in task}
-    fetch = dict(FAST_CONSUMER_SETTINGS)
-    if budget_bytes is not None:  # fetched-ahead records count against memory too
-        fetch["fetch_max_bytes"] = max(1024 * 1024, min(fetch["fetch_max_bytes"], budget_bytes))
-        fetch["max_partition_fetch_bytes"] = max(1024 * 1024, min(fetch["max_partition_fetch_bytes"], budget_bytes // 2))
-    consumer = KafkaConsumer(
-        **settings.client_kwargs(),
-        **fetch,
-        enable_auto_commit=False,
-        group_id=None,
-        check_crcs=False,  # pure-Python CRC32C costs ~20% of read time; TCP already checksums
-        bootstrap_timeout_ms=int(timeout_s * 1000),  # --read-timeout bounds connecting too
-    )
+    stops = {(r.topic, r.partition): r.stop for r in task}
+    positions = {(r.topic, r.partition): r.start for r in task}
+    pending = {key for key in stops if positions[key] < stops[key]}
+    if not pending:
+        return
+    consumer = Consumer(range_reader_config(settings, budget_bytes))
     try:
-        consumer.assign(list(stops))
-        for tp, start in positions.items():
-            consumer.seek(tp, start)
+        consumer.assign([TopicPartition(topic, partition, positions[(topic, partition)]) for topic, partition in sorted(pending)])
         deadline = time.monotonic() + timeout_s
         chunk: list[RawRecord] = []
         chunk_size = 0
         read_bytes = 0
-        pending = {tp for tp in stops if positions[tp] < stops[tp]}
+        over_budget = False
         while pending:
             if time.monotonic() > deadline:
-                stalled = ", ".join(f"{tp.topic}[{tp.partition}]@{positions[tp]}" for tp in sorted(pending))
+                stalled = ", ".join(f"{topic}[{partition}]@{positions[(topic, partition)]}" for topic, partition in sorted(pending))
                 raise KafkaReadTimeout(f"reading stalled for {timeout_s:.0f}s at {stalled}")
-            polled = consumer.poll(timeout_ms=500, max_records=FAST_CONSUMER_SETTINGS["max_poll_records"])
-            over_budget = False
-            for tp, records in polled.items():
-                stop = stops[tp]
-                entry = covered[(tp.topic, tp.partition)]
-                for record in records:
-                    if record.offset >= stop or over_budget:
-                        break
-                    size = len(record.value) if record.value is not None else 0
-                    chunk.append((record.topic, record.partition, record.offset, record.timestamp, record.value))
-                    chunk_size += size
-                    read_bytes += size
-                    entry.records += 1
-                    entry.first = record.offset if entry.first is None else entry.first
-                    entry.last = record.offset
-                    positions[tp] = record.offset + 1
-                    over_budget = budget_bytes is not None and read_bytes >= budget_bytes
-                if records and not over_budget:
-                    positions[tp] = max(positions[tp], min(records[-1].offset + 1, stop))
+            # poll() returns as soon as one record is there; consume() would wait for all of
+            # CONSUME_MESSAGES or the timeout, so it only takes what is queued already
+            first = consumer.poll(0.5)
+            messages = [first, *consumer.consume(CONSUME_MESSAGES, 0)] if first is not None else []
+            done: set[tuple[str, int]] = set()
+            for message in messages:
+                key = (message.topic(), message.partition())
+                if key not in pending:
+                    continue  # already complete, or the budget ended the read: fetched ahead, not read
+                stop = stops[key]
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        # every offset below the end has been delivered: offsets with no record
+                        # (compacted away, transaction markers) end the range too
+                        positions[key] = max(positions[key], min(message.offset(), stop))
+                    # other errors (a lost connection, an offset out of range: auto.offset.reset is
+                    # "error", so the reader never jumps) leave the range pending; the deadline ends it
+                else:
+                    offset = message.offset()
+                    if offset >= stop:
+                        positions[key] = stop
+                    else:
+                        value = message.value()
+                        size = len(value) if value is not None else 0
+                        chunk.append((key[0], key[1], offset, message.timestamp()[1], value))
+                        chunk_size += size
+                        read_bytes += size
+                        entry = covered[key]
+                        entry.records += 1
+                        entry.first = offset if entry.first is None else entry.first
+                        entry.last = offset
+                        positions[key] = offset + 1
+                        over_budget = budget_bytes is not None and read_bytes >= budget_bytes
+                if positions[key] >= stop:
+                    done.add(key)
+                if over_budget:
+                    break
+            if messages and not over_budget:
+                deadline = time.monotonic() + timeout_s
             if over_budget:
                 pending.clear()
-            elif polled:
-                deadline = time.monotonic() + timeout_s
-            else:  # compacted or transactional topics can end in offsets with no record
-                for tp in pending:
-                    positions[tp] = max(positions[tp], min(consumer.position(tp), stops[tp]))
-            for tp in list(pending):
-                if positions[tp] >= stops[tp]:
-                    pending.discard(tp)
-                    consumer.pause(tp)
-            for tp, position in positions.items():
-                covered[(tp.topic, tp.partition)].stop = position
+            elif done:
+                pending -= done
+                consumer.pause([TopicPartition(topic, partition) for topic, partition in done])
+            for (topic, partition), position in positions.items():
+                covered[(topic, partition)].stop = position
             if chunk and (len(chunk) >= chunk_records or chunk_size >= chunk_bytes or not pending):
                 yield chunk
                 chunk = []

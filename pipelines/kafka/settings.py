@@ -31,6 +31,17 @@ FAST_CONSUMER_SETTINGS: dict[str, Any] = {
     "fetch_max_wait_ms": 100,
 }
 
+# KafkaSettings field -> librdkafka's name for it
+_LIBRDKAFKA_NAMES = {
+    "sasl_mechanism": "sasl.mechanisms",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
+}
+
 _SECRET_KEYS = {"sasl_plain_password", "ssl_password"}
 
 
@@ -155,6 +166,19 @@ class KafkaSettings:
             if value is not None:
                 kwargs[key] = value
         return kwargs
+
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The same connection in librdkafka's (confluent-kafka's) names, for the range reader."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": ",".join(s.strip() for s in self.bootstrap_servers.split(",") if s.strip()),
+            "security.protocol": self.security_protocol.lower(),
+            "socket.timeout.ms": self.request_timeout_ms,
+        }
+        for key, name in _LIBRDKAFKA_NAMES.items():
+            value = getattr(self, key)
+            if value is not None:
+                config[name] = value
+        return config
 
     def check(self) -> None:
         """Raises SettingsProblem naming the first setting that cannot work, before any connection.
