@@ -117,6 +117,13 @@ class IngestAhead:
         """Whether the worker is running: reading ahead then costs no start-up."""
         return self._process is not None and self._process.poll() is None
 
+    def warm_up(self) -> None:
+        """Starts the worker now, without a job: its start-up (Python, Beam and the project's
+        imports, 1-2 s) then overlaps this process's first ingest, and the first batch's assembly
+        can already be shared."""
+        if not self.warm:
+            self._spawn()
+
     def start(self, ranges: list[OffsetRange], **stage: Any) -> None:
         """Starts ingesting ``ranges`` (run_ingest's other arguments in ``stage``)."""
         self.discard()

@@ -326,8 +326,11 @@ class MicroBatchRunner:
             # more unread records than these ranges read: the store may defer the replica publish,
             # and the next batch's ingest may start while this one assembles and lands
             behind = Positions(starts, ends).lag - sum(r.size for r in ranges)
+            read_ahead_next = self._worth_reading_ahead(behind)
+            if read_ahead_next and self._ahead is not None:
+                self._warm_up_ahead()  # started while this batch ingests: its assembly can be shared
             landed = self._run_and_land(ranges, attempt_id, backlog_left=behind > 0, read_ahead=read_ahead,
-                                        read_next_from=starts if self._worth_reading_ahead(behind) else None)
+                                        read_next_from=starts if read_ahead_next else None)
         except (BrokerUnavailable, BatchNotAccounted, StoreError) as exc:
             self._finish_quietly(attempt_id, {BrokerUnavailable: "broker", BatchNotAccounted: "unaccounted"}.get(type(exc), "store"), exc)
             raise
@@ -424,6 +427,13 @@ class MicroBatchRunner:
                 self._ahead.start(ranges, **self._ingest_arguments(int(time.time() * 1_000_000)))
             except Exception as exc:  # never the batch's fault: its records must not be blamed
                 self._turn_ahead_off(exc)
+
+    def _warm_up_ahead(self) -> None:
+        assert self._ahead is not None
+        try:
+            self._ahead.warm_up()
+        except Exception as exc:  # never the batch's fault
+            self._turn_ahead_off(exc)
 
     def _take_read_ahead(self, ranges: list[OffsetRange]) -> Optional[ReadAhead]:
         if self._ahead is None:
