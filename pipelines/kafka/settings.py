@@ -92,7 +92,7 @@ def probe_tls(settings: "KafkaSettings", timeout_s: float = 5.0) -> str | None:
 
     if not settings.security_protocol.endswith("SSL"):
         return None
-    first = next((s.strip() for s in settings.bootstrap_servers.split(",") if s.strip()), "")
+    first = next(iter(settings.servers), "")
     host, _, port_text = first.rpartition(":")
     try:
         port = int(port_text)
@@ -146,10 +146,15 @@ class KafkaSettings:
     ssl_password: str | None = field(default=None, repr=False)
     request_timeout_ms: int = 30_000
 
+    @property
+    def servers(self) -> list[str]:
+        """The bootstrap servers as a list: the comma-separated option, blanks dropped."""
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments accepted by KafkaProducer, KafkaConsumer and KafkaAdminClient."""
         kwargs: dict[str, Any] = {
-            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "bootstrap_servers": self.servers,
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
         }
@@ -170,7 +175,7 @@ class KafkaSettings:
     def librdkafka_config(self) -> dict[str, Any]:
         """The same connection in librdkafka's (confluent-kafka's) names, for the range reader."""
         config: dict[str, Any] = {
-            "bootstrap.servers": ",".join(s.strip() for s in self.bootstrap_servers.split(",") if s.strip()),
+            "bootstrap.servers": ",".join(self.servers),
             "security.protocol": self.security_protocol.lower(),
             "socket.timeout.ms": self.request_timeout_ms,
         }

@@ -127,8 +127,7 @@ class IngestAhead:
     def start(self, ranges: list[OffsetRange], **stage: Any) -> None:
         """Starts ingesting ``ranges`` (run_ingest's other arguments in ``stage``)."""
         self.discard()
-        if not self.warm:
-            self._spawn()
+        self.warm_up()
         assert self._process is not None and self._process.stdin is not None
         self._jobs += 1
         staging = self.root / f"ahead-{os.getpid()}-{self._jobs}"
@@ -172,8 +171,7 @@ class IngestAhead:
         ingest or could not take the job: the caller then assembles those files itself."""
         if self._ranges is not None or self._assembling:
             return False
-        if not self.warm:
-            self._spawn()
+        self.warm_up()
         assert self._process is not None and self._process.stdin is not None
         try:
             pickle.dump({"stage": ASSEMBLE, "history_files": list(history_files), **stage}, self._process.stdin)

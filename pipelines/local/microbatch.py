@@ -327,7 +327,7 @@ class MicroBatchRunner:
             # and the next batch's ingest may start while this one assembles and lands
             behind = Positions(starts, ends).lag - sum(r.size for r in ranges)
             read_ahead_next = self._worth_reading_ahead(behind)
-            if read_ahead_next and self._ahead is not None:
+            if read_ahead_next:  # (only with a second process)
                 self._warm_up_ahead()  # started while this batch ingests: its assembly can be shared
             landed = self._run_and_land(ranges, attempt_id, backlog_left=behind > 0, read_ahead=read_ahead,
                                         read_next_from=starts if read_ahead_next else None)
