@@ -269,13 +269,16 @@ def _end_offsets(settings: KafkaSettings, topics: dict[str, str]) -> int:
 # ---------------------------------------------------------------------------------- growth
 
 def whale_events(customer: str, events: int, end: datetime) -> list[dict[str, Any]]:
-    """One customer with ``events`` events: tickets of 500 messages each, 40 days apart, ending
-    at ``end`` (journeys that ended long ago, as a long-lived account accumulates)."""
+    """One customer with ``events`` events: tickets of 500 messages each, 12 days apart (longer
+    than every journey rule looks back, so each is a journey of its own), ending at ``end``
+    (journeys that ended long ago, as a long-lived account accumulates). 400 tickets reach back
+    13 years: further apart, the oldest would predate 2000 and be dead-lettered (as 40 days
+    apart did: 120,005 of 200,000 were landed)."""
     per_ticket = 500
     tickets = max(1, events // per_ticket)
     docs: list[dict[str, Any]] = []
     for t in range(tickets):
-        t0 = end - timedelta(days=40 * (tickets - t))
+        t0 = end - timedelta(days=12 * (tickets - t))
         tid = f"WT{t}"
         docs.append({"event_type": "ticket.created", "ticket_id": tid, "channel": "email", "_at": t0})
         docs.append({"event_type": "ticket.assigned", "ticket_id": tid, "handler_type": "agent", "agent_id": "ag1",
