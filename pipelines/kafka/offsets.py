@@ -42,6 +42,11 @@ PartitionKey = tuple[str, int]
 # (KIP-74; the local broker does too), so this caps the bytes decoded, never what can be read.
 PROBE_FETCH_BYTES = 64 * 1024
 
+# kafka-python refreshes metadata at most once per 100 ms: asked again sooner, it waits out the
+# rest. A run's last look-ups come back to back, and waiting there cost every `run --once` about
+# 0.1 s; metadata this young is used as it is (no fresher answer was to be had without waiting).
+METADATA_REUSE_S = 0.1
+
 
 def _stop_fetching(consumer, waiting: set) -> None:  # type: ignore[no-untyped-def, type-arg]
     """Narrows the consumer's assignment to the partitions still waiting for an answer.
@@ -70,6 +75,7 @@ class OffsetReader:
         self.probe = None
         self.waiter = None  # long-polling consumer of wait_for_records, made on first use
         self._confirmed: dict[PartitionKey, int] = {}  # the last complete end-offset answer, per partition
+        self._metadata_at = float("-inf")  # time.monotonic() of the last metadata refresh
         self.timeout_s = connect_timeout_s
         self.timeout_ms = int(connect_timeout_s * 1000)  # offset requests fail this fast, not after 30 s
         tls_problem = probe_tls(settings, connect_timeout_s)  # kafka-python would hang on a non-TLS listener
@@ -86,10 +92,13 @@ class OffsetReader:
     def partitions(self, topics: Iterable[str]) -> tuple[list[PartitionKey], list[str]]:
         """Partitions of the topics that exist, plus the names of topics that do not.
 
-        Metadata is fetched afresh every time: the client's cache would keep a deleted topic's
-        partitions (or a recreated topic's old partition count) for minutes.
+        Metadata is fetched afresh every time (unless the last refresh is less than
+        ``METADATA_REUSE_S`` old): the client's cache would keep a deleted topic's partitions (or
+        a recreated topic's old partition count) for minutes.
         """
-        self._call(lambda: self.consumer.topics())  # refreshes the metadata cache
+        if time.monotonic() - self._metadata_at >= METADATA_REUSE_S:
+            self._call(lambda: self.consumer.topics())  # refreshes the metadata cache
+            self._metadata_at = time.monotonic()
         found: list[PartitionKey] = []
         missing: list[str] = []
         for topic in topics:
