@@ -88,6 +88,9 @@ class OffsetReader:
             )
         except (KafkaError, OSError, ValueError) as exc:
             raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}{failure_cause(settings)}") from None
+        # bootstrapping just fetched metadata: what it holds is as fresh as a refresh would be, and
+        # a topic it does not hold is looked up by partitions_for_topic anyway
+        self._metadata_at = time.monotonic()
 
     def partitions(self, topics: Iterable[str]) -> tuple[list[PartitionKey], list[str]]:
         """Partitions of the topics that exist, plus the names of topics that do not.
