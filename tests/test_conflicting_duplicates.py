@@ -154,15 +154,16 @@ def test_batch_sizes_give_identical_tables(broker, messages, one_batch, tmp_path
         balanced(db, len(messages))
 
 
-@pytest.mark.parametrize("lookup_ids_max", [0, 10_000], ids=["join", "index-lookup"])
+@pytest.mark.parametrize("index_lookup_share", [0.0, 1.0], ids=["join", "index-lookup"])
 def test_both_ways_of_finding_landed_copies_give_identical_content(broker, messages, one_batch, tmp_path, monkeypatch,
-                                                                  lookup_ids_max):
+                                                                  index_lookup_share):
     """Which staged event_ids are landed already is asked with a literal IN list (the primary-key
-    index) for a batch of at most LOOKUP_IDS_MAX events, with a join for a larger one. Both,
-    in batches of 13 with every later batch finding landed copies, give the one-batch tables."""
+    index) for a batch small against the events table (INDEX_LOOKUP_SHARE), with a join
+    otherwise. Both, in batches of 13 with later batches finding landed copies, give the
+    one-batch tables (share 1.0: every batch no larger than the table uses the list)."""
     import pipelines.storage.store as store
 
-    monkeypatch.setattr(store, "LOOKUP_IDS_MAX", lookup_ids_max)
+    monkeypatch.setattr(store, "INDEX_LOOKUP_SHARE", index_lookup_share)
     topics, expected = one_batch
     db = tmp_path / "lookup.duckdb"
     run_once(db, broker, topics, max_batch_events=13)
