@@ -459,9 +459,9 @@ class Store:
         scan of the event_id column at 8M events), and with a join otherwise. The few landed rows
         are then read by their ids."""
         con = self.con
-        stored = con.execute(
-            "SELECT estimated_size FROM duckdb_tables() WHERE database_name = current_database() "
-            "AND schema_name = 'main' AND table_name = 'events'").fetchone()[0]
+        # (DuckDB answers count(*) of a whole table from its metadata; duckdb_tables() would
+        # also open the catalog of the attached replica, which may be gone)
+        stored = int(con.execute("SELECT count(*) FROM events").fetchone()[0])
         staged = int(con.execute("SELECT count(*) FROM staged_events").fetchone()[0])
         if staged <= INDEX_LOOKUP_SHARE * stored:
             ids = [row[0] for row in con.execute("SELECT DISTINCT event_id FROM staged_events").fetchall()]
