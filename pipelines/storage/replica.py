@@ -52,6 +52,7 @@ REPLACED = ("pipeline_offsets", "source_resets", "source_fingerprints")  # small
 # Rewritten journey by journey: a publish replaces the rows of the journeys the batches rewrote
 # or removed (changed_journeys), and leaves every other journey's rows as they are.
 PER_CUSTOMER = ("journeys", "journey_events", "journey_metrics", "journey_handoffs")
+BATCH_STAMPED = ("journeys", "journey_metrics", "journey_handoffs")  # of PER_CUSTOMER: with a batch_id column
 TABLES = APPENDED + REPLACED + PER_CUSTOMER
 META_TABLE = "replica_meta"  # one row: fingerprint (tables), views_fingerprint, rebuilt_at
 STATE_TABLE = "replica_state"  # view for readers: published_batch_id, ...
@@ -603,7 +604,12 @@ class Replica:
         for table in PER_CUSTOMER:
             con.execute(f"DELETE FROM {LAKE_ALIAS}.{table} WHERE {mine + ' AND ' if mine else ''}journey_id IN ({ids})")
             columns = f"BY NAME SELECT *, {writer_column}" if writer_column else "SELECT *"
-            con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} {columns} FROM {self.source}.{table} WHERE journey_id IN ({ids})")
+            # A changed journey's rows in a batch-stamped table were all written by the latest
+            # batch that recomputed it, one of the window's: the window lets DuckDB's min-max
+            # index skip every row group landed before (a scan of the whole table otherwise)
+            landed_in_window = f"{window} AND " if table in BATCH_STAMPED else ""
+            con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} {columns} FROM {self.source}.{table} "
+                        f"WHERE {landed_in_window}journey_id IN ({ids})")
         return changed
 
     def _rebuild(self, reason: str) -> PublishResult:
