@@ -141,6 +141,7 @@ REVIEWED = {
         "mine + ' AND ' if mine else ''": "SharedLake._mine: WRITER_COLUMN = sql_literal(writer id), or nothing",
         "writer_column": "SharedLake: sql_literal(writer id) AS the constant WRITER_COLUMN, or nothing",
         "columns": "SQL text built in the same function from writer_column (above) or a literal",
+        "landed_in_window": "the window (a batch_id range of two ints, built by publish()) + ' AND ', or nothing",
     },
     "storage/replica.py:compact": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
     "storage/models_test.py:sql_type_rank": {"case.group(1)": "the CASE expression read from our own model file stg_events.sql"},
