@@ -157,8 +157,7 @@ REVIEWED = {
     },
     "storage/store.py:_land_service_metrics": {"customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()"},
     "storage/store.py:_land_losing_copies": {"changed": "literal SQL text assigned in the same function"},
-    "storage/store.py:_landed_copies": {"ids": "event ids, each quoted with sql_literal in the same function",
-                                        "listed": "event ids, each quoted with sql_literal in the same function"},
+    "storage/store.py:_landed_copies": {"ids": "event ids, each quoted with sql_literal in the same function"},
     "storage/store.py:_check_accounting": {"staged": "literal SQL text assigned in the same function"},
     "storage/replica.py:_create_views": {"self.source": "ident() of current_database(), set in __init__"},
     "storage/replica.py:_rebuild": {

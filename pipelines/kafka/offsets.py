@@ -75,7 +75,6 @@ class OffsetReader:
         self.probe = None
         self.waiter = None  # long-polling consumer of wait_for_records, made on first use
         self._confirmed: dict[PartitionKey, int] = {}  # the last complete end-offset answer, per partition
-        self._metadata_at = float("-inf")  # time.monotonic() of the last metadata refresh
         self.timeout_s = connect_timeout_s
         self.timeout_ms = int(connect_timeout_s * 1000)  # offset requests fail this fast, not after 30 s
         tls_problem = probe_tls(settings, connect_timeout_s)  # kafka-python would hang on a non-TLS listener
@@ -88,8 +87,9 @@ class OffsetReader:
             )
         except (KafkaError, OSError, ValueError) as exc:
             raise BrokerUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}{failure_cause(settings)}") from None
-        # bootstrapping just fetched metadata: what it holds is as fresh as a refresh would be, and
-        # a topic it does not hold is looked up by partitions_for_topic anyway
+        # time.monotonic() of the last metadata refresh. Bootstrapping just fetched metadata: what
+        # it holds is as fresh as a refresh would be, and a topic it does not hold is looked up by
+        # partitions_for_topic anyway
         self._metadata_at = time.monotonic()
 
     def partitions(self, topics: Iterable[str]) -> tuple[list[PartitionKey], list[str]]:
