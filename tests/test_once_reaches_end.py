@@ -135,3 +135,47 @@ def test_once_as_a_command_reports_caught_up_only_at_the_end(broker, topics, db)
              broker.bootstrap_servers, "--topic-tickets", topics["tickets"], "--topic-chats", topics["chats"],
              "--topic-surveys", topics["surveys"]], capture_output=True, text=True, timeout=120)
         assert json.loads(status.stdout)["total_lag"] == 0, status.stdout
+
+
+def test_once_reads_on_when_a_plan_under_reports_the_ends_it_was_given_at_start(broker, topics, db, monkeypatch, caplog):
+    """`--once` returns only when everything below the end offsets seen at start is landed. A
+    plan that found nothing to read while its ends fell short of those targets (an end reported
+    too low mid-run) is not taken at its word: the run looks the ends up again and reads on. The
+    plan's look-up is made to report the landed offsets as the ends, once, after the first batch."""
+    import logging
+
+    from pipelines.config.run_config import RunConfig
+    from pipelines.local.microbatch import MicroBatchRunner
+    from pipelines.storage.store import Store
+
+    monkeypatch.setenv("CXJ_REPLICA", "off")
+    rng = random.Random(SEED)
+    sent = new = malformed = 0
+    while sent < 30:  # enough records for three batches
+        batch, round_new, round_malformed = messages(rng, f"under{sent}", [])
+        sent += send(broker, topics, batch)
+        new, malformed = new + round_new, malformed + round_malformed
+    real_bounds = OffsetReader.bounds
+    calls = []
+
+    with Store(db) as store:
+        def under_reporting_bounds(self, partitions):  # type: ignore[no-untyped-def]
+            beginnings, ends = real_bounds(self, partitions)
+            calls.append(1)
+            if len(calls) == 3:  # the start's targets, the first plan, then this plan: "nothing left"
+                landed = store.landed_offsets()
+                ends = {k: min(end, landed.get(k, 0)) for k, end in ends.items()}
+            return beginnings, ends
+
+        monkeypatch.setattr(OffsetReader, "bounds", under_reporting_bounds)
+        caplog.set_level(logging.WARNING, logger="cxj")
+        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics, max_batch_events=max(1, sent // 3)), store)
+        try:
+            batches = runner.run_once()
+        finally:
+            runner.close()
+    assert len(calls) > 3, "the under-reporting look-up never happened"
+    assert sum(b.consumed for b in batches) == sent
+    assert table(db, "SELECT count(*) FROM events") == [(new,)]
+    assert table(db, "SELECT count(*) FROM dead_letters") == [(malformed,)]
+    assert any("still unread" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]

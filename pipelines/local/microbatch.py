@@ -688,6 +688,8 @@ class MicroBatchRunner:
                 log.info("progress: %d records done (%.0f records/s), about %d to go until the end offsets seen at start",
                          done, done / max(time.monotonic() - started, 1e-9), max(0, remaining - self._arrived_since(targets)))
                 continue
+            if self._idle_plan_reached(targets):
+                return batches
             short = self._unread_below(targets)
             self._retarget_changed(targets)
             if not short:
@@ -707,6 +709,15 @@ class MicroBatchRunner:
             else:
                 targets.pop(key, None)
         self.changed_partitions.clear()
+
+    def _idle_plan_reached(self, targets: dict[PartitionKey, int]) -> bool:
+        """The plan that just found nothing to read confirmed ends at or past every target, and
+        every target is landed: then no record below the targets can be unread, and the look-up
+        of ``_unread_below`` (four broker round trips) would find the same. It is needed only
+        where that plan's ends fell short of a target (an end under-reported during the run) or
+        a partition resumes from its log's start rather than a landed offset."""
+        landed = self.store.landed_offsets()
+        return all(self._last_ends.get(k, -1) >= target and landed.get(k, 0) >= target for k, target in targets.items())
 
     def _unread_below(self, targets: dict[PartitionKey, int]) -> dict[PartitionKey, int]:
         """Per partition, records below min(target, confirmed end now) not landed yet."""
