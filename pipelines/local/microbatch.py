@@ -713,7 +713,7 @@ class MicroBatchRunner:
     def _idle_plan_reached(self, targets: dict[PartitionKey, int]) -> bool:
         """The plan that just found nothing to read confirmed ends at or past every target, and
         every target is landed: then no record below the targets can be unread, and the look-up
-        of ``_unread_below`` (four broker round trips) would find the same. It is needed only
+        of ``_unread_below`` (up to five broker round trips) would find the same. It is needed only
         where that plan's ends fell short of a target (an end under-reported during the run) or
         a partition resumes from its log's start rather than a landed offset."""
         landed = self.store.landed_offsets()
