@@ -47,7 +47,7 @@ def fill(con, rows: int, batch_id: int) -> None:
         NULL, NULL, NULL, NULL, 'customer', NULL, NULL, NULL, '{{}}', 'topic', 0, i, NULL, {batch_id}, now()
         FROM range({rows}) r(i)""")
     con.execute(f"""INSERT INTO journey_events SELECT 'e' || i, 'j' || (i // {EVENTS_PER_JOURNEY}),
-        'c' || (i // {EVENTS_PER_JOURNEY * JOURNEYS_PER_CUSTOMER}) FROM range({rows}) r(i)""")
+        'c' || (i // {EVENTS_PER_JOURNEY * JOURNEYS_PER_CUSTOMER}), {batch_id} FROM range({rows}) r(i)""")
     insert_journeys(con, f"SELECT i AS j FROM range({journeys}) r(i)", batch_id)
     insert_batch(con, batch_id)
 
@@ -88,7 +88,7 @@ def land_batch(con, batch_id: int, customers: int, rows: int, offset: int) -> No
     con.execute(f"""INSERT INTO events SELECT event_id, 'ticket.message', now(), NULL, 'c' || c, NULL, NULL, NULL,
         'email', NULL, NULL, NULL, NULL, 'customer', NULL, NULL, NULL, '{{}}', 'topic', 0, 0, NULL, {batch_id}, now()
         FROM ({new_events})""")
-    con.execute(f"INSERT INTO journey_events SELECT event_id, 'j' || j, 'c' || c FROM ({new_events})")
+    con.execute(f"INSERT INTO journey_events SELECT event_id, 'j' || j, 'c' || c, {batch_id} FROM ({new_events})")
     insert_batch(con, batch_id)
     con.execute("COMMIT")
 

@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS journeys (
 CREATE TABLE IF NOT EXISTS journey_events (
     event_id    VARCHAR NOT NULL,
     journey_id  VARCHAR NOT NULL,
-    customer_id VARCHAR NOT NULL
+    customer_id VARCHAR NOT NULL,
+    batch_id    BIGINT           -- the batch that last wrote the row (its journey's journeys.batch_id)
 );
 
 -- Every message that could not be landed, with the reason; nothing is dropped silently.

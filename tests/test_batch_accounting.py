@@ -174,11 +174,10 @@ def test_short_staged_output_lands_nothing(broker, landed_once, tmp_path, caplog
         return  # the restart below is checked for a few variants (each costs a pipeline run)
     # the offsets did not move past anything: a clean run lands exactly what a faultless run did
     run_once(db, broker, topics)
-    compared = {k: v for k, v in TABLES.items() if k not in ("batches", "offsets", "journey_events")}
+    compared = {k: v for k, v in TABLES.items() if k not in ("batches", "offsets")}
     after, clean = snapshot(db, compared), snapshot(reference, compared)
     for name in compared:  # the last column is the batch_id, which differs between the two histories
         assert after[name] and [r[:-1] for r in after[name]] == [r[:-1] for r in clean[name]], name
-    assert table(db, TABLES["journey_events"]) == table(reference, TABLES["journey_events"])
     assert table(db, 'SELECT topic, "partition", next_offset FROM pipeline_offsets ORDER BY ALL') == table(
         reference, 'SELECT topic, "partition", next_offset FROM pipeline_offsets ORDER BY ALL')
 

@@ -82,7 +82,7 @@ def replacing_pair() -> tuple[Message, Message, dict[str, Any], dict[str, Any]]:
 COMPARED = {
     "events": "SELECT * EXCLUDE (batch_id, landed_at) FROM events ORDER BY event_id",
     "journeys": f"SELECT {JOURNEY_COLUMNS} FROM journeys ORDER BY journey_id",
-    "journey_events": "SELECT * FROM journey_events ORDER BY event_id",
+    "journey_events": "SELECT * EXCLUDE (batch_id) FROM journey_events ORDER BY event_id",
     "event_conflicts": "SELECT * EXCLUDE (batch_id, detected_at) FROM event_conflicts ORDER BY ALL",
     "duplicate_deliveries": "SELECT * EXCLUDE (batch_id) FROM duplicate_deliveries ORDER BY ALL",
     "dead_letters": "SELECT count(*) FROM dead_letters",

@@ -134,7 +134,7 @@ def snapshot(db: Path) -> dict[str, list]:
     return {
         "events": table(db, "SELECT * EXCLUDE (batch_id, landed_at) FROM events ORDER BY event_id"),
         "journeys": table(db, f"SELECT {JOURNEY_COLUMNS} FROM journeys ORDER BY journey_id"),
-        "journey_events": table(db, "SELECT * FROM journey_events ORDER BY event_id"),
+        "journey_events": table(db, "SELECT * EXCLUDE (batch_id) FROM journey_events ORDER BY event_id"),
         "dead_letters": table(db, 'SELECT * EXCLUDE (batch_id, landed_at) FROM dead_letters ORDER BY topic, "partition", "offset"'),
         "offsets": table(db, 'SELECT topic, "partition", next_offset FROM pipeline_offsets ORDER BY ALL'),
     }

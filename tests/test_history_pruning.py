@@ -132,7 +132,7 @@ def table_count(store: Store) -> int:
 def journey_tables(db: Path, with_revisions: bool) -> dict[str, list]:
     out = {
         "journeys": table(db, f"SELECT {JOURNEY_COLUMNS} FROM journeys ORDER BY journey_id"),
-        "journey_events": table(db, "SELECT * FROM journey_events ORDER BY event_id"),
+        "journey_events": table(db, "SELECT * EXCLUDE (batch_id) FROM journey_events ORDER BY event_id"),
         "journey_metrics": table(db, "SELECT * EXCLUDE (batch_id) FROM journey_metrics ORDER BY journey_id"),
         "journey_handoffs": table(db, "SELECT * EXCLUDE (batch_id) FROM journey_handoffs ORDER BY journey_id, seq"),
     }

@@ -278,7 +278,7 @@ def test_constraint_violation_while_landing_keeps_nothing_and_exits_2(broker, tm
     run_once(db, broker, topics)
     with duckdb.connect(str(db)) as con:
         con.execute("CREATE UNIQUE INDEX one_link_per_event ON journey_events (event_id)")
-        con.execute("INSERT INTO journey_events VALUES ('i-3', 'a-stray-journey', 'someone-else')")
+        con.execute("INSERT INTO journey_events VALUES ('i-3', 'a-stray-journey', 'someone-else', 1)")
     before = state(db)
     send_events(broker, topics, events("i", 40) + [{"event_id": "broken", "event_type": "ticket.created"}])
 

@@ -126,11 +126,11 @@ def table_rows(con, relation: str) -> list[str]:
 
 def assert_replica_equals_database(store: Store, batch_id: int) -> None:
     con, source = store.replica.con, store.replica.source
-    shared = mine(store) != "true"
     for table in TABLES:
-        database = table_rows(con, f"FROM {source}.{table}")
-        replica = table_rows(con, f"SELECT * {'EXCLUDE (writer_id)' if shared else ''} FROM {LAKE_ALIAS}.{table} "
-                                  f"WHERE {mine(store)}")
+        # the database's columns in its order: a column added to an older shared lake comes last there
+        columns = ", ".join(f'"{row[0]}"' for row in con.execute(f"DESCRIBE {source}.{table}").fetchall())
+        database = table_rows(con, f"SELECT {columns} FROM {source}.{table}")
+        replica = table_rows(con, f"SELECT {columns} FROM {LAKE_ALIAS}.{table} WHERE {mine(store)}")
         assert replica == database, f"batch {batch_id}: replica table {table} differs from the database"
 
 
@@ -211,6 +211,53 @@ def test_every_batch_publishes_only_changed_journeys_and_the_replica_equals_the_
     # round 2 rewrote L24 and L25 (8 links), round 3 the journey of L25 and L26 (8); round 4
     # replaced one of its old events, so the whole history (27 tickets) was recomputed
     assert [b["long_links_copied"] for b in seen] == [100, 8, 8, 108, 0]
+
+
+@pytest.mark.parametrize("target", ["replica", "shared_lake"])
+def test_a_store_landed_before_links_had_a_batch_id_is_filled_in_and_publishes_exactly(
+        broker, tmp_path, request, target, monkeypatch, caplog):
+    """journey_events gained batch_id (the publish reads only the window's row groups by it). A
+    store and lake of the version before: round 1 landed and published, round 2 landed but not
+    published (the writer stopped in between), then the column dropped from both. The new version
+    must fill the column in (each link from its journey's batch), publish round 2 from the filled
+    rows, and go on publishing the later rounds exactly, without a rebuild after a disagreement."""
+    db = tmp_path / "older.duckdb"
+    lake = None
+    if target == "shared_lake":
+        postgres = request.getfixturevalue("postgres")
+        lake = parse_lake(postgres.new_database("lake_older_links"), tmp_path / "lake-data")
+    first, second, *later = rounds()
+    land_and_compare(broker, db, [first], lake)
+    with Store(db, lake=lake) as store:
+        assert store.replica is not None and store.replica.published_batch_id() == 1
+        store.replica.con.execute(f"ALTER TABLE {LAKE_ALIAS}.journey_events DROP COLUMN batch_id")
+        if lake is None:  # the local replica records the columns it was built from: those of the earlier version
+            store.replica.con.execute(f"UPDATE {LAKE_ALIAS}.{META_TABLE} SET fingerprint = 'the earlier version'")
+    monkeypatch.setenv("CXJ_REPLICA", "0")
+    topics = new_topics(broker)
+    send_events(broker, topics, second)
+    with Store(db) as store:
+        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics, max_batch_events=1_000_000), store)
+        try:
+            assert [b.batch_id for b in runner.run_once()] == [2]
+        finally:
+            runner.close()
+        store.con.execute("ALTER TABLE journey_events DROP COLUMN batch_id")
+    monkeypatch.delenv("CXJ_REPLICA")
+    caplog.set_level("INFO", logger="cxj")
+
+    with Store(db, lake=lake) as store:  # fills the column in, then publishes round 2
+        assert "added journey_events.batch_id" in caplog.text
+        con = store.con
+        assert con.execute("SELECT count(*) FROM journey_events WHERE batch_id IS NULL").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM journey_events e JOIN journeys j USING (journey_id) "
+                           "WHERE e.batch_id <> j.batch_id").fetchone()[0] == 0
+        assert {r[0] for r in con.execute("SELECT DISTINCT batch_id FROM journey_events").fetchall()} == {1, 2}
+        assert store.replica is not None and store.replica.published_batch_id() == 2
+        assert_replica_equals_database(store, 2)
+    land_and_compare(broker, db, later, lake)
+
+    assert "disagrees with the database" not in caplog.text
 
 
 # ------------------------------------------------------------------ random long histories

@@ -172,7 +172,7 @@ INSERT INTO events (event_id, event_type, occurred_at, customer_id, ticket_id, c
                     source_partition, source_offset, batch_id, landed_at)
 VALUES ('e1', 'ticket.created', TIMESTAMPTZ '2025-03-03 09:00:00+00', 'c1', 't1', '</script><script>alert(1)</script>',
         '{}', 't', 0, 0, 1, now());
-INSERT INTO journey_events VALUES ('e1', 'j1', 'c1');
+INSERT INTO journey_events VALUES ('e1', 'j1', 'c1', 1);
 INSERT INTO dead_letters VALUES ('t', 0, 1, NULL, 'x'::BLOB, '<b>bad</b>', 'd', 1, now());
 """
 

@@ -141,7 +141,7 @@ REVIEWED = {
         "mine + ' AND ' if mine else ''": "SharedLake._mine: WRITER_COLUMN = sql_literal(writer id), or nothing",
         "writer_column": "SharedLake: sql_literal(writer id) AS the constant WRITER_COLUMN, or nothing",
         "columns": "SQL text built in the same function from writer_column (above) or a literal",
-        "landed_in_window": "the window (a batch_id range of two ints, built by publish()) + ' AND ', or nothing",
+        "window": "the publish's window: a batch_id range of two ints, built by publish() / _publish_once()",
     },
     "storage/replica.py:compact": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
     "storage/models_test.py:sql_type_rank": {"case.group(1)": "the CASE expression read from our own model file stg_events.sql"},
@@ -189,6 +189,10 @@ REVIEWED = {
         "_rebuild_once": "table mine writer self.source", "_record_conflicts": "mine self.source window found",
         "_expire": "lake",
     }.items()},
+    "storage/shared_lake.py:_add_new_columns": {
+        "table": "a key of the module mapping ADDED_COLUMNS: a fixed table name",
+        "kind": "a value of the module mapping ADDED_COLUMNS: a fixed SQL type name",
+    },
     "storage/replica.py:_expire": {
         "lake": "sql_literal(LAKE_ALIAS) in the same function",
         "ids": "list of int() snapshot ids read back from the catalog",

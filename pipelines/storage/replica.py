@@ -51,8 +51,8 @@ APPENDED = ("events", "dead_letters", "pipeline_batches", "journey_revisions")  
 REPLACED = ("pipeline_offsets", "source_resets", "source_fingerprints")  # small: replaced whole
 # Rewritten journey by journey: a publish replaces the rows of the journeys the batches rewrote
 # or removed (changed_journeys), and leaves every other journey's rows as they are.
+# Each has a batch_id column: the batch that last wrote the row.
 PER_CUSTOMER = ("journeys", "journey_events", "journey_metrics", "journey_handoffs")
-BATCH_STAMPED = ("journeys", "journey_metrics", "journey_handoffs")  # of PER_CUSTOMER: with a batch_id column
 TABLES = APPENDED + REPLACED + PER_CUSTOMER
 META_TABLE = "replica_meta"  # one row: fingerprint (tables), views_fingerprint, rebuilt_at
 STATE_TABLE = "replica_state"  # view for readers: published_batch_id, ...
@@ -199,8 +199,8 @@ def changed_journeys(source: str, window: str) -> str:
 
     Why this is all that changes: a batch deletes the rows of the journeys it recomputes (the
     touched customers' journeys except the settled ones, store.py) and inserts the recomputed
-    ones, stamped with its batch_id in journeys, journey_metrics and journey_handoffs (and
-    journey_events under the same journey ids). A recomputed id that is not inserted again
+    ones, stamped with its batch_id in journeys, journey_events, journey_metrics and
+    journey_handoffs. A recomputed id that is not inserted again
     disappeared (merged into or split across others), and the batch records it in
     journey_revisions as change = 'removed'. Rows are never updated in place. So every row of
     these tables that was inserted or deleted since the last publish has a journey id in this
@@ -604,12 +604,11 @@ class Replica:
         for table in PER_CUSTOMER:
             con.execute(f"DELETE FROM {LAKE_ALIAS}.{table} WHERE {mine + ' AND ' if mine else ''}journey_id IN ({ids})")
             columns = f"BY NAME SELECT *, {writer_column}" if writer_column else "SELECT *"
-            # A changed journey's rows in a batch-stamped table were all written by the latest
-            # batch that recomputed it, one of the window's: the window lets DuckDB's min-max
-            # index skip every row group landed before (a scan of the whole table otherwise)
-            landed_in_window = f"{window} AND " if table in BATCH_STAMPED else ""
+            # A changed journey's rows were all written by the latest batch that recomputed it,
+            # one of the window's: the window lets DuckDB's min-max index skip every row group
+            # landed before (a scan of the whole table otherwise)
             con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} {columns} FROM {self.source}.{table} "
-                        f"WHERE {landed_in_window}journey_id IN ({ids})")
+                        f"WHERE {window} AND journey_id IN ({ids})")
         return changed
 
     def _rebuild(self, reason: str) -> PublishResult:

@@ -79,6 +79,16 @@ LEFT JOIN (SELECT {WRITER_COLUMN}, max(batch_id) AS batch_id, max_by(started_at,
            FROM pipeline_batches GROUP BY {WRITER_COLUMN}) b USING ({WRITER_COLUMN})
 """
 
+# Columns a later version added to a lake table: (table, column) -> (type, how to fill them for
+# every writer's rows already there). A lake created before gains them from the first writer of
+# the new version.
+ADDED_COLUMNS: dict[tuple[str, str], tuple[str, str]] = {
+    # a link was last written with its journey (store.py, Store._stamp_journey_events)
+    ("journey_events", "batch_id"): ("BIGINT",
+        f"UPDATE {LAKE_ALIAS}.journey_events SET batch_id = j.batch_id FROM {LAKE_ALIAS}.journeys j "
+        f"WHERE j.journey_id = journey_events.journey_id AND j.{WRITER_COLUMN} = journey_events.{WRITER_COLUMN}"),
+}
+
 T = TypeVar("T")
 
 
@@ -187,16 +197,31 @@ class SharedLake(Replica):
             if CONFLICTS_TABLE not in existing:
                 con.execute(f"CREATE TABLE {LAKE_ALIAS}.{CONFLICTS_TABLE} (kind VARCHAR, key VARCHAR, {WRITER_COLUMN} VARCHAR, "
                             "other_writer_id VARCHAR, batch_id BIGINT, detected_at TIMESTAMPTZ)")
+            self._add_new_columns(existing)
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
             raise
         for table in TABLES:
-            ours = self._columns(self.source, table) + [(WRITER_COLUMN, "VARCHAR")]
-            theirs = self._columns(LAKE_ALIAS, table)
+            # by name: a column added to an older lake comes after writer_id, and every write
+            # to the lake goes BY NAME
+            ours = dict(self._columns(self.source, table) + [(WRITER_COLUMN, "VARCHAR")])
+            theirs = dict(self._columns(LAKE_ALIAS, table))
             if ours != theirs:
                 raise ReplicaError(f"the shared lake's table {table} has other columns than this writer's "
                                    "(writers of one lake must run the same version)")
+
+    def _add_new_columns(self, existing: set[str]) -> None:
+        """Inside _ensure_tables' transaction: adds to an older lake's tables the columns of
+        ADDED_COLUMNS it lacks, filled for every writer's rows. Writers of the older version are
+        refused afterwards (docs/storage.md, "Shared lake", rule 5)."""
+        for (table, column), (kind, fill) in ADDED_COLUMNS.items():
+            if table not in existing or column in dict(self._columns(LAKE_ALIAS, table)):
+                continue
+            log.warning("shared lake: adding %s.%s (%s) to a lake an earlier version created, filled for every writer's rows",
+                        table, column, kind)
+            self.con.execute(f"ALTER TABLE {LAKE_ALIAS}.{table} ADD COLUMN {ident(column)} {kind}")
+            self.con.execute(fill)
 
     # ------------------------------------------------------------------ retries
 

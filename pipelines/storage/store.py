@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import time
@@ -27,6 +28,7 @@ from pipelines.storage.replica import ReplicaError, open_writer_replica
 if TYPE_CHECKING:
     import pyarrow as pa  # imported where used: the store's readers never load Arrow
 
+log = logging.getLogger("cxj.store")
 
 class StoreError(RuntimeError):
     """A one-line, user-facing problem with the database file."""
@@ -331,6 +333,7 @@ class Store:
         except ModelError as exc:  # a broken model or YAML file: one line naming it, nothing applied
             raise StoreError(f"cannot create the views from sql/models: {exc}") from None
         self.con.execute(SCHEMA_SQL.read_text())
+        self._stamp_journey_events()
         self.con.execute("BEGIN TRANSACTION")
         try:
             for statement in statements:
@@ -342,6 +345,30 @@ class Store:
             except duckdb.Error:  # the failed statement (e.g. disk full) already ended the transaction
                 pass
             raise  # the original cause, not the rollback's
+
+    def _stamp_journey_events(self) -> None:
+        """A store created before journey_events had a batch_id column gains it, filled in.
+
+        Why it is there: the replica publish copies a changed journey's rows from the batches
+        it has not published yet, and with the batch id DuckDB skips every older row group
+        instead of scanning the whole table (docs/architecture.md, "Reading less of a grown store"). Why the fill is
+        exact: a batch deletes and re-inserts a recomputed journey's journeys row and its
+        journey_events rows together, so each link was last written by its journey's batch.
+        """
+        columns = {row[1] for row in self.con.execute("PRAGMA table_info('journey_events')").fetchall()}
+        if "batch_id" in columns:
+            return
+        started = time.perf_counter()
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute("ALTER TABLE journey_events ADD COLUMN batch_id BIGINT")
+            self.con.execute("UPDATE journey_events SET batch_id = j.batch_id FROM journeys j "
+                             "WHERE j.journey_id = journey_events.journey_id")
+            self.con.execute("COMMIT")
+        except BaseException:
+            _rollback_quietly(self.con)
+            raise
+        log.info("%s: added journey_events.batch_id, filled from journeys in %.1fs", self.path, time.perf_counter() - started)
 
     # ---------------------------------------------------------------- reads
 
@@ -670,7 +697,7 @@ class Store:
                 [facts.batch_id],
             )
             journeys = int(con.execute("SELECT count(*) FROM staged_journeys").fetchone()[0])
-            con.execute("INSERT INTO journey_events SELECT event_id, journey_id, customer_id FROM staged_links")
+            con.execute("INSERT INTO journey_events SELECT event_id, journey_id, customer_id, ? FROM staged_links", [facts.batch_id])
             self._land_service_metrics(facts.batch_id, touched, before)
             self._check_accounting(facts, landed, duplicates, dead)
             self._advance_offsets(facts)
