@@ -351,14 +351,18 @@ class Store:
 
         Why it is there: the replica publish copies a changed journey's rows from the batches
         it has not published yet, and with the batch id DuckDB skips every older row group
-        instead of scanning the whole table (docs/architecture.md, "Reading less of a grown store"). Why the fill is
-        exact: a batch deletes and re-inserts a recomputed journey's journeys row and its
-        journey_events rows together, so each link was last written by its journey's batch.
+        instead of scanning the whole table (docs/architecture.md, "The links carry their
+        batch"). Why the fill is exact: a batch deletes and re-inserts a recomputed journey's
+        journeys row and its journey_events rows together, so each link was last written by
+        its journey's batch.
         """
         columns = {row[1] for row in self.con.execute("PRAGMA table_info('journey_events')").fetchall()}
         if "batch_id" in columns:
             return
         started = time.perf_counter()
+        links = int(self.con.execute("SELECT count(*) FROM journey_events").fetchone()[0])
+        log.info("%s: adding journey_events.batch_id (the store was created by an earlier version): "
+                 "filling %d links from their journeys", self.path, links)
         self.con.execute("BEGIN TRANSACTION")
         try:
             self.con.execute("ALTER TABLE journey_events ADD COLUMN batch_id BIGINT")
