@@ -213,8 +213,8 @@ class SharedLake(Replica):
 
     def _add_new_columns(self, existing: set[str]) -> None:
         """Inside _ensure_tables' transaction: adds to an older lake's tables the columns of
-        ADDED_COLUMNS it lacks, filled for every writer's rows. Writers of the older version are
-        refused afterwards (docs/storage.md, "Shared lake", rule 5)."""
+        ADDED_COLUMNS it lacks, filled for every writer's rows. A writer of the older version is
+        refused when it next starts (docs/storage.md, "Shared lake", rule 5)."""
         for (table, column), (kind, fill) in ADDED_COLUMNS.items():
             if table not in existing or column in dict(self._columns(LAKE_ALIAS, table)):
                 continue

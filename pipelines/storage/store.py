@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cxj.store")
 
+
 class StoreError(RuntimeError):
     """A one-line, user-facing problem with the database file."""
 
