@@ -43,6 +43,14 @@ def snapshot(db: Path, tables: dict[str, str] = TABLES) -> dict[str, list]:
     return {name: table(db, query) for name, query in tables.items()}
 
 
+def landed_content(db: Path) -> dict[str, list]:
+    """The snapshot without what depends on where the records were cut into batches: the
+    batches table, and the last column of every other table (its batch_id). Two runs that cut
+    the same records differently (a restart, or a byte budget, whose cut depends on the order in
+    which the broker hands over records of different partitions) must still land this alike."""
+    return {name: [row[:-1] for row in rows] for name, rows in snapshot(db).items() if name != "batches"}
+
+
 def conflicting(messages: list[tuple[str, bytes, bytes]], rng: random.Random, count: int) -> list[tuple[str, bytes, bytes]]:
     """Copies of valid events with other content (a changed note), so conflicts are staged too."""
     valid = [(s, k, v) for s, k, v in messages if v.startswith(b'{"event_id"')]
@@ -174,12 +182,9 @@ def test_short_staged_output_lands_nothing(broker, landed_once, tmp_path, caplog
         return  # the restart below is checked for a few variants (each costs a pipeline run)
     # the offsets did not move past anything: a clean run lands exactly what a faultless run did
     run_once(db, broker, topics)
-    compared = {k: v for k, v in TABLES.items() if k not in ("batches", "offsets")}
-    after, clean = snapshot(db, compared), snapshot(reference, compared)
-    for name in compared:  # the last column is the batch_id, which differs between the two histories
-        assert after[name] and [r[:-1] for r in after[name]] == [r[:-1] for r in clean[name]], name
-    assert table(db, 'SELECT topic, "partition", next_offset FROM pipeline_offsets ORDER BY ALL') == table(
-        reference, 'SELECT topic, "partition", next_offset FROM pipeline_offsets ORDER BY ALL')
+    after, clean = landed_content(db), landed_content(reference)  # the two histories batched differently
+    for name in after:
+        assert after[name] and after[name] == clean[name], name
 
 
 def test_every_batch_balances_and_sums_match_the_tables(landed_once):

@@ -29,7 +29,7 @@ from pipelines.local.ingest_ahead import IngestAhead
 from pipelines.local.microbatch import MicroBatchRunner, RunListener
 from pipelines.storage.store import Store
 from tests.support import new_topics, send, table
-from tests.test_batch_accounting import TABLES, conflicting, snapshot
+from tests.test_batch_accounting import TABLES, conflicting, landed_content, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 60
@@ -114,7 +114,12 @@ def test_reads_cut_short_by_the_byte_budget_are_read_ahead_from_where_they_stopp
                                                                                     monkeypatch):
     """A byte budget stops each batch's reads before its planned stops: the next batch is read
     ahead from where the reads really stopped (not where they were planned to), is adopted,
-    and the run lands what one batch after another lands with the same budget."""
+    and the run lands what one batch after another lands with the same budget.
+
+    Where the budget cuts depends on the order in which the broker hands over the records of
+    different partitions, which Kafka does not fix: the two runs may cut the records into
+    batches differently, so they are compared without the batch columns. A read-ahead started
+    from the planned stops would skip records and change the landed content."""
     topics, sent = backlog
     budget = 6_000  # bytes of message values per batch: far less than BATCH records hold
     reference = tmp_path / "budget-sequential.duckdb"
@@ -122,13 +127,14 @@ def test_reads_cut_short_by_the_byte_budget_are_read_ahead_from_where_they_stopp
     assert (consumed, ahead) == (sent, 0)
     assert batches > -(-sent // BATCH), "the budget did not cut any batch short of its planned records"
     db = tmp_path / "budget-ahead.duckdb"
-    consumed, batches_ahead, ahead = _run(db, broker, topics, True, monkeypatch, max_batch_bytes=budget)
+    consumed, batches, ahead = _run(db, broker, topics, True, monkeypatch, max_batch_bytes=budget)
+    assert consumed == sent and batches > -(-sent // BATCH)
     # the batches planned to reach the end that the budget cut short have nothing read ahead
     # behind them (the plan saw no backlog); every other one is followed by a read-ahead
-    assert consumed == sent and batches_ahead == batches and batches // 2 <= ahead < batches
+    assert batches // 2 <= ahead < batches
     attempts = table(db, "SELECT count(*) FROM batch_attempts")  # one attempt per batch: nothing failed
     assert attempts == [(batches,)]
-    assert snapshot(db) == snapshot(reference)
+    assert landed_content(db) == landed_content(reference)
 
 
 class KillTheWorker(RunListener):
