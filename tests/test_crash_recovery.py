@@ -245,3 +245,92 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, topics, tmp
     consistent(db)
     assert table(db, "SELECT sum(consumed) FROM pipeline_batches") == [(len(messages),)]
     print(f"kills {kills}; {landed_by_killed_runs} batches landed by killed runs ({known_landed} known to the test)")
+
+
+# Opens a store as the writer does, pausing (to be killed) in the one transaction that gives an
+# older store's journey_events its batch_id: after the column is added, before it is filled.
+UPGRADE_HOOK = r"""
+import logging, sys, time
+from pipelines.storage import store
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+class PauseAfterAddingTheColumn:
+    def __init__(self, con):
+        self.con = con
+    def execute(self, statement, *args):
+        result = self.con.execute(statement, *args)
+        if statement.startswith("ALTER TABLE journey_events ADD COLUMN batch_id"):
+            print("cxj-test-hook: paused after adding the column", file=sys.stderr, flush=True)
+            time.sleep(3600)
+        return result
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+stamp = store.Store._stamp_journey_events
+
+def stamp_and_pause(self):
+    con, self.con = self.con, PauseAfterAddingTheColumn(self.con)
+    try:
+        stamp(self)
+    finally:
+        self.con = con
+
+store.Store._stamp_journey_events = stamp_and_pause
+store.Store(sys.argv[1]).close()
+"""
+
+
+def test_a_kill_while_an_older_store_gains_the_links_batch_leaves_it_as_it_was_and_the_next_open_fills_it(
+        broker, topics, tmp_path):
+    """The upgrade of a store landed before journey_events had a batch_id (added, then filled
+    from journeys) is one transaction: a writer killed in the middle of it leaves the store as
+    the older version left it, and the next open does the whole upgrade. Were the column added
+    in a transaction of its own, the kill would leave it there, empty, and the next open would
+    take the store for upgraded: links without a batch, which the replica publish then skips."""
+    from pipelines.storage.store import Store
+
+    db = tmp_path / "older.duckdb"
+    events = generate_customer_events(40, 23, datetime(2026, 8, 1, tzinfo=timezone.utc))
+    send(broker, topics, to_messages(events, 23, out_of_order=0.05, duplicates=0.05, malformed=0.02))
+    run_once(db, broker, topics, max_batch_events=150)
+    links = table(db, "SELECT event_id, journey_id, customer_id FROM journey_events ORDER BY ALL")
+    assert len(links) > 100 and table(db, "SELECT count(DISTINCT batch_id) FROM journey_events")[0][0] > 1
+    import duckdb
+
+    with duckdb.connect(str(db)) as con:  # as the earlier version created it
+        con.execute("ALTER TABLE journey_events DROP COLUMN batch_id")
+
+    def landed(db: Path) -> dict[str, list]:
+        return {
+            "events": table(db, "SELECT * FROM events ORDER BY event_id"),
+            "journeys": table(db, f"SELECT {JOURNEY_COLUMNS}, batch_id FROM journeys ORDER BY journey_id"),
+            "links": table(db, "SELECT event_id, journey_id, customer_id FROM journey_events ORDER BY ALL"),
+            "batches": table(db, "SELECT * FROM pipeline_batches ORDER BY batch_id"),
+            "offsets": table(db, "SELECT * FROM pipeline_offsets ORDER BY ALL"),
+        }
+    before = landed(db)
+    assert before["links"] == links
+
+    proc = subprocess.Popen([sys.executable, "-c", UPGRADE_HOOK, str(db)], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, CXJ_REPLICA="off"))
+    seen = []
+    for line in proc.stderr:  # a line per log record: the process pauses, or ends without pausing
+        seen.append(line)
+        if "cxj-test-hook: paused" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(60)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    assert any("adding journey_events.batch_id" in line for line in seen), "".join(seen)
+
+    # killed inside the transaction: nothing of the upgrade is there, nothing else changed
+    assert "batch_id" not in {row[1] for row in table(db, "PRAGMA table_info('journey_events')")}
+    assert landed(db) == before
+    consistent(db)
+
+    Store(db).close()  # the next writer's open
+    assert table(db, """SELECT count(*) FROM journey_events l JOIN journeys j USING (journey_id)
+                        WHERE l.batch_id IS NOT DISTINCT FROM j.batch_id""") == [(len(links),)]
+    assert landed(db) == before
