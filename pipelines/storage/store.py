@@ -76,6 +76,12 @@ DEFAULT_LOCK_TIMEOUT_S = 10.0
 # backlog is read): one publish covers all batches landed since the last, and a publish is the
 # largest fixed cost of a batch (docs/architecture.md, "Replica publish while catching up").
 REPLICA_DEFER_MAX_S = 30.0
+# The writer checkpoints itself once the write-ahead log reaches this size (DuckDB's own default
+# threshold), after a batch is landed and published, not inside the batch's COMMIT where
+# DuckDB would: readers then see the batch without waiting for the checkpoint
+# (docs/architecture.md, "Checkpoints inside the cycle").
+CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
+_NO_AUTOMATIC_CHECKPOINT = "1TB"
 _PID = re.compile(r"\(PID (\d+)\)")
 
 
@@ -268,6 +274,7 @@ class Store:
         self._publish_due = False  # a landed batch is not published yet (deferred while a backlog is read)
         self._published_at = float("-inf")  # time.monotonic() of the last publish
         if not read_only:
+            self.con.execute(f"SET checkpoint_threshold = '{_NO_AUTOMATIC_CHECKPOINT}'")
             try:
                 self.apply_schema()
             except StoreError:  # a broken model file (pipelines/storage/models.py): already one line
@@ -289,6 +296,21 @@ class Store:
             self.replica.after_land()
             self._published_at = time.monotonic()
         self._publish_due = False
+
+    def _checkpoint_if_due(self) -> None:
+        """Checkpoints once the write-ahead log holds CHECKPOINT_WAL_BYTES. A failed checkpoint
+        loses nothing (the log keeps every committed batch) and is tried again after the next."""
+        try:
+            wal_bytes = os.stat(f"{self.path}.wal").st_size
+        except OSError:  # no log: nothing written since the last checkpoint
+            return
+        if wal_bytes < CHECKPOINT_WAL_BYTES:
+            return
+        try:
+            self.con.execute("CHECKPOINT")
+        except duckdb.Error as exc:
+            log.warning("%s: checkpoint of a %d-byte write-ahead log failed, tried again after the next batch: %s",
+                        self.path, wal_bytes, str(exc).splitlines()[0])
 
     def close(self) -> None:
         if self.replica is not None:
@@ -739,6 +761,7 @@ class Store:
         self._publish_due = True
         if not backlog_left or time.monotonic() - self._published_at >= REPLICA_DEFER_MAX_S:
             self.publish_pending()
+        self._checkpoint_if_due()
         return LandedBatch(
             batch_id=facts.batch_id,
             consumed=facts.consumed,
