@@ -79,3 +79,17 @@ def test_a_checkpoint_that_fails_loses_nothing_warns_once_and_is_tried_again(bro
             runner.close()
     assert table(db, "SELECT sum(consumed) FROM pipeline_batches") == [(sent,)]
     assert len([r for r in caplog.records if "checkpoint" in r.getMessage()]) == 1
+
+
+def test_a_log_written_while_the_store_opens_is_checkpointed_there_once_it_is_due(tmp_path, monkeypatch):
+    """What the writer writes at open (the views every time, an upgrade of an older store such as
+    the links' batch fill) is checked against the threshold before any batch runs, as a batch's
+    log is: a large upgrade is not left in the log until the first batch or the close."""
+    db = tmp_path / "journeys.duckdb"
+    wal = Path(f"{db}.wal")
+    Store(db).close()
+    with Store(db):  # the views are written again: a small log, not due
+        assert wal.exists() and wal.stat().st_size > 0
+    monkeypatch.setattr(store_module, "CHECKPOINT_WAL_BYTES", 1)
+    with Store(db):  # the same log is due now: checkpointed at open
+        assert not wal.exists() or wal.stat().st_size == 0

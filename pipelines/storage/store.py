@@ -283,6 +283,7 @@ class Store:
             except (duckdb.Error, OSError) as exc:  # e.g. a full disk: the views are written at every start
                 _close_quietly(self.con)
                 raise StoreError(f"cannot prepare the tables and views in {self.path}: {str(exc).splitlines()[0]}") from None
+            self._checkpoint_if_due()  # an upgrade at open (e.g. _stamp_journey_events) may write a large log
             try:  # lake: a shared lake to publish to instead of the local replica (storage/shared_lake.py)
                 self.replica = open_writer_replica(self.con, self.path, lake, writer_id)
             except ReplicaError as exc:
