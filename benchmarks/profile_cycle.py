@@ -3,7 +3,8 @@
 One runner is kept for the whole run, as `run --follow` keeps it: after a warm-up cycle
 (imports, schema, replica creation), it profiles an idle cycle (nothing new on the broker), a
 one-event cycle and a cycle of about --events events, each on its own, and prints the CPU
-seconds of each and the top functions of the one-event cycle.
+seconds of each and the top functions of the one-event cycle (or, with --show large, of the
+--events cycle).
 
   .venv/bin/python benchmarks/profile_cycle.py [--events 500] [--top 40] [--repeat 3]
 """
@@ -55,7 +56,9 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3, help="cycles of each kind; the cheapest is shown")
-    parser.add_argument("--dump", type=Path, default=None, help="write the one-event cycle's profile here (pstats)")
+    parser.add_argument("--dump", type=Path, default=None, help="write the shown cycle's profile here (pstats)")
+    parser.add_argument("--show", choices=("one", "large"), default="one",
+                        help="whose top functions to print: the one-event cycle or the --events cycle")
     args = parser.parse_args()
     logs.configure(quiet=True)
     port = free_port()
@@ -86,11 +89,12 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     for kind, (cpu, wall, _p, records) in shown.items():
         print(f"{kind:>12}: {cpu:.3f} CPU s, {wall:.3f} wall s, {records} records (cheapest of {args.repeat})")
+    kind = "one event" if args.show == "one" else f"{args.events} events"
     if args.dump:
-        shown["one event"][2].dump_stats(str(args.dump))
+        shown[kind][2].dump_stats(str(args.dump))
     for sort in ("cumulative", "tottime"):
-        print(f"\n--- one-event cycle, top {args.top} by {sort} ---")
-        print(_top(shown["one event"][2], sort, args.top)[:20000])
+        print(f"\n--- {kind} cycle, top {args.top} by {sort} ---")
+        print(_top(shown[kind][2], sort, args.top)[:20000])
     return 0
 
 
