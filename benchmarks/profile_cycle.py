@@ -7,6 +7,7 @@ seconds of each and the top functions of the one-event cycle (or, with --show la
 --events cycle).
 
   .venv/bin/python benchmarks/profile_cycle.py [--events 500] [--top 40] [--repeat 3]
+      [--show one|large] [--dump FILE]
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def main() -> int:
     parser.add_argument("--show", choices=("one", "large"), default="one",
                         help="whose top functions to print: the one-event cycle or the --events cycle")
     args = parser.parse_args()
+    large = f"{args.events} events"  # the label of the --events cycle
     logs.configure(quiet=True)
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="cxj-profile-cycle-"))
@@ -75,7 +77,7 @@ def main() -> int:
             try:
                 send_simulated(_messages(1, 1), settings, topics)
                 runner.run_batch()  # warm-up: imports, schema, replica creation
-                for kind, count in (("idle", 0), ("one event", 1), (f"{args.events} events", args.events)):
+                for kind, count in (("idle", 0), ("one event", 1), (large, args.events)):
                     for i in range(args.repeat):
                         if count:
                             send_simulated(_messages(count, 100 * count + i), settings, topics)
@@ -89,7 +91,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     for kind, (cpu, wall, _p, records) in shown.items():
         print(f"{kind:>12}: {cpu:.3f} CPU s, {wall:.3f} wall s, {records} records (cheapest of {args.repeat})")
-    kind = "one event" if args.show == "one" else f"{args.events} events"
+    kind = "one event" if args.show == "one" else large
     if args.dump:
         shown[kind][2].dump_stats(str(args.dump))
     for sort in ("cumulative", "tottime"):
