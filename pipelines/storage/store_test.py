@@ -1,12 +1,13 @@
-"""Unit tests of the store's pure parts: which landed journeys a batch leaves as landed (history
-pruning), and reading TIMESTAMPTZ columns as the same instants DuckDB gives, faster."""
+"""Unit tests of the store's parts that need no pipeline: which landed journeys a batch leaves
+as landed (history pruning), the row id ranges a touched customer's rows are read by, and
+reading TIMESTAMPTZ columns as the same instants DuckDB gives, faster."""
 from __future__ import annotations
 
 import duckdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.storage.store import fetch_utc, rows, settled_prefix
+from pipelines.storage.store import ROW_BLOCK, Store, fetch_utc, row_ranges, rows, settled_prefix
 
 DAY = 86_400 * 1_000_000
 H = 7 * DAY  # the longest look-back of the journey rules by default (durable / repeat contact)
@@ -110,3 +111,79 @@ def test_fetch_utc_gives_utc_instants_in_a_session_of_another_time_zone():
     own = con.execute(query, [1_700_000_000_000_001]).fetchone()[0]
     got = fetch_utc(con, query, [1_700_000_000_000_001])[1][0][0]
     assert got == own and got.isoformat() == "2023-11-14T22:13:20.000001+00:00" != own.isoformat()
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 10**6)), max_size=80), st.integers(1, 40))
+@settings(max_examples=300, deadline=None)
+def test_row_ranges_cover_every_stretch_in_few_sorted_ranges(starts_and_lengths, max_ranges):
+    stretches = [(first, first + length) for first, length in starts_and_lengths]
+    ranges = row_ranges(stretches, max_ranges)
+    assert len(ranges) <= max_ranges
+    assert all(first <= last for first, last in ranges)
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))  # sorted, apart
+    for first, last in stretches:
+        assert any(lo <= first and last <= hi for lo, hi in ranges), (first, last)
+    assert (not stretches) == (not ranges)
+
+
+def test_stretches_closer_than_a_row_group_are_read_as_one_range_and_far_ones_apart():
+    near = [(0, 10), (10 + ROW_BLOCK, 20 + ROW_BLOCK)]
+    assert row_ranges(near) == [(0, 20 + ROW_BLOCK)]
+    far = [(5 * ROW_BLOCK, 5 * ROW_BLOCK + 3), (0, 10)]
+    assert row_ranges(far) == [(0, 10), (5 * ROW_BLOCK, 5 * ROW_BLOCK + 3)]
+    # over the cap, the two with the smallest gap are merged first
+    three = [(0, 1), (3 * ROW_BLOCK, 3 * ROW_BLOCK), (10 * ROW_BLOCK, 10 * ROW_BLOCK)]
+    assert row_ranges(three, max_ranges=2) == [(0, 3 * ROW_BLOCK), (10 * ROW_BLOCK, 10 * ROW_BLOCK)]
+
+
+def test_touched_rows_finds_exactly_the_touched_customers_rows_inside_an_open_transaction(tmp_path):
+    """On a real store spanning several row groups: the two-step condition picks the same rows
+    as a plain customer filter, before and inside a transaction that inserted, moved and deleted
+    rows of those customers (new rows get row ids far past the stored ones)."""
+    store = Store(tmp_path / "rows.duckdb")
+    try:
+        con = store.con
+        # 600k links in five row groups: customers of 1,000 consecutive rows, and one customer
+        # with a row in every row group
+        con.execute("""INSERT INTO journey_events
+                       SELECT 'e' || i, 'j' || i, CASE WHEN i % 100000 = 7 THEN 'spread' ELSE 'c' || (i // 1000) END, 1
+                       FROM range(5 * 122880) t(i)""")
+        con.execute("""CREATE TEMP TABLE batch_customers AS
+                       SELECT * FROM (VALUES ('c0'), ('c3'), ('c600'), ('spread'), ('nobody')) t(customer_id)""")
+        con.execute("INSERT INTO journey_events SELECT 'late-' || i, 'j', 'c3', 2 FROM range(3) t(i)")
+
+        def both(again: bool = False) -> tuple[list[str], list[str]]:
+            plain = "customer_id IN (SELECT customer_id FROM batch_customers)"
+            two_steps = store._touched_rows("journey_events", again=again)
+            return ([r[0] for r in con.execute(f"SELECT event_id FROM journey_events WHERE {plain} ORDER BY 1").fetchall()],
+                    [r[0] for r in con.execute(f"SELECT event_id FROM journey_events WHERE {two_steps} ORDER BY 1").fetchall()])
+
+        plain, two_steps = both()
+        assert len(plain) == 999 + 1000 + 999 + 7 + 3 and two_steps == plain
+        assert "rowid BETWEEN" in store._touched_rows("journey_events")  # large enough for two steps
+        assert "rowid" not in store._touched_rows("journeys")  # empty: one step
+        con.execute("BEGIN TRANSACTION")
+        con.execute("INSERT INTO journey_events SELECT 'new-' || i, 'j', 'c' || (i % 9), 3 FROM range(1000) t(i)")
+        con.execute("UPDATE journey_events SET customer_id = 'c3' WHERE event_id = 'e300008'")  # moved to a touched one
+        con.execute("UPDATE journey_events SET customer_id = 'c40' WHERE event_id = 'e6'")  # moved away
+        con.execute("DELETE FROM journey_events WHERE event_id IN ('e1', 'late-0')")
+        plain, two_steps = both()
+        assert "e300008" in plain and "e6" not in plain and "e1" not in plain and "new-3" in plain
+        assert two_steps == plain
+        # the ranges looked up before the transaction, reused: widened to every row written since
+        store._found_rows = {}
+        con.execute("ROLLBACK")
+        before = store._touched_rows("journey_events")
+        con.execute("BEGIN TRANSACTION")
+        con.execute("INSERT INTO journey_events SELECT 'new-' || i, 'j', 'c' || (i % 9), 3 FROM range(1000) t(i)")
+        con.execute("UPDATE journey_events SET customer_id = 'c3' WHERE event_id = 'e300008'")
+        con.execute("DELETE FROM journey_events WHERE event_id IN ('e1', 'late-0')")
+        assert store._touched_rows("journey_events", again=True) != before
+        plain, two_steps = both(again=True)
+        assert "new-3" in plain and two_steps == plain
+        con.execute(f"DELETE FROM journey_events WHERE {store._touched_rows('journey_events')}")
+        assert con.execute("SELECT count(*) FROM journey_events WHERE customer_id IN "
+                           "(SELECT customer_id FROM batch_customers)").fetchone()[0] == 0
+        con.execute("ROLLBACK")
+    finally:
+        store.close()
