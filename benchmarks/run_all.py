@@ -7,8 +7,9 @@
    p50/p95/p99/max of landed_at - Kafka record timestamp per event, and how far the read replica
    trails the database (each batch's landing vs the moment a reader first sees it).
 3. growth: a batch of the next 5,000 events on an empty store vs on a store holding 1M events and
-   1M+ journeys (ratio; target <= 1.5), a 5-event batch for a customer with 200k stored events
-   (target < 1 s), and the peak RSS of `cxj run --once` over backlogs of two sizes (flat). The
+   1M+ journeys (ratio; target <= 1.5), the same batch for returning customers whose rows lie
+   all over that store (reported beside it: the case row id ranges cannot skip), a 5-event
+   batch for a customer with 200k stored events (target < 1 s), and the peak RSS of `cxj run --once` over backlogs of two sizes (flat). The
    batches are timed as `run_once`; closing the store after each (its last checkpoint, which on
    a large store writes the primary key's index again) is reported beside them as close_s.
 
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -331,6 +333,7 @@ def grow_store(db: Path, target_events: int) -> dict[str, int]:
             con.execute(f"INSERT INTO journey_events SELECT * REPLACE (event_id || {s} AS event_id, journey_id || {s} AS journey_id, "
                         f"customer_id || {s} AS customer_id) FROM journey_events WHERE NOT contains(event_id, '#')")
         sizes = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("events", "journeys", "journey_events")}
+        sizes["copies"] = copies
         con.execute("CHECKPOINT")
     import shutil
 
@@ -414,6 +417,16 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         pass
     send_docs(settings, big_topics, batch)
     grown = land(big, settings, big_topics)
+    # the same batch for returning customers whose rows lie all over the grown store: each
+    # customer is one of the copies (a copy per customer, of any generation), so the batch's
+    # customers have rows in every row group (what reading by row id ranges cannot skip)
+    spread_topics = topics_named("g-spread")
+    ensure_topics(settings, spread_topics.values(), 3)
+    generations = sizes["copies"]
+    send_docs(settings, spread_topics, [
+        {**d, "customer_id": f"{d['customer_id']}#{1 + zlib.crc32(d['customer_id'].encode()) % generations}",
+         "event_id": f"{d['event_id']}-returning"} for d in batch] if generations else [])
+    spread = land(big, settings, spread_topics)
     # a customer with a long history, then 5 new events for them
     whale = whale_events("whale-1", scale.whale_events, START - timedelta(days=30))
     send_docs(settings, big_topics, whale)
@@ -436,7 +449,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     ensure_topics(settings, small_topics.values(), 3)
     send_docs(settings, small_topics, [{**d, "customer_id": "fresh-1", "event_id": d["event_id"] + "-fresh"} for d in five])
     five_fresh = land(big, settings, small_topics)
-    stages = {"empty": _stages(work / "empty.duckdb", empty), "grown": _stages(big, grown, (grown.batches[0].batch_id,))}
+    stages = {"empty": _stages(work / "empty.duckdb", empty), "grown": _stages(big, grown, (grown.batches[0].batch_id,)),
+              "returning": _stages(big, spread, (spread.batches[0].batch_id,)) if spread.batches else {}}
     with duckdb.connect(str(big), read_only=True) as con:
         whale_stored = con.execute("SELECT count(*) FROM events WHERE customer_id = 'whale-1'").fetchone()[0]
         five_stage = con.execute("SELECT duration_s, ingest_s, assemble_s, land_s FROM pipeline_batches "
@@ -454,6 +468,9 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "empty_store": {"wall_s": round(empty.wall_s, 2), "cpu_s": round(empty.cpu_s, 2), "close_s": round(empty.close_s, 2)},
         "grown_store_batch": {"wall_s": round(grown.wall_s, 2), "cpu_s": round(grown.cpu_s, 2), "close_s": round(grown.close_s, 2)},
         "ratio_wall": round(grown.wall_s / empty.wall_s, 2), "ratio_cpu": round(grown.cpu_s / empty.cpu_s, 2),
+        "returning_customers_batch": {"wall_s": round(spread.wall_s, 2), "cpu_s": round(spread.cpu_s, 2),
+                                      "close_s": round(spread.close_s, 2),
+                                      "ratio_wall": round(spread.wall_s / empty.wall_s, 2)},
         "batch_stages_s": stages,
         "whale_stored_events": whale_stored, "whale_history_landing_s": round(whale_landing.wall_s, 1),
         "five_event_batch": {"wall_s": round(five_landing.wall_s, 2), "cpu_s": round(five_landing.cpu_s, 2),
@@ -465,7 +482,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "broker_retries": empty.retries + grown.retries + five_landing.retries + five_fresh.retries,
     }
     print(f"growth: 5,000-event batch on an empty store {out['empty_store']}, on a grown store {sizes}: "
-          f"{out['grown_store_batch']} (ratio wall {out['ratio_wall']}, CPU {out['ratio_cpu']}); 5 events for a customer "
+          f"{out['grown_store_batch']} (ratio wall {out['ratio_wall']}, CPU {out['ratio_cpu']}); the same batch for returning "
+          f"customers with rows all over it {out['returning_customers_batch']}; 5 events for a customer "
           f"with {whale_stored:,} events: {out['five_event_batch']} vs {out['five_events_no_history']} without history; "
           f"peak RSS by backlog {rss} MB", flush=True)
     return out
