@@ -173,9 +173,6 @@ _SNAPSHOT = """WITH j AS MATERIALIZED (SELECT * FROM journeys WHERE {journeys}),
                SELECT j.* EXCLUDE (updated_at, batch_id), m.* EXCLUDE (journey_id, customer_id, batch_id),
                       m.journey_id IS NOT NULL AS _has_metrics
                FROM j LEFT JOIN m ON m.journey_id = j.journey_id ORDER BY j.journey_id"""
-# Before landing: every journey the batch recomputes.
-# ({journeys_rows} and {metrics_rows}: Store._touched_rows of each table, found at the time.)
-_BEFORE = {"journeys": "{journeys_rows} AND " + _NOT_FROZEN, "metrics": "{metrics_rows}"}
 # After landing: the rows this batch wrote (batch_id = ?, twice; DuckDB's min-max index on batch_id
 # skips every row group landed before, so no scan of the whole tables) of the journeys whose ids
 # were landed before (a journey landed for the first time is no revision).
@@ -875,9 +872,8 @@ class Store:
         if batch_id is None:
             if touched_rows is None:
                 raise ValueError("the snapshot before landing needs the touched customers' rows")
-            found = {"journeys_rows": touched_rows["journeys"], "metrics_rows": touched_rows["journey_metrics"]}
-            snapshot = rows(self.con, _SNAPSHOT.format(**{part: condition.format(**found)
-                                                          for part, condition in _BEFORE.items()}))
+            snapshot = rows(self.con, _SNAPSHOT.format(journeys=f"{touched_rows['journeys']} AND {_NOT_FROZEN}",
+                                                       metrics=touched_rows["journey_metrics"]))
         else:
             snapshot = rows(self.con, _SNAPSHOT.format(**_AFTER), [batch_id, batch_id])
         metric_columns = [d[0] for d in self.con.execute("SELECT * EXCLUDE (journey_id, customer_id, batch_id) "

@@ -136,6 +136,14 @@ def test_stretches_closer_than_a_row_group_are_read_as_one_range_and_far_ones_ap
     assert row_ranges(three, max_ranges=2) == [(0, 3 * ROW_BLOCK), (10 * ROW_BLOCK, 10 * ROW_BLOCK)]
 
 
+def links_in_five_row_groups(con: duckdb.DuckDBPyConnection) -> None:
+    """614k links in five row groups: customers of 1,000 consecutive rows ('c0', 'c1', ...),
+    and 'spread', with a row in every row group."""
+    con.execute("""INSERT INTO journey_events
+                   SELECT 'e' || i, 'j' || i, CASE WHEN i % 100000 = 7 THEN 'spread' ELSE 'c' || (i // 1000) END, 1
+                   FROM range(5 * 122880) t(i)""")
+
+
 def test_touched_rows_finds_exactly_the_touched_customers_rows_inside_an_open_transaction(tmp_path):
     """On a real store spanning several row groups: the two-step condition picks the same rows
     as a plain customer filter, before and inside a transaction that inserted, moved and deleted
@@ -143,11 +151,7 @@ def test_touched_rows_finds_exactly_the_touched_customers_rows_inside_an_open_tr
     store = Store(tmp_path / "rows.duckdb")
     try:
         con = store.con
-        # 600k links in five row groups: customers of 1,000 consecutive rows (and one with a row
-        # in every row group, not touched here)
-        con.execute("""INSERT INTO journey_events
-                       SELECT 'e' || i, 'j' || i, CASE WHEN i % 100000 = 7 THEN 'spread' ELSE 'c' || (i // 1000) END, 1
-                       FROM range(5 * 122880) t(i)""")
+        links_in_five_row_groups(con)  # (the customer with a row in every row group is not touched here)
         con.execute("""CREATE TEMP TABLE batch_customers AS
                        SELECT * FROM (VALUES ('c0'), ('c3'), ('c600'), ('nobody')) t(customer_id)""")
         con.execute("INSERT INTO journey_events SELECT 'late-' || i, 'j', 'c3', 2 FROM range(3) t(i)")
@@ -196,9 +200,7 @@ def test_a_table_whose_touched_rows_lie_everywhere_is_read_in_one_step_for_a_whi
     store = Store(tmp_path / "wide.duckdb")
     try:
         con = store.con
-        con.execute("""INSERT INTO journey_events
-                       SELECT 'e' || i, 'j' || i, CASE WHEN i % 100000 = 7 THEN 'spread' ELSE 'c' || (i // 1000) END, 1
-                       FROM range(5 * 122880) t(i)""")
+        links_in_five_row_groups(con)
         con.execute("CREATE TEMP TABLE batch_customers AS SELECT 'spread' AS customer_id")
         store._start_lookups()
         assert "rowid" not in store._touched_rows("journey_events")
