@@ -96,6 +96,7 @@ LAKE_REASONS = {
 }
 QUOTING = {"sql_literal", "ident", "int", "self._like"}  # storage/quoting.py, sql_shell.py: doubling quotes
 _TABLE_NAMES = "loop over / argument from the module's TABLES mapping (fixed table names)"
+_TOUCHED = "_touched_rows(): rowid BETWEEN of int() bounds, an int row count, and a literal customer filter"
 _SELECT_LIST = "select_list(): ident()-quoted column names of a TABLES schema and fixed expressions"
 REVIEWED = {
     "streaming/lake_store.py:attach_statement": {
@@ -155,10 +156,26 @@ REVIEWED = {
         "columns": "positional column names \"<int>\", with or without timezone('UTC', ...), built in fetch_utc",
         "renamed": "positional column names \"<int>\" built in fetch_utc",
     },
-    "storage/store.py:_land_service_metrics": {"customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()"},
+    "storage/store.py:_land_service_metrics": {
+        "customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()",
+        "touched_rows['journey_metrics']": "_touched_rows() results from land(): " + _TOUCHED,
+        "touched_rows['journey_handoffs']": "_touched_rows() results from land(): " + _TOUCHED,
+    },
     "storage/store.py:_land_losing_copies": {"changed": "literal SQL text assigned in the same function"},
     "storage/store.py:_landed_copies": {"ids": "event ids, each quoted with sql_literal in the same function"},
-    "storage/store.py:_check_accounting": {"staged": "literal SQL text assigned in the same function"},
+    "storage/store.py:_check_accounting": {"staged": "literal SQL text assigned in the same function",
+                                           "self._touched_rows('events', again=True)": _TOUCHED},
+    "storage/store.py:resolve_copies": {"self._touched_rows('journey_events')": _TOUCHED},
+    "storage/store.py:_freeze_settled_journeys": {"self._touched_rows('journeys')": _TOUCHED},
+    "storage/store.py:_touched_rows": {
+        "table": "checked against the module set CUSTOMER_TABLES (fixed table names) at the top of the function",
+        "customers": "literal SQL text assigned in the same function",
+    },
+    "storage/store_test.py:both": {"plain": "literal SQL text assigned in the same function", "two_steps": _TOUCHED},
+    "storage/store_test.py:test_touched_rows_finds_exactly_the_touched_customers_rows_inside_an_open_transaction": {
+        "store._touched_rows('journey_events')": _TOUCHED},
+    "storage/store_test.py:test_a_table_whose_touched_rows_lie_everywhere_is_read_in_one_step_for_a_while": {
+        "condition": _TOUCHED},
     "storage/replica.py:_create_views": {"self.source": "ident() of current_database(), set in __init__"},
     "storage/replica.py:_rebuild": {
         "table": "loop over the module tuple TABLES",
@@ -201,11 +218,14 @@ REVIEWED = {
         "columns": "literal column list in the same function",
         "query": "f-string in the same function built from columns",
         "partitioned": "literal PARTITION_BY clause with int(partitions)",
+        "self._touched_rows('events')": _TOUCHED,
     },
     "storage/store.py:land": {
         "touched": "literal subquery in the same function",
         "event_columns": "column list of literals and _ts()/_ms_ts() of literal column names, same function",
         "assignments": "SET list joined from literal (column, expression) pairs in the same function",
+        "touched_rows['journeys']": "_touched_rows() results in the same function: " + _TOUCHED,
+        "touched_rows['journey_events']": "_touched_rows() results in the same function: " + _TOUCHED,
     },
     "storage/store.py:count": {"table": "checked against a fixed set of table names just before"},
     "storage/store.py:record_source_changes": {"where": "literal WHERE of ? placeholders in the same loop"},

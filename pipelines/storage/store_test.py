@@ -4,6 +4,7 @@ reading TIMESTAMPTZ columns as the same instants DuckDB gives, faster."""
 from __future__ import annotations
 
 import duckdb
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -166,6 +167,8 @@ def test_touched_rows_finds_exactly_the_touched_customers_rows_inside_an_open_tr
         assert len(plain) == 999 + 1000 + 999 + 3 and two_steps == plain
         assert "rowid BETWEEN" in store._touched_rows("journey_events")  # large enough for two steps
         assert "rowid" not in store._touched_rows("journeys")  # empty: one step
+        with pytest.raises(ValueError, match="pipeline_batches"):  # its name would go into SQL text as it is
+            store._touched_rows("pipeline_batches")
         con.execute("BEGIN TRANSACTION")
         con.execute("INSERT INTO journey_events SELECT 'new-' || i, 'j', 'c' || (i % 9), 3 FROM range(1000) t(i)")
         con.execute("UPDATE journey_events SET customer_id = 'c3' WHERE event_id = 'e300008'")  # moved to a touched one
