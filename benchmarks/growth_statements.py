@@ -1,0 +1,182 @@
+"""Where a grown store's batch spends its extra time: every DuckDB statement of the growth
+benchmark's 5,000-event batch, timed on a grown store and on an empty one, side by side.
+
+`run_all.py --only growth` says how much more the batch costs on a store of 1M journeys; this
+says which statements the difference comes from. It lands real simulated events through the
+pipeline, grows the store by copying them (as `run_all.py` does), keeps a copy of it, and then,
+``--runs`` times each, restores that copy and lands the same 5,000 events on it, and lands them
+on an empty store. Each statement the store and its replica run is timed (the wall time of
+``execute``); statements are grouped by their text with numbers and literal lists folded, and
+the groups are printed by how much longer they took on the grown store (cheapest run each).
+
+  .venv/bin/python benchmarks/growth_statements.py [--store-events 1000000] [--runs 2] [--top 30]
+      [--keep DIR]
+
+``--keep DIR`` keeps the grown store in DIR and reuses it on the next call (growing it takes
+about three minutes and 3.5 GB of disk at the default size).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run_all import START, Landed, _stages, grow_store, land, send_docs, topics_named  # noqa: E402
+from throughput import free_port  # noqa: E402
+
+from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
+from pipelines.kafka.settings import KafkaSettings  # noqa: E402
+from pipelines.kafka.simulator import generate_customer_events  # noqa: E402
+from pipelines.ops import logs  # noqa: E402
+from pipelines.storage.store import Store  # noqa: E402
+
+BATCH_EVENTS = 5000
+Timings = list[tuple[str, str, float]]  # (connection, statement text, wall seconds)
+
+
+class TimedConnection:
+    """A DuckDB connection whose ``execute`` calls are timed into ``timings``; everything else
+    goes to the connection itself. ``execute`` returns this wrapper, as DuckDB returns the
+    connection, so ``con.execute(...).fetchall()`` reads the same result."""
+
+    def __init__(self, con: Any, timings: Timings, name: str) -> None:
+        self._con, self._timings, self._name = con, timings, name
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> "TimedConnection":
+        started = time.perf_counter()
+        self._con.execute(sql, *args, **kwargs)
+        self._timings.append((self._name, str(sql), time.perf_counter() - started))
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+@contextmanager
+def statements_timed(timings: Timings) -> Iterator[None]:
+    """Every Store opened meanwhile times its own and its replica's statements."""
+    opened = Store.__init__
+
+    def timed_init(store: Store, *args: Any, **kwargs: Any) -> None:
+        opened(store, *args, **kwargs)
+        store.con = TimedConnection(store.con, timings, "store")
+        if store.replica is not None:
+            store.replica.con = TimedConnection(store.replica.con, timings, "replica")
+
+    Store.__init__ = timed_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Store.__init__ = opened  # type: ignore[method-assign]
+
+
+def statement_kind(connection: str, sql: str) -> str:
+    """The statement's group: its text on one line, with file paths, literal lists and numbers
+    folded (so the same statement on both stores, in every run, with other row id ranges, falls
+    in one group)."""
+    text = " ".join(sql.split())
+    text = re.sub(r"'[^']*/[^']*'", "'<path>'", text)  # files differ between the stores and the runs
+    text = re.sub(r"\(('[^']*'(, )?)+\)", "(<literals>)", text)
+    text = re.sub(r"\[('[^']*'(, )?)+\]", "[<literals>]", text)
+    text = re.sub(r"\d+", "N", text)
+    return f"{connection}: {text[:110]}"
+
+
+def seconds_by_kind(timings: Timings) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for connection, sql, seconds in timings:
+        totals[statement_kind(connection, sql)] += seconds
+    return totals
+
+
+def grown_store(settings: KafkaSettings, base: list[dict[str, Any]], store_events: int, keep: Path) -> Path:
+    """The grown store's folder (database and replica), made once and kept in ``keep``."""
+    snapshot = keep / "grown"
+    if (snapshot / "big.duckdb").exists():
+        print(f"reusing the grown store in {snapshot}", flush=True)
+        return snapshot
+    building = keep / "building"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    topics = topics_named(f"gs-base-{time.time_ns()}")
+    ensure_topics(settings, topics.values(), 3)
+    send_docs(settings, topics, base)
+    land(building / "big.duckdb", settings, topics)
+    print(f"grown to {grow_store(building / 'big.duckdb', store_events)}", flush=True)
+    with Store(building / "big.duckdb"):  # the replica is rebuilt at open: not part of what is measured
+        pass
+    building.rename(snapshot)
+    return snapshot
+
+
+def timed_landing(db: Path, settings: KafkaSettings, batch: list[dict[str, Any]]) -> tuple[Landed, Timings]:
+    topics = topics_named(f"gs-{time.time_ns()}")
+    ensure_topics(settings, topics.values(), 3)
+    send_docs(settings, topics, batch)
+    timings: Timings = []
+    with statements_timed(timings):
+        landed = land(db, settings, topics)
+    return landed, timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store-events", type=int, default=1_000_000, help="grow the store to this many events and journeys")
+    parser.add_argument("--base-events", type=int, default=100_000, help="real events landed before the store is grown")
+    parser.add_argument("--runs", type=int, default=2, help="landings of the batch on each store (the cheapest counts)")
+    parser.add_argument("--top", type=int, default=30, help="statement groups to print")
+    parser.add_argument("--keep", type=Path, help="keep the grown store here and reuse it next time")
+    args = parser.parse_args()
+    logs.configure(quiet=True)
+
+    work = Path(tempfile.mkdtemp(prefix="cxj-growth-statements-"))
+    keep = args.keep or work
+    port = free_port()
+    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
+    start_broker(port=port, partitions=3, topics=[], state_dir=work / "broker")
+    try:
+        events = generate_customer_events(max(10, int(args.base_events / 11.5)), 7, START)
+        for event in events:
+            event.pop("_at", None)
+        base, batch = events[:-BATCH_EVENTS], events[-BATCH_EVENTS:]
+        snapshot = grown_store(settings, base, args.store_events, keep)
+        grown, empty = [], []
+        for run in range(args.runs):
+            target = work / f"grown-{run}"
+            shutil.copytree(snapshot, target)
+            landed, timings = timed_landing(target / "big.duckdb", settings, batch)
+            grown.append(seconds_by_kind(timings))
+            print(f"grown store, run {run + 1}: wall {landed.wall_s:.2f} s (close {landed.close_s:.2f} s), "
+                  f"statements {sum(s for _, _, s in timings):.2f} s, stages {_stages(target / 'big.duckdb', landed)}", flush=True)
+            shutil.rmtree(target)
+            landed, timings = timed_landing(work / f"empty-{run}.duckdb", settings, batch)
+            empty.append(seconds_by_kind(timings))
+            print(f"empty store, run {run + 1}: wall {landed.wall_s:.2f} s (close {landed.close_s:.2f} s), "
+                  f"statements {sum(s for _, _, s in timings):.2f} s, stages {_stages(work / f'empty-{run}.duckdb', landed)}", flush=True)
+        kinds = set().union(*grown, *empty)
+        cheapest = {kind: (min(r.get(kind, 0.0) for r in grown), min(r.get(kind, 0.0) for r in empty)) for kind in kinds}
+        print(f"\nstatement groups by extra seconds on the grown store (cheapest of {args.runs} runs each):")
+        print(f"{'extra':>7} {'grown':>6} {'empty':>6}  statement")
+        for kind, (on_grown, on_empty) in sorted(cheapest.items(), key=lambda item: item[1][1] - item[1][0])[:args.top]:
+            print(f"{on_grown - on_empty:+7.3f} {on_grown:6.3f} {on_empty:6.3f}  {kind}")
+        extra = sum(g - e for g, e in cheapest.values())
+        print(f"all statements: {extra:+.2f} s on the grown store")
+    finally:
+        stop_broker(port=port, state_dir=work / "broker")
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
