@@ -32,16 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run_all import START, Landed, _stages, grow_store, land, send_docs, topics_named  # noqa: E402
+from run_all import Landed, _stages, growth_events, land, land_and_grow, send_docs, topics_named  # noqa: E402
 from throughput import free_port  # noqa: E402
 
 from pipelines.kafka.local_broker import ensure_topics, start_broker, stop_broker  # noqa: E402
 from pipelines.kafka.settings import KafkaSettings  # noqa: E402
-from pipelines.kafka.simulator import generate_customer_events  # noqa: E402
 from pipelines.ops import logs  # noqa: E402
 from pipelines.storage.store import Store  # noqa: E402
 
-BATCH_EVENTS = 5000
 Timings = list[tuple[str, str, float]]  # (connection, statement text, wall seconds)
 
 
@@ -111,11 +109,7 @@ def grown_store(settings: KafkaSettings, base: list[dict[str, Any]], store_event
     building.mkdir(parents=True)
     topics = topics_named(f"gs-base-{time.time_ns()}")
     ensure_topics(settings, topics.values(), 3)
-    send_docs(settings, topics, base)
-    land(building / "big.duckdb", settings, topics)
-    print(f"grown to {grow_store(building / 'big.duckdb', store_events)}", flush=True)
-    with Store(building / "big.duckdb"):  # the replica is rebuilt at open: not part of what is measured
-        pass
+    print(f"grown to {land_and_grow(building / 'big.duckdb', settings, topics, base, store_events)}", flush=True)
     building.rename(snapshot)
     return snapshot
 
@@ -146,10 +140,7 @@ def main() -> int:
     settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
     start_broker(port=port, partitions=3, topics=[], state_dir=work / "broker")
     try:
-        events = generate_customer_events(max(10, int(args.base_events / 11.5)), 7, START)
-        for event in events:
-            event.pop("_at", None)
-        base, batch = events[:-BATCH_EVENTS], events[-BATCH_EVENTS:]
+        base, batch = growth_events(args.base_events)
         snapshot = grown_store(settings, base, args.store_events, keep)
         grown, empty = [], []
         for run in range(args.runs):

@@ -394,13 +394,33 @@ def peak_rss_mb(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> fl
     return round(peak_kb / 1024, 1)
 
 
-def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix=f"cxj-growth-{RUN_TAG}"))
-    customers = max(10, int(scale.growth_base_events / 11.5))
-    events = generate_customer_events(customers, 7, START)
+GROWTH_BATCH_EVENTS = 5000
+
+
+def growth_events(base_events: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(base, batch): simulated events of about ``base_events`` in all (the simulator writes
+    ~11.5 per customer), split into what is landed first and the last 5,000, the measured batch."""
+    events = generate_customer_events(max(10, int(base_events / 11.5)), 7, START)
     for e in events:
         e.pop("_at", None)
-    base, batch = events[:-5000], events[-5000:]
+    return events[:-GROWTH_BATCH_EVENTS], events[-GROWTH_BATCH_EVENTS:]
+
+
+def land_and_grow(db: Path, settings: KafkaSettings, topics: dict[str, str], base: list[dict[str, Any]],
+                  target_events: int) -> dict[str, int]:
+    """Lands ``base`` for real through ``topics``, grows the store by copying (``grow_store``) and
+    opens it once, so the replica's rebuild is not part of any batch measured after."""
+    send_docs(settings, topics, base)
+    land(db, settings, topics)
+    sizes = grow_store(db, target_events)
+    with Store(db):
+        pass
+    return sizes
+
+
+def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"cxj-growth-{RUN_TAG}"))
+    base, batch = growth_events(scale.growth_base_events)
     # the same 5,000 events on an empty store
     empty_topics = topics_named("g-empty")
     ensure_topics(settings, empty_topics.values(), 3)
@@ -409,12 +429,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     # a grown store: base events landed for real, copied up to the target, then the same batch
     big_topics = topics_named("g-big")
     ensure_topics(settings, big_topics.values(), 3)
-    send_docs(settings, big_topics, base)
     big = work / "big.duckdb"
-    land(big, settings, big_topics)
-    sizes = grow_store(big, scale.growth_store_events)
-    with Store(big):  # the replica's rebuild happens at open: not part of the measured batch
-        pass
+    sizes = land_and_grow(big, settings, big_topics, base, scale.growth_store_events)
     send_docs(settings, big_topics, batch)
     grown = land(big, settings, big_topics)
     # the same batch for returning customers whose rows lie all over the grown store: each
