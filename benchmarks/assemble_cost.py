@@ -115,7 +115,7 @@ def instrument(keep_history: Path, statements: bool) -> None:
     Store.export_history = timed("history export", export_and_keep)
     Store.land = timed("landing (with publish)", Store.land)
     Store._land_service_metrics = timed("  service metrics + revisions", Store._land_service_metrics)
-    Store._journey_snapshot = timed("  journey snapshots", Store._journey_snapshot)
+    Store._snapshot_before = timed("  journey snapshot before landing", Store._snapshot_before)
     Store._check_accounting = timed("  accounting check", Store._check_accounting)
     Store._land_losing_copies = timed("  losing copies", Store._land_losing_copies)
     microbatch.run_assemble = timed("assemble Beam run", microbatch.run_assemble)

@@ -151,13 +151,22 @@ REVIEWED = {
         "source": "read_parquet([...]) of staged paths, each quoted with sql_literal in the same function",
     },
     "storage/store.py:_temp_from_arrow": {"name": "temp table names are string literals at every call site"},
-    "storage/store.py:fetch_utc": {
-        "query": "the store's own SQL text: rows() from _journey_snapshot, and a literal query in _land_service_metrics",
-        "columns": "positional column names \"<int>\", with or without timezone('UTC', ...), built in fetch_utc",
-        "renamed": "positional column names \"<int>\" built in fetch_utc",
+    "storage/store.py:_snapshot_into": {
+        "name": "temp table names are string literals at every call site (revision_before, revision_after)",
+        "query": "_SNAPSHOT (module text) formatted with _AFTER (module text) or _touched_rows() results: " + _TOUCHED,
+    },
+    "storage/revision_sql.py:insert_revisions": {
+        "flags": "built in the same function from ident()-quoted column names and fixed text",
+        "names": "built in the same function from sql_literal()-quoted column names and ident()-quoted flags",
+        "_flag(c)": "_flag(): ident() of 'inc_' and a column name",
+        "_json_object(columns, 'o')": "_json_object: ident()/sql_literal()-quoted column names, json_value() fixed text",
+        "_json_object(columns, 'n')": "_json_object: ident()/sql_literal()-quoted column names, json_value() fixed text",
+    },
+    "storage/revision_sql_test.py:test_timestamps_are_written_as_pythons_isoformat": {
+        "json_value('t', 'TIMESTAMP WITH TIME ZONE')": "json_value() of a literal column name",
+        "json_value('NULL::TIMESTAMPTZ', 'TIMESTAMP WITH TIME ZONE')": "json_value() of a literal NULL",
     },
     "storage/store.py:_land_service_metrics": {
-        "customers": "the literal subquery 'SELECT customer_id FROM batch_customers' from land()",
         "touched_rows['journey_metrics']": "_touched_rows() results from land(): " + _TOUCHED,
         "touched_rows['journey_handoffs']": "_touched_rows() results from land(): " + _TOUCHED,
     },

@@ -28,6 +28,8 @@ from pipelines.storage.replica import ReplicaError, open_writer_replica
 if TYPE_CHECKING:
     import pyarrow as pa  # imported where used: the store's readers never load Arrow
 
+    from pipelines.storage.revision_sql import ValueColumn
+
 log = logging.getLogger("cxj.store")
 
 
@@ -166,7 +168,7 @@ def rowid_filter(ranges: list[tuple[int, int]]) -> str:
 # Rows of journeys the batch recomputes: all of the touched customers' except the settled ones
 # (Store._freeze_settled_journeys) the batch leaves as landed.
 _NOT_FROZEN = "journey_id NOT IN (SELECT journey_id FROM batch_frozen)"
-# A journey snapshot (Store._journey_snapshot): the journeys picked by {journeys} with their
+# A journey snapshot (Store._snapshot_into, for journey_revisions): the journeys picked by {journeys} with their
 # service metrics picked by {metrics}. Each side is filtered before the join: joining first
 # built a hash table of the whole journey_metrics table (0.30 s at 1M journeys) and read every
 # journey's columns before the customer filter.
@@ -174,11 +176,11 @@ _SNAPSHOT = """WITH j AS MATERIALIZED (SELECT * FROM journeys WHERE {journeys}),
                     m AS MATERIALIZED (SELECT * FROM journey_metrics WHERE {metrics})
                SELECT j.* EXCLUDE (updated_at, batch_id), m.* EXCLUDE (journey_id, customer_id, batch_id),
                       m.journey_id IS NOT NULL AS _has_metrics
-               FROM j LEFT JOIN m ON m.journey_id = j.journey_id ORDER BY j.journey_id"""
+               FROM j LEFT JOIN m ON m.journey_id = j.journey_id"""
 # After landing: the rows this batch wrote (batch_id = ?, twice; DuckDB's min-max index on batch_id
 # skips every row group landed before, so no scan of the whole tables) of the journeys whose ids
 # were landed before (a journey landed for the first time is no revision).
-_AFTER = {"journeys": "batch_id = ? AND journey_id IN (SELECT journey_id FROM batch_old_journeys)",
+_AFTER = {"journeys": "batch_id = ? AND journey_id IN (SELECT journey_id FROM revision_before)",
           "metrics": "batch_id = ?"}
 
 
@@ -323,6 +325,7 @@ class Store:
         # when they were looked up (_touched_rows)
         self._found_rows: dict[str, tuple[str, int]] = {}
         self._one_step_left: dict[str, int] = {}  # by table: batches still read in one step
+        self._compared_columns: Optional[list["ValueColumn"]] = None  # what revisions compare (_revision_columns)
         if not read_only:
             self.con.execute(f"SET checkpoint_threshold = '{_NO_AUTOMATIC_CHECKPOINT}'")
             try:
@@ -804,7 +807,7 @@ class Store:
             # only before the first write to its table
             touched_rows = {table: self._touched_rows(table, again=True)
                             for table in ("journeys", "journey_events", "journey_metrics", "journey_handoffs")}
-            before = self._journey_snapshot(touched_rows)  # for journey_revisions
+            revised = self._snapshot_before(touched_rows)  # for journey_revisions
             con.execute(f"DELETE FROM journeys WHERE {touched_rows['journeys']} AND {_NOT_FROZEN}")
             con.execute(f"DELETE FROM journey_events WHERE {touched_rows['journey_events']} AND {_NOT_FROZEN}")
             con.execute(
@@ -817,7 +820,7 @@ class Store:
             )
             journeys = int(con.execute("SELECT count(*) FROM staged_journeys").fetchone()[0])
             con.execute("INSERT INTO journey_events SELECT event_id, journey_id, customer_id, ? FROM staged_links", [facts.batch_id])
-            self._land_service_metrics(facts.batch_id, touched, touched_rows, before)
+            self._land_service_metrics(facts.batch_id, touched_rows, revised)
             self._check_accounting(facts, landed, duplicates, dead)
             self._advance_offsets(facts)
             self._settle_attempts(facts)
@@ -867,42 +870,36 @@ class Store:
 
     # ---------------------------------------------------------------- service metrics
 
-    def _journey_snapshot(self, touched_rows: Optional[dict[str, str]] = None,
-                          batch_id: Optional[int] = None) -> list[dict[str, Any]]:
-        """The landed journeys (+ service metrics) the batch recomputes, as dicts: before the
-        landing (``batch_id`` None, ``touched_rows`` the touched customers' rows by table; with
-        their event ids, to name successors), or after it (the rows batch ``batch_id`` wrote for
-        journeys landed before)."""
-        if batch_id is None:
-            if touched_rows is None:
-                raise ValueError("the snapshot before landing needs the touched customers' rows")
-            snapshot = rows(self.con, _SNAPSHOT.format(journeys=f"{touched_rows['journeys']} AND {_NOT_FROZEN}",
-                                                       metrics=touched_rows["journey_metrics"]))
-        else:
-            snapshot = rows(self.con, _SNAPSHOT.format(**_AFTER), [batch_id, batch_id])
-        metric_columns = [d[0] for d in self.con.execute("SELECT * EXCLUDE (journey_id, customer_id, batch_id) "
-                                                         "FROM journey_metrics LIMIT 0").description]
-        for row in snapshot:  # landed before the service metrics existed: compare the journey only
-            if not row.pop("_has_metrics"):
-                for name in metric_columns:
-                    row.pop(name, None)
-        if batch_id is not None:
-            return snapshot
-        links: dict[str, list[str]] = {}
-        for event_id, journey_id in self.con.execute(
-            f"SELECT event_id, journey_id FROM batch_links WHERE {_NOT_FROZEN}"
-        ).fetchall():
-            links.setdefault(journey_id, []).append(event_id)
-        for row in snapshot:
-            row["event_ids"] = sorted(links.get(row["journey_id"], []))
-        return snapshot
+    def _snapshot_before(self, touched_rows: dict[str, str]) -> int:
+        """Copies the landed journeys (+ service metrics) the batch recomputes into the temp
+        table ``revision_before``, before the landing rewrites them: the touched customers'
+        rows (``touched_rows``, by table) outside settled journeys. Returns how many."""
+        self._snapshot_into("revision_before", _SNAPSHOT.format(
+            journeys=f"{touched_rows['journeys']} AND {_NOT_FROZEN}", metrics=touched_rows["journey_metrics"]))
+        return int(self.con.execute("SELECT count(*) FROM revision_before").fetchone()[0])
 
-    def _land_service_metrics(self, batch_id: int, customers: str, touched_rows: dict[str, str],
-                              before: list[dict[str, Any]]) -> None:
+    def _snapshot_into(self, name: str, query: str, params: Iterable[Any] = ()) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {name}")
+        self.con.execute(f"CREATE TEMP TABLE {name} AS {query}", list(params))
+
+    def _revision_columns(self) -> list["ValueColumn"]:
+        """The columns a revision compares, read from the tables themselves (cached: the schema
+        does not change while the store is open)."""
+        from pipelines.storage.revision_sql import value_columns
+
+        if self._compared_columns is None:
+            described = {table: self.con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+                "AND schema_name = 'main' AND table_name = ? ORDER BY column_index", [table]).fetchall()
+                for table in ("journeys", "journey_metrics")}
+            self._compared_columns = value_columns(described["journeys"], described["journey_metrics"])
+        return self._compared_columns
+
+    def _land_service_metrics(self, batch_id: int, touched_rows: dict[str, str], revised: int) -> None:
         """journey_metrics and journey_handoffs of the touched customers, and journey_revisions:
-        how this batch changed their landed journeys (docs/metrics.md, "Revisions"). Runs inside
-        the landing transaction, after the new journeys and links are in."""
-        from transforms.revisions import revisions
+        how this batch changed their ``revised`` landed journeys (docs/metrics.md, "Revisions").
+        Runs inside the landing transaction, after the new journeys and links are in."""
+        from pipelines.storage.revision_sql import insert_revisions
 
         con = self.con
         con.execute(f"DELETE FROM journey_metrics WHERE {touched_rows['journey_metrics']} AND {_NOT_FROZEN}")
@@ -926,47 +923,12 @@ class Store:
                 team_changed, agent_changed, escalation, after_first_reply, ? FROM staged_handoffs""",
             [batch_id],
         )
-        if not before:
+        if not revised:
             return
-        import pyarrow as pa
-
-        # Read back only what revisions() looks up: the new rows of journeys landed before (a
-        # new journey is no revision), and the new journeys of the batch's events and of the
-        # events of journeys landed before; not every row and link of every touched customer.
-        self._temp_from_arrow("batch_old_journeys", pa.table(
-            {"journey_id": pa.array([r["journey_id"] for r in before], pa.string())}))
-        self._temp_from_arrow("batch_old_events", pa.table(
-            {"event_id": pa.array([e for r in before for e in r["event_ids"]], pa.string())}))
-        after = self._journey_snapshot(batch_id=batch_id)
-        # the touched customers' links now are the batch's staged links (the landing replaced
-        # all of their links outside settled journeys with them): read them there, not from a
-        # scan of journey_events
-        new_links = dict(con.execute(
-            f"""SELECT event_id, journey_id FROM staged_links WHERE customer_id IN ({customers}) AND {_NOT_FROZEN}
-                AND (event_id IN (SELECT event_id FROM batch_events) OR event_id IN (SELECT event_id FROM batch_old_events))"""
-        ).fetchall())
-        # the events this batch landed (inserted or replaced: batch_id = this batch in events),
-        # from the batch's own rows instead of a scan of the whole events table
-        batch_events = fetch_utc(con, f"SELECT event_id, customer_id, {_ts('at_us')} FROM batch_events")[1]
-        found = revisions(before, after, new_links, batch_events)
-        if not found:
-            return
-
-        text, texts = pa.string(), pa.list_(pa.string())
-        schema = pa.schema([("journey_id", text), ("customer_id", text), ("change", text), ("replaced_by", texts),
-                            ("reason", text), ("trigger_event_ids", texts), ("trigger_events", pa.int32()),
-                            ("late_events", pa.int32()), ("changed_columns", texts), ("before", text), ("after", text)])
-        table = pa.Table.from_pylist(found, schema=schema)
-        con.register("revisions_found", table)
-        try:
-            con.execute(
-                """INSERT INTO journey_revisions SELECT ?, now(), journey_id, customer_id, change, replaced_by,
-                   reason, trigger_event_ids, trigger_events, late_events, changed_columns,
-                   before::JSON, after::JSON FROM revisions_found""",
-                [batch_id],
-            )
-        finally:
-            con.unregister("revisions_found")
+        # The rows this batch wrote for the journeys landed before (a new journey is no revision),
+        # found by batch id: DuckDB's min-max index on batch_id skips every older row group.
+        self._snapshot_into("revision_after", _SNAPSHOT.format(**_AFTER), [batch_id, batch_id])
+        con.execute(insert_revisions(self._revision_columns()), [batch_id])
 
     def _load_reads(self, reads: list[dict[str, Any]]) -> None:
         import pyarrow as pa
@@ -1212,42 +1174,3 @@ class Store:
                     "INSERT INTO source_fingerprints VALUES (?, ?, ?, ?, ?, ?, now())",
                     [*key, fp.offset, fp.timestamp_ms, fp.digest, facts.batch_id],
                 )
-
-
-def rows(con: duckdb.DuckDBPyConnection, query: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-    names, values = fetch_utc(con, query, params)
-    return [dict(zip(names, row)) for row in values]
-
-
-_TIMESTAMPTZ = "TIMESTAMP WITH TIME ZONE"
-
-
-def fetch_utc(con: duckdb.DuckDBPyConnection, query: str, params: Iterable[Any] = ()
-              ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """(column names, rows) of ``query``, its TIMESTAMPTZ columns as datetimes in UTC.
-
-    Why not a plain fetchall: DuckDB turns each TIMESTAMPTZ value into a datetime by localizing
-    it through pytz, ~4 µs a value, and the journey snapshots a landing compares read several
-    such columns per journey (measured: 1.44 s for 300k values, 0.26 s read as plain
-    timestamps). So those columns are read as UTC wall times (``timezone('UTC', ...)``, whatever
-    the session's time zone) and given ``timezone.utc`` here. The values are the same instants:
-    equal to DuckDB's, and in the store's UTC session with the same isoformat (``+00:00``),
-    which is what the revisions compare and record."""
-    params = list(params)
-    probe = con.execute(f"SELECT * FROM ({query}) LIMIT 0", params).description
-    names = [d[0] for d in probe]
-    zoned = [i for i, d in enumerate(probe) if str(d[1]) == _TIMESTAMPTZ]
-    if not zoned:
-        return names, con.execute(query, params).fetchall()
-    columns = ", ".join(f"timezone('UTC', \"{i}\")" if i in zoned else f'"{i}"' for i in range(len(names)))
-    renamed = ", ".join(f'"{i}"' for i in range(len(names)))
-    values = con.execute(f"SELECT {columns} FROM ({query}) AS q({renamed})", params).fetchall()
-    utc = timezone.utc
-    out = []
-    for row in values:
-        row = list(row)
-        for i in zoned:
-            if row[i] is not None:
-                row[i] = row[i].replace(tzinfo=utc)
-        out.append(tuple(row))
-    return names, out

@@ -1,6 +1,5 @@
 """Unit tests of the store's parts that need no pipeline: which landed journeys a batch leaves
-as landed (history pruning), the row id ranges a touched customer's rows are read by, and
-reading TIMESTAMPTZ columns as the same instants DuckDB gives, faster."""
+as landed (history pruning) and the row id ranges a touched customer's rows are read by."""
 from __future__ import annotations
 
 import duckdb
@@ -8,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.storage.store import ONE_STEP_BATCHES, ROW_BLOCK, Store, fetch_utc, row_ranges, rows, settled_prefix
+from pipelines.storage.store import ONE_STEP_BATCHES, ROW_BLOCK, Store, row_ranges, settled_prefix
 
 DAY = 86_400 * 1_000_000
 H = 7 * DAY  # the longest look-back of the journey rules by default (durable / repeat contact)
@@ -66,52 +65,6 @@ def test_every_journey_can_settle_when_the_batch_starts_a_new_one_far_later():
     # cutoff = min(200, 101) - 7 = 94: c (last 101) stays, a and b settle
     assert settled_prefix(journeys, H) == ["a", "b"]
     assert settled_prefix([], H) == []
-
-
-# ---------------------------------------------------------------- fetch_utc
-
-# microseconds since the epoch, from year 1 to 9999 (what a TIMESTAMPTZ column can hold here)
-MICROS = st.one_of(st.none(), st.integers(min_value=-62_135_596_800_000_000, max_value=253_402_300_799_999_999))
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(MICROS, MICROS), min_size=0, max_size=30))
-def test_fetch_utc_reads_the_same_instants_as_duckdb_in_the_same_order(values):
-    """Same values (equal, same isoformat, UTC) and same row order as DuckDB's own conversion,
-    for NULLs, microseconds and the ends of the range; other columns untouched."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("CREATE TABLE t (i INTEGER, a TIMESTAMPTZ, b TIMESTAMPTZ, s VARCHAR, l TIMESTAMPTZ[])")
-    for i, (a, b) in enumerate(values):
-        con.execute("INSERT INTO t VALUES (?, make_timestamptz(?), make_timestamptz(?), ?, [make_timestamptz(?)])",
-                    [i, a, b, f"s{i}", a])
-    query = "SELECT * FROM t ORDER BY b DESC NULLS FIRST, i"
-    cursor = con.execute(query)
-    names = [d[0] for d in cursor.description]
-    expected = cursor.fetchall()
-    got_names, got = fetch_utc(con, query)
-    assert got_names == names and got == expected
-    iso = [[v.isoformat() if hasattr(v, "isoformat") else v for v in row[:4]] for row in got]
-    assert iso == [[v.isoformat() if hasattr(v, "isoformat") else v for v in row[:4]] for row in expected]
-    assert all(v.utcoffset().total_seconds() == 0 for row in got for v in row[1:3] if v is not None)
-    assert rows(con, query) == [dict(zip(names, row)) for row in expected]
-
-
-def test_fetch_utc_passes_parameters_and_leaves_queries_without_timestamps_alone():
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    assert fetch_utc(con, "SELECT ? AS n, 'x' AS s", [7]) == (["n", "s"], [(7, "x")])
-    names, got = fetch_utc(con, "SELECT make_timestamptz(?) AS t", [1_700_000_000_000_001])
-    assert names == ["t"] and got[0][0].isoformat() == "2023-11-14T22:13:20.000001+00:00"
-
-
-def test_fetch_utc_gives_utc_instants_in_a_session_of_another_time_zone():
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'America/New_York'")
-    query = "SELECT make_timestamptz(?) AS t"
-    own = con.execute(query, [1_700_000_000_000_001]).fetchone()[0]
-    got = fetch_utc(con, query, [1_700_000_000_000_001])[1][0][0]
-    assert got == own and got.isoformat() == "2023-11-14T22:13:20.000001+00:00" != own.isoformat()
 
 
 @given(st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 10**6)), max_size=80), st.integers(1, 40))

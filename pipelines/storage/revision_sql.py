@@ -1,0 +1,148 @@
+"""journey_revisions found by DuckDB, inside the landing transaction.
+
+What a revision is, and the rules that make one, are ``transforms.revisions.revisions`` (a pure
+function, kept as the rules' reference). The landing used to read the touched customers'
+journeys before and after into Python dicts and run that function over them: on a backlog of
+50k-event batches that was about a seventh of a ``run --once`` (dict building, per-column
+comparisons, JSON encoding of thousands of rows per batch). This module states the same rules
+as one ``INSERT ... SELECT`` over the landing's temp tables, so the rows never leave DuckDB.
+``revision_sql_test.py`` checks the statement against the pure function on generated journeys.
+
+The statement reads these relations, all set up by the landing:
+
+- ``revision_before``: the touched customers' journeys (not frozen) as landed before this batch,
+  with their service metrics and ``_has_metrics`` (``Store._journey_snapshot_sql``);
+- ``revision_after``: the same journey ids as this batch wrote them (absent: removed);
+- ``batch_links``: the landed links of the touched customers before this batch (their events);
+- ``staged_links``: the links this batch lands; ``batch_customers``; ``batch_frozen``;
+- ``batch_events``: this batch's events (``event_id``, ``customer_id``, ``at_us``).
+
+Where the two differ: the JSON texts. ``before``/``after`` hold the same JSON values (keys sorted,
+timestamps in Python's ``isoformat`` with ``+00:00``), but DuckDB writes lists without spaces and
+non-ASCII characters unescaped, and prints a double such as 1e-05 as 0.00001. A float column
+compared NaN with NaN would also count as unchanged here (no metric is ever NaN: they are
+differences of timestamps).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pipelines.storage.quoting import ident, sql_literal
+
+TIMESTAMPTZ = "TIMESTAMP WITH TIME ZONE"
+# Not values of a journey: identity and bookkeeping columns (transforms.revisions.IGNORED).
+IDENTITY = frozenset({"journey_id", "customer_id", "updated_at", "batch_id"})
+MAX_TRIGGER_IDS = 20  # transforms.revisions.MAX_TRIGGER_IDS
+
+
+@dataclass(frozen=True)
+class ValueColumn:
+    """A column a revision compares: its name, DuckDB type, and whether it is a service metric
+    (compared only when both sides have their service-metrics row)."""
+
+    name: str
+    sql_type: str
+    is_metric: bool
+
+
+def value_columns(journey_columns: list[tuple[str, str]], metric_columns: list[tuple[str, str]]) -> list[ValueColumn]:
+    """The compared columns, in the order revisions list them: journeys' then journey_metrics'
+    (each ``(name, type)`` as ``DESCRIBE`` gives them), identity columns left out."""
+    return ([ValueColumn(name, kind, False) for name, kind in journey_columns if name not in IDENTITY]
+            + [ValueColumn(name, kind, True) for name, kind in metric_columns if name not in IDENTITY])
+
+
+def json_value(expression: str, sql_type: str) -> str:
+    """SQL text of ``expression`` as JSON text. Timestamps as Python's ``isoformat`` of a UTC
+    datetime (``2024-01-02T03:04:05.000006+00:00``, microseconds only when not zero), as the
+    revisions have always recorded them."""
+    if sql_type == TIMESTAMPTZ:
+        micros = f"((epoch_us({expression}) % 1000000 + 1000000) % 1000000)"
+        return (f"CASE WHEN {expression} IS NULL THEN 'null' ELSE '\"' || "
+                f"strftime(timezone('UTC', {expression}), '%Y-%m-%dT%H:%M:%S') || "
+                f"CASE WHEN {micros} = 0 THEN '' ELSE '.' || lpad({micros}::VARCHAR, 6, '0') END || '+00:00\"' END")
+    return f"coalesce(to_json({expression})::VARCHAR, 'null')"
+
+
+def _flag(column: ValueColumn) -> str:
+    """The column ``compared`` holds per journey: is ``column`` in the revision?"""
+    return ident(f"inc_{column.name}")
+
+
+def _json_object(columns: list[ValueColumn], side: str) -> str:
+    """'{"a": 1, "b": 2}' of the columns flagged in the revision (``_flag``), keys sorted."""
+    entries = ", ".join(
+        f"CASE WHEN {_flag(c)} THEN {sql_literal(json.dumps(c.name) + ': ')} || "
+        f"{json_value(side + '.' + ident(c.name), c.sql_type)} END"
+        for c in sorted(columns, key=lambda c: c.name)
+    )
+    return f"('{{' || array_to_string(list_filter([{entries}], x -> x IS NOT NULL), ', ') || '}}')::JSON"
+
+
+def insert_revisions(columns: list[ValueColumn]) -> str:
+    """``INSERT INTO journey_revisions`` of one batch (one parameter: its batch id).
+
+    Per journey of ``revision_before``: unchanged (no row), ``changed`` (the columns whose
+    values differ) or ``removed`` (its id was not written again; ``replaced_by`` the journeys
+    its events now belong to). Triggers: the batch's events now in the journey (in its
+    successors, for a removed one), else the customer's events of the batch, ordered by time
+    then id; ``late_events`` those older than the journey's ``last_event_at`` before."""
+    flags = ",\n".join(
+        f"CASE WHEN n.journey_id IS NULL THEN {'o._has_metrics' if c.is_metric else 'true'} "
+        f"ELSE {'o._has_metrics AND n._has_metrics AND ' if c.is_metric else ''}"
+        f"o.{ident(c.name)} IS DISTINCT FROM n.{ident(c.name)} END AS {_flag(c)}"
+        for c in columns
+    )
+    names = ", ".join(f"CASE WHEN {_flag(c)} THEN {sql_literal(c.name)} END" for c in columns)
+    return f"""
+INSERT INTO journey_revisions
+WITH new_links AS (
+    SELECT event_id, journey_id FROM staged_links
+    WHERE customer_id IN (SELECT customer_id FROM batch_customers)
+      AND journey_id NOT IN (SELECT journey_id FROM batch_frozen)),
+events_now AS (
+    SELECT b.event_id, b.customer_id, b.at_us, l.journey_id AS new_journey
+    FROM batch_events b LEFT JOIN new_links l USING (event_id)),
+by_journey AS (
+    SELECT new_journey AS journey_id, list(event_id ORDER BY at_us, event_id) AS ids,
+           list(at_us ORDER BY at_us, event_id) AS ats
+    FROM events_now WHERE new_journey IS NOT NULL GROUP BY new_journey),
+by_customer AS (
+    SELECT customer_id, list(event_id ORDER BY at_us, event_id) AS ids, list(at_us ORDER BY at_us, event_id) AS ats
+    FROM events_now GROUP BY customer_id),
+successors AS (
+    SELECT DISTINCT old.journey_id, l.journey_id AS successor
+    FROM batch_links old JOIN new_links l USING (event_id)
+    WHERE old.journey_id NOT IN (SELECT journey_id FROM batch_frozen)),
+replaced AS (
+    SELECT s.journey_id, list(s.successor ORDER BY s.successor) AS replaced_by,
+           flatten(list(j.ids ORDER BY s.successor) FILTER (WHERE j.ids IS NOT NULL)) AS ids,
+           flatten(list(j.ats ORDER BY s.successor) FILTER (WHERE j.ats IS NOT NULL)) AS ats
+    FROM successors s LEFT JOIN by_journey j ON j.journey_id = s.successor GROUP BY s.journey_id),
+compared AS (
+    SELECT o.*, n.journey_id IS NULL AS is_removed, {flags},
+           CASE WHEN n.journey_id IS NULL THEN coalesce(r.replaced_by, []) ELSE [] END AS replaced_by_now,
+           CASE WHEN n.journey_id IS NULL THEN
+                    CASE WHEN len(r.ids) > 0 THEN r.ids ELSE coalesce(c.ids, []) END
+                ELSE coalesce(j.ids, c.ids, []) END AS trigger_ids,
+           CASE WHEN n.journey_id IS NULL THEN
+                    CASE WHEN len(r.ids) > 0 THEN r.ats ELSE coalesce(c.ats, []) END
+                ELSE coalesce(j.ats, c.ats, []) END AS trigger_ats,
+           {_json_object(columns, 'o')} AS before_json,
+           CASE WHEN n.journey_id IS NULL THEN '{{}}'::JSON ELSE {_json_object(columns, 'n')} END AS after_json
+    FROM revision_before o
+    LEFT JOIN revision_after n ON n.journey_id = o.journey_id
+    LEFT JOIN replaced r ON r.journey_id = o.journey_id
+    LEFT JOIN by_journey j ON j.journey_id = o.journey_id
+    LEFT JOIN by_customer c ON c.customer_id = o.customer_id),
+found AS (
+    SELECT *, list_filter([{names}], x -> x IS NOT NULL) AS changed,
+           CASE WHEN last_event_at IS NULL THEN 0
+                ELSE len(list_filter(trigger_ats, t -> t < epoch_us(last_event_at))) END AS late
+    FROM compared)
+SELECT ?, now(), journey_id, customer_id, CASE WHEN is_removed THEN 'removed' ELSE 'changed' END,
+       replaced_by_now, CASE WHEN late > 0 THEN 'late_events' ELSE 'new_events' END,
+       trigger_ids[1:{MAX_TRIGGER_IDS}], len(trigger_ids), late, changed, before_json, after_json
+FROM found WHERE is_removed OR len(changed) > 0
+ORDER BY journey_id"""
