@@ -101,34 +101,29 @@ WITH new_links AS (
     SELECT event_id, journey_id FROM staged_links
     WHERE customer_id IN (SELECT customer_id FROM batch_customers)
       AND journey_id NOT IN (SELECT journey_id FROM batch_frozen)),
-events_now AS (
-    SELECT b.event_id, b.customer_id, b.at_us, l.journey_id AS new_journey
-    FROM batch_events b LEFT JOIN new_links l USING (event_id)),
-by_journey AS (
-    SELECT new_journey AS journey_id, list(event_id ORDER BY at_us, event_id) AS ids,
-           list(at_us ORDER BY at_us, event_id) AS ats
-    FROM events_now WHERE new_journey IS NOT NULL GROUP BY new_journey),
-by_customer AS (
-    SELECT customer_id, list(event_id ORDER BY at_us, event_id) AS ids, list(at_us ORDER BY at_us, event_id) AS ats
-    FROM events_now GROUP BY customer_id),
 successors AS (
     SELECT DISTINCT old.journey_id, l.journey_id AS successor
     FROM batch_links old JOIN new_links l USING (event_id)
     WHERE old.journey_id NOT IN (SELECT journey_id FROM batch_frozen)),
+events_now AS (
+    SELECT b.event_id, b.customer_id, b.at_us, l.journey_id AS new_journey
+    FROM batch_events b LEFT JOIN new_links l USING (event_id)),
+by_journey AS (
+    SELECT new_journey AS journey_id, list({{'id': event_id, 'at': at_us}} ORDER BY at_us, event_id) AS events
+    FROM events_now WHERE new_journey IS NOT NULL GROUP BY new_journey),
+by_customer AS (
+    SELECT customer_id, list({{'id': event_id, 'at': at_us}} ORDER BY at_us, event_id) AS events
+    FROM events_now GROUP BY customer_id),
 replaced AS (
     SELECT s.journey_id, list(s.successor ORDER BY s.successor) AS replaced_by,
-           flatten(list(j.ids ORDER BY s.successor) FILTER (WHERE j.ids IS NOT NULL)) AS ids,
-           flatten(list(j.ats ORDER BY s.successor) FILTER (WHERE j.ats IS NOT NULL)) AS ats
+           flatten(list(j.events ORDER BY s.successor) FILTER (WHERE j.events IS NOT NULL)) AS events
     FROM successors s LEFT JOIN by_journey j ON j.journey_id = s.successor GROUP BY s.journey_id),
 compared AS (
     SELECT o.*, n.journey_id IS NULL AS is_removed, {flags},
            CASE WHEN n.journey_id IS NULL THEN coalesce(r.replaced_by, []) ELSE [] END AS replaced_by_now,
            CASE WHEN n.journey_id IS NULL THEN
-                    CASE WHEN len(r.ids) > 0 THEN r.ids ELSE coalesce(c.ids, []) END
-                ELSE coalesce(j.ids, c.ids, []) END AS trigger_ids,
-           CASE WHEN n.journey_id IS NULL THEN
-                    CASE WHEN len(r.ids) > 0 THEN r.ats ELSE coalesce(c.ats, []) END
-                ELSE coalesce(j.ats, c.ats, []) END AS trigger_ats,
+                    CASE WHEN len(r.events) > 0 THEN r.events ELSE coalesce(c.events, []) END
+                ELSE coalesce(j.events, c.events, []) END AS triggers,
            {_json_object(columns, 'o')} AS before_json,
            CASE WHEN n.journey_id IS NULL THEN '{{}}'::JSON ELSE {_json_object(columns, 'n')} END AS after_json
     FROM revision_before o
@@ -139,10 +134,10 @@ compared AS (
 found AS (
     SELECT *, list_filter([{names}], x -> x IS NOT NULL) AS changed,
            CASE WHEN last_event_at IS NULL THEN 0
-                ELSE len(list_filter(trigger_ats, t -> t < epoch_us(last_event_at))) END AS late
+                ELSE len(list_filter(triggers, t -> t.at < epoch_us(last_event_at))) END AS late
     FROM compared)
 SELECT ?, now(), journey_id, customer_id, CASE WHEN is_removed THEN 'removed' ELSE 'changed' END,
        replaced_by_now, CASE WHEN late > 0 THEN 'late_events' ELSE 'new_events' END,
-       trigger_ids[1:{MAX_TRIGGER_IDS}], len(trigger_ids), late, changed, before_json, after_json
+       list_transform(triggers[1:{MAX_TRIGGER_IDS}], t -> t.id), len(triggers), late, changed, before_json, after_json
 FROM found WHERE is_removed OR len(changed) > 0
 ORDER BY journey_id"""
