@@ -4,7 +4,9 @@ Every batch recomputes the journeys of the customers it touches, so late and out
 events restate history in place. Instead of restating silently, the store compares each touched
 customer's rows before and after (inside the landing transaction) and records, per journey
 whose values changed, the batch, the events that caused it, and the before/after values of the
-changed columns. Pure: rows in, rows out; the store does the reading and writing.
+changed columns. Pure: rows in, rows out. This is the rules' reference: the store runs the same
+rules as one SQL statement inside DuckDB (pipelines/storage/revision_sql.py), so the rows never
+leave the database, and revision_sql_test.py holds that statement to this function.
 """
 from __future__ import annotations
 
