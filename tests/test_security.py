@@ -150,15 +150,16 @@ REVIEWED = {
         "name": "temp table names are string literals at every call site (staged_events, staged_links, ...)",
         "source": "read_parquet([...]) of staged paths, each quoted with sql_literal in the same function",
     },
-    "storage/store.py:_temp_from_arrow": {"name": "temp table names are string literals at every call site"},
-    "storage/store.py:_snapshot_into": {
-        "name": "temp table names are string literals at every call site (revision_before, revision_after)",
-        "query": "_SNAPSHOT (module text) formatted with _AFTER (module text) or _touched_rows() results: " + _TOUCHED,
+    "storage/store.py:_temp_from_query": {
+        "name": "temp table names are string literals at every call site (here and through _temp_from_arrow)",
+        "query": "_SNAPSHOT (module text) formatted with _AFTER (module text) or _touched_rows() results ("
+                 + _TOUCHED + "), or the literal 'SELECT * FROM cxj_arrow_input' of _temp_from_arrow",
     },
     "storage/revision_sql.py:insert_revisions": {
         "flags": "built in the same function from ident()-quoted column names and fixed text",
         "names": "built in the same function from sql_literal()-quoted column names and ident()-quoted flags",
         "_flag(c)": "_flag(): ident() of 'inc_' and a column name",
+        "MAX_TRIGGER_IDS": "the int literal constant transforms.revisions.MAX_TRIGGER_IDS",
         "_json_object(columns, 'o')": "_json_object: ident()/sql_literal()-quoted column names, json_value() fixed text",
         "_json_object(columns, 'n')": "_json_object: ident()/sql_literal()-quoted column names, json_value() fixed text",
     },

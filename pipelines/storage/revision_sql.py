@@ -11,7 +11,7 @@ as one ``INSERT ... SELECT`` over the landing's temp tables, so the rows never l
 The statement reads these relations, all set up by the landing:
 
 - ``revision_before``: the touched customers' journeys (not frozen) as landed before this batch,
-  with their service metrics and ``_has_metrics`` (``Store._journey_snapshot_sql``);
+  with their service metrics and ``_has_metrics`` (``Store._snapshot_before``);
 - ``revision_after``: the same journey ids as this batch wrote them (absent: removed);
 - ``batch_links``: the landed links of the touched customers before this batch (their events);
 - ``staged_links``: the links this batch lands; ``batch_customers``; ``batch_frozen``;
@@ -28,12 +28,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import duckdb
+
 from pipelines.storage.quoting import ident, sql_literal
+from transforms.revisions import IGNORED, MAX_TRIGGER_IDS
 
 TIMESTAMPTZ = "TIMESTAMP WITH TIME ZONE"
-# Not values of a journey: identity and bookkeeping columns (transforms.revisions.IGNORED).
-IDENTITY = frozenset({"journey_id", "customer_id", "updated_at", "batch_id"})
-MAX_TRIGGER_IDS = 20  # transforms.revisions.MAX_TRIGGER_IDS
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,16 @@ class ValueColumn:
     is_metric: bool
 
 
-def value_columns(journey_columns: list[tuple[str, str]], metric_columns: list[tuple[str, str]]) -> list[ValueColumn]:
-    """The compared columns, in the order revisions list them: journeys' then journey_metrics'
-    (each ``(name, type)`` as ``DESCRIBE`` gives them), identity columns left out."""
-    return ([ValueColumn(name, kind, False) for name, kind in journey_columns if name not in IDENTITY]
-            + [ValueColumn(name, kind, True) for name, kind in metric_columns if name not in IDENTITY])
+def value_columns(con: duckdb.DuckDBPyConnection) -> list[ValueColumn]:
+    """The compared columns of the database ``con`` uses, read from its tables, in the order
+    revisions list them: journeys' then journey_metrics', identity and bookkeeping columns
+    (``transforms.revisions.IGNORED``) left out."""
+    return [ValueColumn(name, kind, table == "journey_metrics")
+            for table in ("journeys", "journey_metrics")
+            for name, kind in con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+                "AND schema_name = 'main' AND table_name = ? ORDER BY column_index", [table]).fetchall()
+            if name not in IGNORED]
 
 
 def json_value(expression: str, sql_type: str) -> str:

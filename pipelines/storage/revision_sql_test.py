@@ -34,18 +34,9 @@ NON_NULL = {
 }
 
 
-def described(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
-    return [(name, kind) for name, kind, _ in columns_of(con, table)]
-
-
-def columns_of(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str, bool]]:
-    """(name, type, nullable) of ``table``'s columns, in order."""
-    return con.execute("SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
-                       "WHERE schema_name = 'main' AND table_name = ? ORDER BY column_index", [table]).fetchall()
-
-
 def insert(con: duckdb.DuckDBPyConnection, table: str, row: dict[str, Any]) -> None:
-    con.table(table).insert([row.get(name) for name, _ in described(con, table)])
+    relation = con.table(table)
+    relation.insert([row.get(name) for name in relation.columns])
 
 
 def value_of(column: ValueColumn) -> st.SearchStrategy[Any]:
@@ -154,9 +145,10 @@ def revision_store() -> duckdb.DuckDBPyConnection:
     return con
 
 
-COLUMNS = value_columns(*(described(revision_store(), t) for t in ("journeys", "journey_metrics")))
-REQUIRED = {name for table in ("journeys", "journey_metrics")
-            for name, _, nullable in columns_of(revision_store(), table) if not nullable}
+COLUMNS = value_columns(revision_store())
+REQUIRED = {name for (name,) in revision_store().execute(
+    "SELECT column_name FROM duckdb_columns() WHERE table_name IN ('journeys', 'journey_metrics') AND NOT is_nullable"
+).fetchall()}
 
 
 @settings(max_examples=150, deadline=None)

@@ -168,7 +168,7 @@ def rowid_filter(ranges: list[tuple[int, int]]) -> str:
 # Rows of journeys the batch recomputes: all of the touched customers' except the settled ones
 # (Store._freeze_settled_journeys) the batch leaves as landed.
 _NOT_FROZEN = "journey_id NOT IN (SELECT journey_id FROM batch_frozen)"
-# A journey snapshot (Store._snapshot_into, for journey_revisions): the journeys picked by {journeys} with their
+# A journey snapshot (Store._snapshot_before and _land_service_metrics, for journey_revisions): the journeys picked by {journeys} with their
 # service metrics picked by {metrics}. Each side is filtered before the join: joining first
 # built a hash table of the whole journey_metrics table (0.30 s at 1M journeys) and read every
 # journey's columns before the customer filter.
@@ -874,13 +874,9 @@ class Store:
         """Copies the landed journeys (+ service metrics) the batch recomputes into the temp
         table ``revision_before``, before the landing rewrites them: the touched customers'
         rows (``touched_rows``, by table) outside settled journeys. Returns how many."""
-        self._snapshot_into("revision_before", _SNAPSHOT.format(
+        self._temp_from_query("revision_before", _SNAPSHOT.format(
             journeys=f"{touched_rows['journeys']} AND {_NOT_FROZEN}", metrics=touched_rows["journey_metrics"]))
         return int(self.con.execute("SELECT count(*) FROM revision_before").fetchone()[0])
-
-    def _snapshot_into(self, name: str, query: str, params: Iterable[Any] = ()) -> None:
-        self.con.execute(f"DROP TABLE IF EXISTS {name}")
-        self.con.execute(f"CREATE TEMP TABLE {name} AS {query}", list(params))
 
     def _revision_columns(self) -> list["ValueColumn"]:
         """The columns a revision compares, read from the tables themselves (cached: the schema
@@ -888,11 +884,7 @@ class Store:
         from pipelines.storage.revision_sql import value_columns
 
         if self._compared_columns is None:
-            described = {table: self.con.execute(
-                "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
-                "AND schema_name = 'main' AND table_name = ? ORDER BY column_index", [table]).fetchall()
-                for table in ("journeys", "journey_metrics")}
-            self._compared_columns = value_columns(described["journeys"], described["journey_metrics"])
+            self._compared_columns = value_columns(self.con)
         return self._compared_columns
 
     def _land_service_metrics(self, batch_id: int, touched_rows: dict[str, str], revised: int) -> None:
@@ -927,7 +919,7 @@ class Store:
             return
         # The rows this batch wrote for the journeys landed before (a new journey is no revision),
         # found by batch id: DuckDB's min-max index on batch_id skips every older row group.
-        self._snapshot_into("revision_after", _SNAPSHOT.format(**_AFTER), [batch_id, batch_id])
+        self._temp_from_query("revision_after", _SNAPSHOT.format(**_AFTER), [batch_id, batch_id])
         con.execute(insert_revisions(self._revision_columns()), [batch_id])
 
     def _load_reads(self, reads: list[dict[str, Any]]) -> None:
@@ -940,11 +932,15 @@ class Store:
                               ("stop", pa.int64()), ("records", pa.int64())]),
         ))
 
-    def _temp_from_arrow(self, name: str, data: Any) -> None:
+    def _temp_from_query(self, name: str, query: str, params: Iterable[Any] = ()) -> None:
+        """The temp table ``name`` (replaced if there) holding the rows of ``query``."""
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
+        self.con.execute(f"CREATE TEMP TABLE {name} AS {query}", list(params))
+
+    def _temp_from_arrow(self, name: str, data: Any) -> None:
         self.con.register("cxj_arrow_input", data)
         try:
-            self.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM cxj_arrow_input")
+            self._temp_from_query(name, "SELECT * FROM cxj_arrow_input")
         finally:
             self.con.unregister("cxj_arrow_input")
 
