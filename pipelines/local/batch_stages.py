@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from pipelines.kafka.read import OffsetRange, RangeReader, ReadKafkaRanges, read_range_chunks
 from pipelines.kafka.settings import KafkaSettings
-from pipelines.local import beam_reuse
+from pipelines.local import beam_reuse, beam_sampler
 from pipelines.local.beam_reuse import reusable_options
 from transforms.assemble import AssembleJourneys
 from transforms.batch_files import (
@@ -59,6 +59,9 @@ class StageResult:
 # in-process FnApiRunner, because the plain DirectRunner first tries Prism, which downloads a
 # binary at run time (docs/architecture.md, D1).
 beam_reuse.install()
+# Bundles end without waiting up to 200 ms for Beam's state-sampler thread to wake up
+# (pipelines/local/beam_sampler.py).
+beam_sampler.install()
 
 
 def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
