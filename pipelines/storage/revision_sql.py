@@ -76,13 +76,17 @@ def _flag(column: ValueColumn) -> str:
 
 
 def _json_object(columns: list[ValueColumn], side: str) -> str:
-    """'{"a": 1, "b": 2}' of the columns flagged in the revision (``_flag``), keys sorted."""
+    """'{"a": 1, "b": 2}' of the columns flagged in the revision (``_flag``), keys sorted.
+
+    ``concat_ws`` skips the NULL entries of the columns not flagged. It replaced a list of the
+    entries filtered by a lambda: the same text, and a third less time to plan and run the
+    statement (docs/architecture.md, "Revisions found in DuckDB")."""
     entries = ", ".join(
         f"CASE WHEN {_flag(c)} THEN {sql_literal(json.dumps(c.name) + ': ')} || "
         f"{json_value(side + '.' + ident(c.name), c.sql_type)} END"
         for c in sorted(columns, key=lambda c: c.name)
     )
-    return f"('{{' || array_to_string(list_filter([{entries}], x -> x IS NOT NULL), ', ') || '}}')::JSON"
+    return f"('{{' || concat_ws(', ', {entries}) || '}}')::JSON"
 
 
 def insert_revisions(columns: list[ValueColumn]) -> str:
