@@ -529,23 +529,18 @@ class Store:
         self._temp_from_arrow("batch_resolution", pa.Table.from_pylist(resolution, schema=pa.schema(
             [("event_id", pa.string()), ("old_hash", pa.string()), ("new_hash", pa.string()),
              ("replaces", pa.bool_()), ("old_customer", pa.string())])))
-        con.execute("DROP TABLE IF EXISTS batch_events")
-        con.execute(
-            """CREATE TEMP TABLE batch_events AS
-               SELECT s.*, r.event_id IS NULL AS is_new FROM staged_events s LEFT JOIN batch_resolution r USING (event_id)
-               WHERE r.event_id IS NULL OR r.replaces"""
-        )
-        con.execute("DROP TABLE IF EXISTS batch_customers")
-        con.execute(
-            """CREATE TEMP TABLE batch_customers AS
-               SELECT customer_id FROM batch_events
-               UNION SELECT old_customer FROM batch_resolution WHERE replaces"""
-        )
-        con.execute("DROP TABLE IF EXISTS batch_links")
-        con.execute(  # read once: the settled journeys' events and the snapshot before landing use them
-            f"""CREATE TEMP TABLE batch_links AS SELECT event_id, journey_id, customer_id FROM journey_events
-               WHERE {self._touched_rows('journey_events')}"""
-        )
+        self._temp_from_query(
+            "batch_events",
+            """SELECT s.*, r.event_id IS NULL AS is_new FROM staged_events s LEFT JOIN batch_resolution r USING (event_id)
+               WHERE r.event_id IS NULL OR r.replaces""")
+        self._temp_from_query(
+            "batch_customers",
+            """SELECT customer_id FROM batch_events
+               UNION SELECT old_customer FROM batch_resolution WHERE replaces""")
+        # read once: the settled journeys' events and the snapshot before landing use them
+        self._temp_from_query(
+            "batch_links",
+            f"SELECT event_id, journey_id, customer_id FROM journey_events WHERE {self._touched_rows('journey_events')}")
         self._clear_frozen()
         replacing = sum(1 for r in resolution if r["replaces"])
         return CopyResolution(
@@ -643,12 +638,10 @@ class Store:
         # The touched customers' landed events, read from the events table once: the settled
         # journeys' events and the export both come from here (two scans of a store of 8M
         # events cost 0.7-0.8 s each).
-        self.con.execute("DROP TABLE IF EXISTS batch_history")
-        self.con.execute(
-            f"""CREATE TEMP TABLE batch_history AS
-                SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
-                WHERE {self._touched_rows('events')} AND event_id NOT IN (SELECT event_id FROM batch_events)"""
-        )
+        self._temp_from_query(
+            "batch_history",
+            f"""SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
+                WHERE {self._touched_rows('events')} AND event_id NOT IN (SELECT event_id FROM batch_events)""")
         if horizon_s is not None:
             self._freeze_settled_journeys(int(round(horizon_s * 1_000_000)))
         query = f"""
@@ -724,10 +717,9 @@ class Store:
 
         self._temp_from_arrow("batch_frozen", pa.table(
             {"journey_id": [j for j, _ in frozen], "customer_id": [c for _, c in frozen]}))
-        con.execute("DROP TABLE IF EXISTS batch_frozen_events")
-        con.execute(  # from batch_history: a frozen customer has no event in batch_events that is landed
-            """CREATE TEMP TABLE batch_frozen_events AS
-               SELECT e.event_id, e.customer_id, e.ticket_id, e.chat_id
+        self._temp_from_query(  # from batch_history: a frozen customer has no event in batch_events that is landed
+            "batch_frozen_events",
+            """SELECT e.event_id, e.customer_id, e.ticket_id, e.chat_id
                FROM batch_history e SEMI JOIN (SELECT event_id FROM batch_links
                                                WHERE journey_id IN (SELECT journey_id FROM batch_frozen)) l
                  ON e.event_id = l.event_id
@@ -949,10 +941,9 @@ class Store:
         a batch copy replaced): a conflict if its content differs from the final winner's, a
         plain duplicate delivery if not. Returns how many copies lost: the batch's duplicates."""
         con = self.con
-        con.execute("DROP TABLE IF EXISTS batch_losers")
-        con.execute(
-            f"""CREATE TEMP TABLE batch_losers AS
-                WITH winner AS (
+        self._temp_from_query(
+            "batch_losers",
+            f"""WITH winner AS (
                     SELECT s.event_id, CASE WHEN r.event_id IS NULL OR r.replaces THEN s.content_hash
                                             ELSE r.old_hash END AS winner_hash
                     FROM staged_events s LEFT JOIN batch_resolution r USING (event_id)
