@@ -2,7 +2,7 @@
 
 Simulated messages (2% late, 1% re-delivered, as in benchmarks/throughput.py) go through the
 same functions the ingest pipeline runs, step by step, each timed in CPU seconds (best of
-``--repeat``): parse+validate (``_ParseChunk``'s work: rows plus content hashes), bucketing by
+``--repeat``): parse+validate (``_ParseChunk``'s work: a table per chunk, content hashes included), bucketing by
 event id, choosing the winning copies, and writing the batch's Parquet files. Kafka decoding and
 Beam's own overhead are not in it (benchmarks/profile_run.py covers the whole run).
 
@@ -54,7 +54,7 @@ def main() -> int:
     def parse() -> tuple[list, list]:
         parser_fn = _ParseChunk(stream_of_topic, NOW_US, ParseLimits())
         outs = [out for chunk in chunks for out in parser_fn.process(chunk)]
-        return [o for o in outs if isinstance(o, list)], [o.value for o in outs if not isinstance(o, list)]
+        return [o for o in outs if isinstance(o, pa.Table)], [o.value for o in outs if not isinstance(o, pa.Table)]
 
     def bucket(event_chunks: list) -> dict[int, list]:
         """BucketByEventId (the shuffle then copies the bytes it emits)."""
@@ -84,7 +84,7 @@ def main() -> int:
         bucket_s, grouped = best_cpu(lambda: bucket(event_chunks), args.repeat)
         dedup_s, decided = best_cpu(lambda: dedup(grouped), args.repeat)
         write_s, _ = best_cpu(lambda: write(decided, dead), args.repeat)
-    events = sum(len(c) for c in event_chunks)
+    events = sum(c.num_rows for c in event_chunks)
     print(f"{n:,} records ({events:,} valid, {sum(len(r) for _, r in dead):,} dead letters), CPU us per record, best of {args.repeat}:")
     total = 0.0
     for name, seconds in (("parse+validate+hash", parse_s), ("bucket", bucket_s), ("dedup", dedup_s), ("write parquet", write_s)):

@@ -195,6 +195,18 @@ def rows_table(rows: Rows, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def values_table(values: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    """Rows given as tuples of values in the schema's column order, as an Arrow table: one
+    ``pa.array`` per column of the whole list (a transpose in C, ``zip(*values)``), instead of
+    a dict per row read back key by key (``rows_table``), which cost about twice as much."""
+    if not values:
+        return schema.empty_table()
+    if len(values[0]) != len(schema):
+        raise ValueError(f"rows of {len(values[0])} values for a schema of {len(schema)} columns")
+    columns = zip(*values)
+    return pa.table([pa.array(column, type=field.type) for column, field in zip(columns, schema)], schema=schema)
+
+
 def table_bytes(table: pa.Table) -> bytes:
     """An Arrow table as Arrow IPC stream bytes: how tables cross a shuffle. Beam would pickle a
     table, which costs several times more per small table; bytes it passes on as they are."""

@@ -6,11 +6,12 @@ same figures. They write nothing: the sinks at the end of the pipeline do
 (transforms/batch_files.py). Elements are chunks of rows, so Beam's per-element overhead is
 paid per thousands of events, not per event.
 
-    records | ParseEvents  -> .events (chunks of rows), .dead_letters ((chunk key, rows))
+    records | ParseEvents  -> .events (chunks as tables), .dead_letters ((chunk key, rows))
     events  | DedupEvents  -> .winners ((bucket key, table)), .losing_copies ((bucket key, table))
 
-The de-duplicated outputs are Arrow tables (EVENT_SCHEMA, COPY_SCHEMA): the shuffle that brings
-an event's copies together moves them as tables, and the sinks write them unchanged.
+Events travel as Arrow tables (EVENT_SCHEMA, COPY_SCHEMA) from parsing on: a chunk's events
+become columns at once, the shuffle that brings an event's copies together moves them as
+tables, and the sinks write them unchanged.
 
 Every record read leaves on exactly one of .winners, .losing_copies or .dead_letters, which is
 what the landing step's accounting check counts on.
@@ -21,12 +22,14 @@ from typing import Iterable, Iterator, Union
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.batch_files import COPY_SCHEMA, EVENT_SCHEMA, KeyedRows, Rows, bytes_table, rows_table, table_bytes
+from transforms.batch_files import (COPY_SCHEMA, EVENT_SCHEMA, KeyedRows, Rows, bytes_table, rows_table, table_bytes,
+                                    values_table)
 from transforms.dedup import bucket_of, winning_copies
-from transforms.parse import ParseLimits, RawRecord, parse_chunk
+from transforms.parse import ParseLimits, RawRecord, parse_chunk_values
 
 # Output tags (attribute names of the composites' results)
 EVENTS = "events"
@@ -42,8 +45,9 @@ def chunk_key(records: list[RawRecord]) -> str:
 
 
 class _ParseChunk(beam.DoFn):
-    """Parses a chunk of records: valid rows (with their content hash, which decides between
-    conflicting copies) on the main output, dead letters on the ``dead_letters`` tag."""
+    """Parses a chunk of records: its valid events as one table of EVENT_SCHEMA (with their
+    content hash, which decides between conflicting copies) on the main output, dead letters
+    (rows) on the ``dead_letters`` tag."""
 
     def __init__(self, stream_of_topic: dict[str, str], now_us: int, limits: ParseLimits) -> None:
         self.stream_of_topic = stream_of_topic
@@ -52,9 +56,9 @@ class _ParseChunk(beam.DoFn):
         self.parsed = Metrics.counter("cxj", "events_parsed")
         self.dead = Metrics.counter("cxj", "dead_letters")
 
-    def process(self, records: list[RawRecord]) -> Iterator[Union[Rows, TaggedOutput]]:
+    def process(self, records: list[RawRecord]) -> Iterator[Union[pa.Table, TaggedOutput]]:
         # the content hash from the message as the parser decoded it (no second decode)
-        events, dead = parse_chunk(records, self.stream_of_topic, self.now_us, self.limits, content_hashes=True)
+        events, dead = parse_chunk_values(records, self.stream_of_topic, self.now_us, self.limits)
         self.parsed.inc(len(events))
         if dead:
             self.dead.inc(len(dead))
@@ -62,11 +66,11 @@ class _ParseChunk(beam.DoFn):
                 Metrics.counter("cxj.dead_letter_reason", row["reason"]).inc()
             yield TaggedOutput(DEAD_LETTERS, (chunk_key(records), dead))
         if events:
-            yield events
+            yield values_table(events, EVENT_SCHEMA)
 
 
 class ParseEvents(beam.PTransform):
-    """Chunks of raw records -> ``.events``: chunks of valid event rows, and ``.dead_letters``:
+    """Chunks of raw records -> ``.events``: each chunk's valid events as a table of EVENT_SCHEMA, and ``.dead_letters``:
     ``(chunk key, dead-letter rows)``, each with its reason."""
 
     def __init__(self, stream_of_topic: dict[str, str], now_us: int, limits: ParseLimits = ParseLimits()) -> None:
@@ -81,16 +85,16 @@ class ParseEvents(beam.PTransform):
         ).with_outputs(DEAD_LETTERS, main=EVENTS)
 
 
-def split_by_bucket(rows: Rows, buckets: int) -> Iterator[tuple[int, bytes]]:
-    """A chunk's rows by event-id bucket (every copy of an event lands in the same bucket), each
-    bucket's rows as an Arrow table of EVENT_SCHEMA in IPC bytes (``table_bytes``): the shuffle
-    then copies one byte string per bucket instead of encoding and decoding every value of
-    every row, which cost about half as much as parsing the event. The sink writes the table."""
-    grouped: dict[int, Rows] = {}
-    for row in rows:
-        grouped.setdefault(bucket_of(row["event_id"], buckets), []).append(row)
-    for bucket, bucket_rows in grouped.items():
-        yield bucket, table_bytes(rows_table(bucket_rows, EVENT_SCHEMA))
+def split_by_bucket(chunk: Union[pa.Table, Rows], buckets: int) -> Iterator[tuple[int, bytes]]:
+    """A chunk's events (a table of EVENT_SCHEMA, or rows) by event-id bucket (every copy of an
+    event lands in the same bucket), each bucket's rows in their order as a table in IPC bytes
+    (``table_bytes``): the shuffle then copies one byte string per bucket instead of encoding and
+    decoding every value of every row, which cost about half as much as parsing the event. The
+    sink writes the table."""
+    table = chunk if isinstance(chunk, pa.Table) else rows_table(chunk, EVENT_SCHEMA)
+    keys = pa.array([bucket_of(event_id, buckets) for event_id in table.column("event_id").to_pylist()], type=pa.int32())
+    for bucket in sorted(set(keys.to_pylist())):
+        yield bucket, table_bytes(table.take(pc.indices_nonzero(pc.equal(keys, bucket))))
 
 
 def bucket_key(bucket: int) -> str:

@@ -19,6 +19,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
+from transforms.batch_files import EVENT_SCHEMA
 from transforms.dedup import bucket_of
 from transforms.ingest import DedupEvents, ParseEvents, bucket_key
 
@@ -100,7 +101,8 @@ def test_hostile_records_land_on_the_dead_letter_tag_with_their_reason():
         assert all(row["kafka_ts_ms"] == 1_700_000_000_000 + row["offset"] - 40 for row in rows)
 
     def events_are(actual: list) -> None:
-        rows = [row for chunk in actual for row in chunk]
+        assert all(chunk.schema == EVENT_SCHEMA for chunk in actual), "a chunk's events leave as one table"
+        rows = [row for chunk in actual for row in chunk.to_pylist()]
         assert sorted(row["event_id"] for row in rows) == ["e-0", "e-1", "e-2"]
         assert all(row["content_hash"] == sha(json.loads(row["payload"])) for row in rows)
 
@@ -149,7 +151,7 @@ def test_every_record_leaves_on_exactly_one_output_keyed_by_its_chunk():
 
     with TestPipeline(runner=FnApiRunner()) as p:
         parsed = p | beam.Create(chunks) | ParseEvents(STREAMS, NOW_US)
-        event_offsets = parsed.events | "EventOffsets" >> beam.FlatMap(lambda chunk: [r["offset"] for r in chunk])
+        event_offsets = parsed.events | "EventOffsets" >> beam.FlatMap(lambda chunk: chunk.column("offset").to_pylist())
         dead_offsets = parsed.dead_letters | "DeadOffsets" >> beam.FlatMap(lambda kv: [r["offset"] for r in kv[1]])
         assert_that((event_offsets, dead_offsets) | beam.Flatten(), matches(together), label="AllOnce")
         assert_that(parsed.dead_letters, matches(dead_keys_and_offsets), label="DeadKeys")

@@ -216,37 +216,38 @@ def _text_or_none(value: Any) -> Optional[str]:
     return value if type(value) is str else None  # JSON decoding makes no str subclasses
 
 
-def _event_row(doc: dict[str, Any], text: str, at_us: int, topic: str, partition: int, offset: int,
-               kafka_ts_ms: Optional[int]) -> dict[str, Any]:
-    """The event's row: the contract fields journey logic reads (strings or None), the scores of
-    surveys, the payload as sent and the source. Spelled out field by field (EXTRACTED_FIELDS
-    in order): this runs once per event."""
+# The fields of an event row, in the order _event_values gives them (the events schema of
+# transforms/batch_files.py, less the content hash appended after them).
+EVENT_ROW_FIELDS = (
+    "event_id", "event_type", "at_us", "customer_id", "occurred_at_text", *EXTRACTED_FIELDS, "csat", "nps",
+    "payload", "topic", "partition", "offset", "kafka_ts_ms",
+)
+
+
+def _event_values(doc: dict[str, Any], text: str, at_us: int, topic: str, partition: int, offset: int,
+                  kafka_ts_ms: Optional[int]) -> tuple[Any, ...]:
+    """The event's values in EVENT_ROW_FIELDS order: the contract fields journey logic reads
+    (strings or None), the scores of surveys, the payload as sent and the source. Spelled out
+    field by field: this runs once per event, and a tuple (columns are made of many at once,
+    parse_chunk_values) costs a third of a dict."""
     get = doc.get
     scored = doc["event_type"] == "survey.responded"  # elsewhere csat/nps are unknown extra fields
-    return {
-        "event_id": doc["event_id"],
-        "event_type": doc["event_type"],
-        "at_us": at_us,
-        "customer_id": doc["customer_id"],
-        "occurred_at_text": doc["occurred_at"],
-        "ticket_id": _text_or_none(get("ticket_id")),
-        "chat_id": _text_or_none(get("chat_id")),
-        "survey_id": _text_or_none(get("survey_id")),
-        "channel": _text_or_none(get("channel")),
-        "handler_type": _text_or_none(get("handler_type")),
-        "agent_id": _text_or_none(get("agent_id")),
-        "team": _text_or_none(get("team")),
-        "status": _text_or_none(get("status")),
-        "author": _text_or_none(get("author")),
-        "outcome": _text_or_none(get("outcome")),
-        "csat": _as_int(get("csat")) if scored else None,
-        "nps": _as_int(get("nps")) if scored else None,
-        "payload": text,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "kafka_ts_ms": kafka_ts_ms,
-    }
+    return (
+        doc["event_id"], doc["event_type"], at_us, doc["customer_id"], doc["occurred_at"],
+        _text_or_none(get("ticket_id")), _text_or_none(get("chat_id")), _text_or_none(get("survey_id")),
+        _text_or_none(get("channel")), _text_or_none(get("handler_type")), _text_or_none(get("agent_id")),
+        _text_or_none(get("team")), _text_or_none(get("status")), _text_or_none(get("author")),
+        _text_or_none(get("outcome")),
+        _as_int(get("csat")) if scored else None,
+        _as_int(get("nps")) if scored else None,
+        text, topic, partition, offset, kafka_ts_ms,
+    )
+
+
+def _event_row(doc: dict[str, Any], text: str, at_us: int, topic: str, partition: int, offset: int,
+               kafka_ts_ms: Optional[int]) -> dict[str, Any]:
+    """The event's row: _event_values by field name."""
+    return dict(zip(EVENT_ROW_FIELDS, _event_values(doc, text, at_us, topic, partition, offset, kafka_ts_ms)))
 
 
 # The content hash's canonical JSON (transforms.dedup.canonical_content), with one encoder for
@@ -276,8 +277,24 @@ def parse_chunk(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(event rows, dead letters) for (topic, partition, offset, kafka_ts_ms, value) records:
     each record's outcome is parse_record's. With ``content_hashes`` every event row also gets
-    its ``content_hash`` (transforms.dedup), computed from the message decoded here."""
-    events: list[dict[str, Any]] = []
+    its ``content_hash`` (transforms.dedup), computed from the message decoded here. The rows
+    are parse_chunk_values's tuples by field name."""
+    values, dead = parse_chunk_values(records, stream_of_topic, now_us, limits)
+    fields = (*EVENT_ROW_FIELDS, "content_hash") if content_hashes else EVENT_ROW_FIELDS
+    return [dict(zip(fields, event)) for event in values], dead
+
+
+def parse_chunk_values(
+    records: Iterable[RawRecord],
+    stream_of_topic: dict[str, str],
+    now_us: int,
+    limits: ParseLimits = ParseLimits(),
+) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+    """parse_chunk with content hashes, each event as a tuple of its values (EVENT_ROW_FIELDS,
+    then ``content_hash``) instead of a dict: the ingest turns a chunk's tuples into columns at
+    once (transforms/batch_files.py, ``values_table``). Outcomes and dead letters are
+    parse_chunk's (transforms/parse_test.py checks the two against each other)."""
+    events: list[tuple[Any, ...]] = []
     dead: list[dict[str, Any]] = []
     get_stream = stream_of_topic.get
     for topic, partition, offset, ts_ms, value in records:
@@ -285,8 +302,6 @@ def parse_chunk(
         if doc is None:
             dead.append(dead_letter(SourceRef(topic, partition, offset, ts_ms), value, text_or_reason, at_us_or_detail))
             continue
-        row = _event_row(doc, text_or_reason, at_us_or_detail, topic, partition, offset, ts_ms)
-        if content_hashes:
-            row["content_hash"] = content_hash_of(doc)
-        events.append(row)
+        events.append((*_event_values(doc, text_or_reason, at_us_or_detail, topic, partition, offset, ts_ms),
+                       content_hash_of(doc)))
     return events, dead

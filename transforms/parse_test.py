@@ -315,6 +315,31 @@ def test_parse_chunk_gives_each_record_parse_records_outcome():
     assert parse_chunk(records, STREAMS, NOW_US)[0] == expected_events, "no hash unless asked"
 
 
+def test_the_ingests_chunk_table_holds_parse_chunks_rows():
+    """The ingest's chunk table (parse_chunk_values's tuples made columns by values_table) holds
+    exactly the rows parse_chunk gives, content hashes included, in order: the tuples' field
+    order is the events schema's, and the dead letters are the same."""
+    from transforms.batch_files import EVENT_SCHEMA, rows_table, values_table
+    from transforms.parse import EVENT_ROW_FIELDS, parse_chunk, parse_chunk_values
+
+    assert (*EVENT_ROW_FIELDS, "content_hash") == tuple(EVENT_SCHEMA.names)
+    values = [t.encode() for t in TRICKY_TEXTS]
+    values += [json.dumps(event(event_id=f"e-{i}", extra=i)).encode() for i in range(5)]
+    values += [json.dumps({**event(event_id="s-1", event_type="survey.responded", survey_id="S-1"), "csat": 5, "nps": 3})
+               .encode(), b"{not json", None]
+    records = chunk_of(values)
+    rows, dead = parse_chunk(records, STREAMS, NOW_US, content_hashes=True)
+    tuples, tuple_dead = parse_chunk_values(records, STREAMS, NOW_US)
+    assert tuple_dead == dead
+    table = values_table(tuples, EVENT_SCHEMA)
+    assert table.equals(rows_table(rows, EVENT_SCHEMA))
+    assert table.to_pylist() == rows and len(rows) >= 6
+    assert [(r["csat"], r["nps"]) for r in rows if r["event_id"] == "s-1"] == [(5, 3)], "the scored columns too"
+    assert values_table([], EVENT_SCHEMA).equals(rows_table([], EVENT_SCHEMA))
+    with pytest.raises(ValueError, match="23 columns"):
+        values_table([tuples[0][:-1]], EVENT_SCHEMA)
+
+
 @settings(max_examples=150, deadline=None)
 @given(extra=st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=6), indent=st.sampled_from([None, 1]))
 def test_the_content_hash_from_the_parsed_message_equals_the_payloads_hash(extra, indent):
