@@ -199,7 +199,7 @@ def test_once_fails_cleanly_when_the_broker_stops_mid_run(tmp_path):
         stop_broker(port=port, state_dir=state)
     bound = read_timeout_s + min(5.0, broker_timeout_s) + EXIT_MARGIN_S
     print(f"exited {elapsed:.1f}s after the outage (bound {bound:.1f}s)")
-    assert elapsed <= bound, f"exited {elapsed:.1f}s after the outage, bound {bound:.1f}s"
+    assert elapsed <= bound, f"exited {elapsed:.1f}s after the outage, bound {bound:.1f}s; the run's log:\n{log[-3000:]}"
     assert run.proc.returncode == 3, log[-3000:]
     assert "Traceback" not in log
     errors = error_lines(log)
