@@ -3,8 +3,8 @@
 The logic lives in transforms.parse and transforms.dedup (pure); these composites route each
 outcome to its own output, tagged, and count them as Beam metrics so every runner reports the
 same figures. They write nothing: the sinks at the end of the pipeline do
-(transforms/batch_files.py). Elements are chunks of rows, so Beam's per-element overhead is
-paid per thousands of events, not per event.
+(transforms/batch_files.py). Elements are chunks (of records, then one table per chunk), so
+Beam's per-element overhead is paid per thousands of events, not per event.
 
     records | ParseEvents  -> .events (chunks as tables), .dead_letters ((chunk key, rows))
     events  | DedupEvents  -> .winners ((bucket key, table)), .losing_copies ((bucket key, table))
@@ -92,8 +92,9 @@ def split_by_bucket(chunk: Union[pa.Table, Rows], buckets: int) -> Iterator[tupl
     decoding every value of every row, which cost about half as much as parsing the event. The
     sink writes the table."""
     table = chunk if isinstance(chunk, pa.Table) else rows_table(chunk, EVENT_SCHEMA)
-    keys = pa.array([bucket_of(event_id, buckets) for event_id in table.column("event_id").to_pylist()], type=pa.int32())
-    for bucket in sorted(set(keys.to_pylist())):
+    bucket_ids = [bucket_of(event_id, buckets) for event_id in table.column("event_id").to_pylist()]
+    keys = pa.array(bucket_ids, type=pa.int32())
+    for bucket in sorted(set(bucket_ids)):
         yield bucket, table_bytes(table.take(pc.indices_nonzero(pc.equal(keys, bucket))))
 
 
