@@ -298,3 +298,8 @@ if __name__ == "__main__":
     results = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     _serve(sys.stdin.buffer, results)
+    # The parent waits for this exit at its close. Every outcome is flushed and every job's files
+    # are complete, so nothing is left for the interpreter's teardown to do but unload Beam,
+    # pyarrow and the Kafka client, which took 0.3-0.8 s of that wait.
+    sys.stderr.flush()
+    os._exit(0)

@@ -2,7 +2,10 @@
 whole partitions; outcomes are read in the order the jobs were sent."""
 import array
 import fcntl
+import os
 import pickle
+import subprocess
+import sys
 import termios
 import threading
 import time
@@ -11,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.kafka.settings import KafkaSettings
-from pipelines.local.ingest_ahead import IngestAhead, split_partitions
+from pipelines.local.ingest_ahead import _FRAME, ASSEMBLE, IngestAhead, split_partitions
 from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
 
@@ -89,3 +92,28 @@ def _waiting_bytes(ahead: IngestAhead) -> int:
     count = array.array("i", [0])
     fcntl.ioctl(process.stdout.fileno(), termios.FIONREAD, count)
     return count[0]
+
+
+def test_the_worker_answers_every_job_before_it_exits_at_the_end_of_its_jobs(tmp_path):
+    """The worker leaves without the interpreter's teardown (os._exit) once its jobs pipe closes:
+    every outcome must still reach the parent, in order, and the exit must be a clean 0."""
+    staging = tmp_path / "batch"
+    staging.mkdir()
+    jobs = [
+        {"stage": ASSEMBLE, "history_files": [], "staging": staging, "repeat_window_s": 3600.0, "beam_args": [],
+         "metrics": MetricsConfig()},
+        {"stage": ASSEMBLE, "no_such_argument": True},  # fails in the worker: reported, not fatal
+    ]
+    worker = subprocess.Popen([sys.executable, "-m", "pipelines.local.ingest_ahead"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    sent = b"".join(pickle.dumps(job) for job in jobs)
+    out, err = worker.communicate(sent, timeout=120)  # closes the jobs pipe after the last job
+    assert worker.returncode == 0, err.decode(errors="replace")
+    outcomes = []
+    while out:
+        (size,) = _FRAME.unpack_from(out)
+        outcomes.append(pickle.loads(out[_FRAME.size:_FRAME.size + size]))
+        out = out[_FRAME.size + size:]
+    assert [kind for kind, _ in outcomes] == ["ok", "error"], outcomes
+    assert "no_such_argument" in outcomes[1][1]
