@@ -1,4 +1,4 @@
 """`python -m pipelines.cli ...` is `cxj ...` (tests and Beam workers use it without the script)."""
-from pipelines.cli.main import main
+from pipelines.cli.main import entry
 
-raise SystemExit(main())
+entry()

@@ -241,5 +241,12 @@ def _main(argv: list[str]) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `cxj` console script: the command, then a quick exit (pipelines/cli/quick_exit.py)."""
+    from pipelines.cli.quick_exit import exit_quickly
+
+    exit_quickly(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
