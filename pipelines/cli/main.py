@@ -242,8 +242,8 @@ def _main(argv: list[str]) -> int:
 
 
 def entry() -> None:
-    """The `cxj` console script: the command, then a quick exit (pipelines/cli/quick_exit.py)."""
-    from pipelines.cli.quick_exit import exit_quickly
+    """The `cxj` console script: the command, then a quick exit (pipelines/ops/quick_exit.py)."""
+    from pipelines.ops.quick_exit import exit_quickly
 
     exit_quickly(main())
 

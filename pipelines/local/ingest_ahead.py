@@ -42,6 +42,7 @@ from pathlib import Path, PurePath
 from typing import IO, Any, Optional
 
 from pipelines.kafka.read import OffsetRange
+from pipelines.ops.quick_exit import exit_quickly
 
 log = logging.getLogger("cxj.run")
 
@@ -301,5 +302,4 @@ if __name__ == "__main__":
     # The parent waits for this exit at its close. Every outcome is flushed and every job's files
     # are complete, so nothing is left for the interpreter's teardown to do but unload Beam,
     # pyarrow and the Kafka client, which took 0.3-0.8 s of that wait.
-    sys.stderr.flush()
-    os._exit(0)
+    exit_quickly(0)

@@ -95,7 +95,7 @@ def _waiting_bytes(ahead: IngestAhead) -> int:
 
 
 def test_the_worker_answers_every_job_before_it_exits_at_the_end_of_its_jobs(tmp_path):
-    """The worker leaves without the interpreter's teardown (os._exit) once its jobs pipe closes:
+    """The worker leaves without the interpreter's teardown (exit_quickly) once its jobs pipe closes:
     every outcome must still reach the parent, in order, and the exit must be a clean 0."""
     staging = tmp_path / "batch"
     staging.mkdir()

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(body: str) -> subprocess.CompletedProcess:
-    script = "import sys\nfrom pipelines.cli.quick_exit import exit_quickly\n" + body
+    script = "import sys\nfrom pipelines.ops.quick_exit import exit_quickly\n" + body
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": ""})
 
