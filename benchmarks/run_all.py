@@ -10,8 +10,8 @@
    1M+ journeys (ratio; target <= 1.5), the same batch for returning customers whose rows lie
    all over that store (reported beside it: the case row id ranges cannot skip), a 5-event
    batch for a customer with 200k stored events (target < 1 s), and the peak RSS of `cxj run --once` over backlogs of two sizes (flat). The
-   batches are timed as `run_once`; closing the store after each (its last checkpoint, which on
-   a large store writes the primary key's index again) is reported beside them as close_s.
+   batches are timed as `run_once`; closing the store after each (its last checkpoint) is reported
+   beside them as close_s.
 
 Every figure goes to stdout and to benchmarks/results/run_all.json. Ratios compare work measured
 in the same run; absolute seconds depend on the machine and on what else runs on it.

@@ -4,7 +4,7 @@
 
 -- Every valid, de-duplicated event (one row per event_id), exactly as landed.
 CREATE TABLE IF NOT EXISTS events (
-    event_id          VARCHAR PRIMARY KEY,   -- contract event_id (unique)
+    event_id          VARCHAR NOT NULL,      -- contract event_id (unique: the landing adds only ids it found absent)
     event_type        VARCHAR NOT NULL,      -- e.g. ticket.created
     occurred_at       TIMESTAMPTZ NOT NULL,  -- event time, normalised to an instant
     occurred_at_text  VARCHAR,               -- occurred_at as sent (keeps the original offset)

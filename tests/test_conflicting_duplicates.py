@@ -154,26 +154,6 @@ def test_batch_sizes_give_identical_tables(broker, messages, one_batch, tmp_path
         balanced(db, len(messages))
 
 
-@pytest.mark.parametrize("index_lookup_share", [0.0, 1.0], ids=["join", "index-lookup"])
-def test_both_ways_of_finding_landed_copies_give_identical_content(broker, messages, one_batch, tmp_path, monkeypatch,
-                                                                  index_lookup_share):
-    """Which staged event_ids are landed already is asked with a literal IN list (the primary-key
-    index) for a batch small against the events table (INDEX_LOOKUP_SHARE), with a join
-    otherwise. Both, in batches of 13 with later batches finding landed copies, give the
-    one-batch tables (share 1.0: every batch no larger than the table uses the list)."""
-    import pipelines.storage.store as store
-
-    monkeypatch.setattr(store, "INDEX_LOOKUP_SHARE", index_lookup_share)
-    topics, expected = one_batch
-    db = tmp_path / "lookup.duckdb"
-    run_once(db, broker, topics, max_batch_events=13)
-    assert table(db, "SELECT count(*) FROM event_replacements")[0][0] + table(
-        db, "SELECT count(*) FROM event_conflicts")[0][0] > 0  # landed copies were found and decided
-    follows_the_rule(db, messages)
-    balanced(db, len(messages))
-    assert tables(db, CONTENT) == tables(expected, CONTENT)
-
-
 @pytest.mark.parametrize("order", ["original", "reversed", "shuffled"])
 def test_restarts_and_arrival_order_give_identical_content(broker, messages, one_batch, tmp_path, order):
     """Sent in three rounds, each landed by a new runner (a restart) before the next arrives."""

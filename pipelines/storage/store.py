@@ -60,6 +60,18 @@ def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
         pass
 
 
+def _in_one_transaction(con: duckdb.DuckDBPyConnection, statements: list[str]) -> None:
+    """All of ``statements`` or, on any failure, none of them; the failure's own cause is raised."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for statement in statements:
+            con.execute(statement)
+        con.execute("COMMIT")
+    except BaseException:
+        _rollback_quietly(con)
+        raise
+
+
 def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
     """Rolls back if a transaction is still open. A failed write can end the transaction itself
     (or invalidate the database); the ROLLBACK's own "no transaction is active" error would then
@@ -184,12 +196,6 @@ _AFTER = {"journeys": "batch_id = ? AND journey_id IN (SELECT journey_id FROM re
           "metrics": "batch_id = ?"}
 
 
-# A batch with at most this share of the events table's rows looks its event ids up with a
-# literal IN list, which DuckDB answers from the primary-key index (Store._landed_copies). It is
-# DuckDB's own default share for an index scan (index_scan_percentage): against a table less
-# than a thousand times the batch, the list costs more than a join (on a store of 119k events,
-# 0.02-0.07 s against 0.01 s for 2,000-8,000 ids).
-INDEX_LOOKUP_SHARE = 0.001
 
 
 def settled_prefix(journeys: list[tuple[str, str, int, int, int]], horizon_us: int) -> list[str]:
@@ -324,6 +330,7 @@ class Store:
         # per batch, by table: the touched customers' row id ranges and the table's row count
         # when they were looked up (_touched_rows)
         self._found_rows: dict[str, tuple[str, int]] = {}
+        self._events_at_lookup: Optional[int] = None  # rows of events when landed copies were looked up
         self._one_step_left: dict[str, int] = {}  # by table: batches still read in one step
         self._compared_columns: Optional[list["ValueColumn"]] = None  # what revisions compare (_revision_columns)
         if not read_only:
@@ -409,19 +416,44 @@ class Store:
             statements = catalog_statements()
         except ModelError as exc:  # a broken model or YAML file: one line naming it, nothing applied
             raise StoreError(f"cannot create the views from sql/models: {exc}") from None
+        self._drop_events_key()
         self.con.execute(SCHEMA_SQL.read_text())
         self._stamp_journey_events()
-        self.con.execute("BEGIN TRANSACTION")
+        _in_one_transaction(self.con, statements)
+
+    def _upgrade_in_one_transaction(self, doing: str, done: str, statements: list[str]) -> None:
+        """An upgrade of a store made by an earlier version: all of it, or (on any failure) none;
+        logged before (it may take a while on a large store) and after, with its time."""
+        started = time.perf_counter()
+        log.info("%s: %s (the store was created by an earlier version)", self.path, doing)
+        _in_one_transaction(self.con, statements)
+        log.info("%s: %s in %.1fs", self.path, done, time.perf_counter() - started)
+
+    def _drop_events_key(self) -> None:
+        """A store created with a primary key on events.event_id is rebuilt without it, once.
+
+        Why: DuckDB writes a key's whole index again at every checkpoint, so each checkpoint
+        cost time in proportion to every event ever landed (about 0.5 s per million random
+        ids), and the index took about 190 MB per million on disk (docs/architecture.md, "The
+        events table without a key"). The landing keeps an event from landing twice by itself
+        (``_check_lookup_holds``). DuckDB cannot drop a primary key, so the table is copied into
+        a new one, rows in their order, in one transaction: a failure leaves the keyed table as it was.
+        """
         try:
-            for statement in statements:
-                self.con.execute(statement)
-            self.con.execute("COMMIT")
-        except BaseException:
-            try:
-                self.con.execute("ROLLBACK")
-            except duckdb.Error:  # the failed statement (e.g. disk full) already ended the transaction
-                pass
-            raise  # the original cause, not the rollback's
+            keyed = [row[1] for row in self.con.execute("PRAGMA table_info('events')").fetchall() if row[5]]
+        except duckdb.CatalogException:  # a new store: the schema creates the table without the key
+            return
+        if not keyed:
+            return
+        events = int(self.con.execute("SELECT count(*) FROM events").fetchone()[0])
+        self._upgrade_in_one_transaction(
+            f"rebuilding the events table without its primary key: copying {events} events",
+            "rebuilt the events table without its primary key", [
+                "ALTER TABLE events RENAME TO events_keyed",
+                SCHEMA_SQL.read_text(),  # creates events as the schema has it now
+                "INSERT INTO events BY NAME SELECT * FROM events_keyed ORDER BY rowid",
+                "DROP TABLE events_keyed",
+            ])
 
     def _stamp_journey_events(self) -> None:
         """A store created before journey_events had a batch_id column gains it, filled in.
@@ -436,20 +468,13 @@ class Store:
         columns = {row[1] for row in self.con.execute("PRAGMA table_info('journey_events')").fetchall()}
         if "batch_id" in columns:
             return
-        started = time.perf_counter()
         links = int(self.con.execute("SELECT count(*) FROM journey_events").fetchone()[0])
-        log.info("%s: adding journey_events.batch_id (the store was created by an earlier version): "
-                 "filling %d links from their journeys", self.path, links)
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            self.con.execute("ALTER TABLE journey_events ADD COLUMN batch_id BIGINT")
-            self.con.execute("UPDATE journey_events SET batch_id = j.batch_id FROM journeys j "
-                             "WHERE j.journey_id = journey_events.journey_id")
-            self.con.execute("COMMIT")
-        except BaseException:
-            _rollback_quietly(self.con)
-            raise
-        log.info("%s: added journey_events.batch_id, filled from journeys in %.1fs", self.path, time.perf_counter() - started)
+        self._upgrade_in_one_transaction(
+            f"adding journey_events.batch_id: filling {links} links from their journeys",
+            "added journey_events.batch_id, filled from journeys", [
+                "ALTER TABLE journey_events ADD COLUMN batch_id BIGINT",
+                "UPDATE journey_events SET batch_id = j.batch_id FROM journeys j WHERE j.journey_id = journey_events.journey_id",
+            ])
 
     # ---------------------------------------------------------------- reads
 
@@ -554,6 +579,7 @@ class Store:
     def _start_lookups(self) -> None:
         """A new batch: forget the last one's ranges, and count down the tables read in one step."""
         self._found_rows = {}
+        self._events_at_lookup = None
         self._one_step_left = {table: left - 1 for table, left in self._one_step_left.items() if left > 1}
 
     def _touched_rows(self, table: str, again: bool = False) -> str:
@@ -593,21 +619,18 @@ class Store:
         payload, source topic, partition, offset and customer_id) for each staged event whose
         event_id is landed already.
 
-        Landed rows are read by a literal IN list of ids, which DuckDB answers from the
-        primary-key index, so a batch of new events reads no payloads: one join that read them
-        spent 0.9 s of a 5,000-event batch on a store of 8M events, though none was landed. When
-        the batch is small against the table (``INDEX_LOOKUP_SHARE``) the list holds all of its
-        ids (0.05 s against 0.24 s for a scan of the event_id column at 8M events); otherwise a
-        join on the event_id column first finds the few that are landed."""
+        This look-up is what keeps an event from landing twice: ``events`` has no key
+        (docs/architecture.md, "The events table without a key"), and the landing checks that
+        nothing was added to the table since (``_check_lookup_holds``). Two steps, so a batch of
+        new events reads no payloads: a semi-join on the event_id column alone finds the ids
+        landed already (that one column of 4M random ids: about 0.1 s, faster than a literal
+        list of 5,000 ids), then those few rows are read whole. One join that read them spent
+        0.9 s of a 5,000-event batch on a store of 8M events, though none was landed."""
         con = self.con
         # (DuckDB answers count(*) of a whole table from its metadata; duckdb_tables() would
         # also open the catalog of the attached replica, which may be gone)
-        stored = int(con.execute("SELECT count(*) FROM events").fetchone()[0])
-        staged = int(con.execute("SELECT count(*) FROM staged_events").fetchone()[0])
-        if staged <= INDEX_LOOKUP_SHARE * stored:
-            looked_up = con.execute("SELECT DISTINCT event_id FROM staged_events")
-        else:
-            looked_up = con.execute("SELECT event_id FROM events WHERE event_id IN (SELECT event_id FROM staged_events)")
+        self._events_at_lookup = int(con.execute("SELECT count(*) FROM events").fetchone()[0])
+        looked_up = con.execute("SELECT event_id FROM events WHERE event_id IN (SELECT event_id FROM staged_events)")
         candidates = [row[0] for row in looked_up.fetchall()]
         if not candidates:
             return []
@@ -617,6 +640,22 @@ class Store:
                        e.payload, e.source_topic, e.source_partition, e.source_offset, e.customer_id
                 FROM staged_events s JOIN (SELECT * FROM events WHERE event_id IN ({ids})) e USING (event_id)"""
         ).fetchall()
+
+    def _check_lookup_holds(self, batch_id: int) -> None:
+        """Inside the landing transaction, before its events are inserted: the look-up of landed
+        copies (``_landed_copies``) still describes the table, i.e. it holds as many rows as
+        then (rows are never deleted from it, and this process is its only writer). With the
+        look-up itself, this is what the primary key on event_id used to enforce: no event
+        lands twice. An event named twice by the batch itself fails the accounting check
+        (``_check_accounting``). The count comes from the table's metadata, where the key's
+        index cost every checkpoint time in proportion to the whole table."""
+        stored = int(self.con.execute("SELECT count(*) FROM events").fetchone()[0])
+        if self._events_at_lookup is None or stored != self._events_at_lookup:
+            looked_up = ("no look-up of landed copies was made" if self._events_at_lookup is None else
+                         f"the events table holds {stored} rows, {self._events_at_lookup} when the batch looked up "
+                         "which of its events were landed already; that look-up no longer holds")
+            raise StoreError(f"landing batch {batch_id} into {self.path} failed, nothing of it was kept "
+                             f"(offsets unchanged): {looked_up}")
 
     def export_history(self, target: Path, partitions: int = 8, horizon_s: Optional[float] = None) -> int:
         """Writes the events of the customers the batch touched (old and new, with replaced rows
@@ -758,6 +797,7 @@ class Store:
         self.verify_file()
         con.execute("BEGIN TRANSACTION")
         try:
+            self._check_lookup_holds(facts.batch_id)
             event_columns = f"""event_type, {_ts('at_us')}, occurred_at_text, customer_id, ticket_id, chat_id,
                 survey_id, channel, handler_type, agent_id, team, status, author, outcome, csat, nps, payload,
                 topic, "partition", "offset", {_ms_ts('kafka_ts_ms')}"""
@@ -837,6 +877,7 @@ class Store:
                 ],
             )
             con.execute("COMMIT")
+            self._events_at_lookup = None  # the next landing needs a look-up of its own
         except STORAGE_FAILURES as exc:
             _rollback_quietly(con)
             raise StoreError(f"landing batch {facts.batch_id} into {self.path} failed, nothing of it was kept "
