@@ -316,21 +316,26 @@ def send_docs(settings: KafkaSettings, topics: dict[str, str], docs: list[dict[s
 
 def grow_store(db: Path, target_events: int) -> dict[str, int]:
     """Copies the landed rows of other customers until events and journeys each hold at least
-    ``target_events`` rows (ids suffixed per copy, so nothing collides); then the read replica
-    is rebuilt on the next start. The batches measured afterwards touch only the original
-    customers, whose rows are real."""
+    ``target_events`` rows; then the read replica is rebuilt on the next start. The batches
+    measured afterwards touch only the original customers, whose rows are real.
+
+    A copy's customer and journey ids carry the copy's number as a suffix. Its event ids are a
+    hash of the original id and that number, as random as the UUIDs producers send: ids that
+    share long prefixes would flatter anything that indexes or compresses them (the suffix
+    ``#`` only marks a copy, so copies are never copied again)."""
     with duckdb.connect(str(db)) as con:
         base_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
         base_journeys = con.execute("SELECT count(*) FROM journeys").fetchone()[0]
         copies = max(0, -(-target_events // max(1, min(base_events, base_journeys))) - 1)
         for k in range(1, copies + 1):
             s = f"'#{k}'"
-            con.execute(f"INSERT INTO events SELECT * REPLACE (event_id || {s} AS event_id, customer_id || {s} AS customer_id) "
+            copied_id = f"md5(event_id || {s}) || '#'"
+            con.execute(f"INSERT INTO events SELECT * REPLACE ({copied_id} AS event_id, customer_id || {s} AS customer_id) "
                         f"FROM events WHERE NOT contains(event_id, '#')")
             for table in ("journeys", "journey_metrics"):
                 con.execute(f"INSERT INTO {table} SELECT * REPLACE (journey_id || {s} AS journey_id, customer_id || {s} AS customer_id) "
                             f"FROM {table} WHERE NOT contains(journey_id, '#')")
-            con.execute(f"INSERT INTO journey_events SELECT * REPLACE (event_id || {s} AS event_id, journey_id || {s} AS journey_id, "
+            con.execute(f"INSERT INTO journey_events SELECT * REPLACE ({copied_id} AS event_id, journey_id || {s} AS journey_id, "
                         f"customer_id || {s} AS customer_id) FROM journey_events WHERE NOT contains(event_id, '#')")
         sizes = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("events", "journeys", "journey_events")}
         sizes["copies"] = copies
