@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import duckdb
 
@@ -53,9 +53,13 @@ def send_events(settings: KafkaSettings, topics: dict[str, str], events: Iterabl
     return send(settings, topics, messages())
 
 
-def run_once(db: Path, settings: KafkaSettings, topics: dict[str, str], **config: Any) -> list:
+def run_once(db: Path, settings: KafkaSettings, topics: dict[str, str],
+             prepare: Optional[Callable[[Store], None]] = None, **config: Any) -> list:
+    """run --once in this process; ``prepare`` gets the opened store before the runner starts."""
     cfg = RunConfig(db=db, settings=settings, topics=topics, **config)
     with Store(db) as store:
+        if prepare is not None:
+            prepare(store)
         runner = MicroBatchRunner(cfg, store)
         try:
             return runner.run_once()

@@ -11,7 +11,6 @@ from typing import Any, Callable
 import duckdb
 import pytest
 
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig
 from pipelines.storage.store import BatchNotAccounted, Store, StoreError
 from tests.support import new_topics, run_once, send_events, table
 
@@ -32,7 +31,7 @@ def keyed(db: Path) -> list[str]:
 def land_with(db: Path, broker, topics: dict[str, str], after_lookup: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
     """run --once, with ``after_lookup`` run on the writer's connection between the batch's
     look-up of landed copies and its landing."""
-    with Store(db) as store:
+    def meddle_after_lookup(store: Store) -> None:
         resolve = store.resolve_copies
 
         def resolve_then_meddle(*args: Any, **kwargs: Any) -> Any:
@@ -41,11 +40,8 @@ def land_with(db: Path, broker, topics: dict[str, str], after_lookup: Callable[[
             return resolution
 
         store.resolve_copies = resolve_then_meddle  # type: ignore[method-assign]
-        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics), store)
-        try:
-            runner.run_once()
-        finally:
-            runner.close()
+
+    run_once(db, broker, topics, prepare=meddle_after_lookup)
 
 
 def test_a_store_made_with_the_key_is_rebuilt_without_it_keeping_every_event(broker, tmp_path, caplog):

@@ -196,8 +196,6 @@ _AFTER = {"journeys": "batch_id = ? AND journey_id IN (SELECT journey_id FROM re
           "metrics": "batch_id = ?"}
 
 
-
-
 def settled_prefix(journeys: list[tuple[str, str, int, int, int]], horizon_us: int) -> list[str]:
     """The ids of a customer's landed journeys that a batch cannot change (see
     Store._freeze_settled_journeys): the longest prefix, in order of start, of journeys that
@@ -579,7 +577,6 @@ class Store:
     def _start_lookups(self) -> None:
         """A new batch: forget the last one's ranges, and count down the tables read in one step."""
         self._found_rows = {}
-        self._events_at_lookup = None
         self._one_step_left = {table: left - 1 for table, left in self._one_step_left.items() if left > 1}
 
     def _touched_rows(self, table: str, again: bool = False) -> str:
