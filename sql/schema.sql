@@ -270,3 +270,13 @@ CREATE TABLE IF NOT EXISTS event_replacements (
     old_customer_id  VARCHAR NOT NULL,
     batch_id         BIGINT NOT NULL
 );
+
+-- A 64-bit digest of every landed event_id (one row per events row, in no particular order).
+-- Why it is there: the landing looks up which of a batch's events are landed already by
+-- scanning these integers instead of the event_id strings (docs/architecture.md, "Looking up
+-- landed events by digest"); only ids whose digest matches are then compared in full. md5 is
+-- used because its value never changes between DuckDB versions. Written in the landing's
+-- transaction; rebuilt from events at open when the row counts differ.
+CREATE TABLE IF NOT EXISTS event_id_digests (
+    id_digest        UBIGINT NOT NULL        -- md5_number_lower(events.event_id)
+);
