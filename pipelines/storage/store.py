@@ -318,6 +318,10 @@ class Store:
         # deleted or replaced, so every landing first checks the path still names this file.
         self.identity = _file_identity(self.path) if self.path.name != ":memory:" else None
         self.con.execute("SET TimeZone = 'UTC'")
+        # DuckDB draws a progress bar on stdout during any statement longer than 2 s (an upgrade
+        # of a large store, a checkpoint), also when stdout is a pipe or a file; the store's own
+        # log lines say what it is doing. Connections made from this one (the replica's) inherit it.
+        self.con.execute("SET enable_progress_bar = false")
         # fingerprints of the records at the ends of the planned ranges, keyed by
         # (topic, partition, end of range); landed with the offsets (see _advance_offsets)
         self.pending_fingerprints: dict[tuple[str, int, int], Fingerprint] = {}

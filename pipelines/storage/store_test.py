@@ -171,3 +171,11 @@ def test_a_table_whose_touched_rows_lie_everywhere_is_read_in_one_step_for_a_whi
         assert [r[0] for r in con.execute(f"SELECT count(*) FROM journey_events WHERE {condition}").fetchall()] == [1000]
     finally:
         store.close()
+
+
+def test_the_store_draws_no_progress_bar_on_stdout(tmp_path):
+    """DuckDB draws its progress bar on stdout (a pipe or a file too) during any statement over
+    2 s: the writer's connection and the replica's, made from it, have it off."""
+    with Store(tmp_path / "j.duckdb") as store:
+        for con in (store.con, store.replica.con):
+            assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
