@@ -52,9 +52,9 @@ def value_columns(con: duckdb.DuckDBPyConnection) -> list[ValueColumn]:
     (``transforms.revisions.IGNORED``) left out."""
     return [ValueColumn(name, kind, table == "journey_metrics")
             for table in ("journeys", "journey_metrics")
-            for name, kind in con.execute(
-                "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
-                "AND schema_name = 'main' AND table_name = ? ORDER BY column_index", [table]).fetchall()
+            # (pragma_table_info reads this database's catalog only: duckdb_columns() loads the
+            # catalog of every attached database too, the replica's included, 0.025 s at first use)
+            for name, kind in con.execute(f"SELECT name, type FROM pragma_table_info('{table}') ORDER BY cid").fetchall()
             if name not in IGNORED]
 
 
