@@ -47,6 +47,13 @@ PROBE_FETCH_BYTES = 64 * 1024
 # 0.1 s; metadata this young is used as it is (no fresher answer was to be had without waiting).
 METADATA_REUSE_S = 0.1
 
+# How long one poll of the end offsets' confirmation waits (``OffsetReader._confirm_ends``). Its
+# fetches start at the reported ends, so they bring no records, and kafka-python's poll then waits
+# out its whole timeout although the high watermark has arrived: with 100 ms, half the first
+# look-ups of a run took 0.12 s instead of 0.015 s. The loop polls again until every partition
+# has answered or the deadline passes, so a short poll only means more turns of it.
+CONFIRM_POLL_MS = 10
+
 
 def _stop_fetching(consumer, waiting: set) -> None:  # type: ignore[no-untyped-def, type-arg]
     """Narrows the consumer's assignment to the partitions still waiting for an answer.
@@ -242,7 +249,7 @@ class OffsetReader:
         waiting = set(tps)
         while waiting:
             try:
-                polled = probe.poll(timeout_ms=100)
+                polled = probe.poll(timeout_ms=CONFIRM_POLL_MS)
             except OffsetOutOfRangeError:  # the log shrank under us: not a consistent answer
                 return ends, False
             for tp, records in polled.items():
