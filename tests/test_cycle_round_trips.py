@@ -143,3 +143,29 @@ def test_follow_lands_new_records_long_before_its_poll_interval(broker, topics, 
     assert not follow.is_alive()
     assert table(db, "SELECT count(*), sum(consumed), sum(landed + duplicates + dead_letters) FROM pipeline_batches") == [(2, 23, 23)]
     assert table(db, "SELECT sum(next_offset) FROM pipeline_offsets") == [(23,)]
+
+
+def test_once_plans_its_first_batch_from_the_look_up_it_starts_with(broker, topics, db, monkeypatch):
+    """`run --once` looks up the broker's positions to fix its targets, then plans the first
+    batch from that same look-up instead of a second one: for a backlog of one batch, two look-ups
+    (the start's, and the plan that finds nothing more to read) where there were three, and
+    every record landed."""
+    look_ups = []
+    bounds = OffsetReader.bounds
+
+    def counted_bounds(reader, partitions):  # type: ignore[no-untyped-def]
+        look_ups.append(len(partitions))
+        return bounds(reader, partitions)
+
+    monkeypatch.setattr(OffsetReader, "bounds", counted_bounds)
+    sent = send_events(broker, topics, _events("o", 40))
+    with Store(db) as store:
+        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics), store)
+        try:
+            batches = runner.run_once()
+        finally:
+            runner.close()
+        assert runner._first_plan_from is None  # nothing left for a later plan to start from
+    assert [b.consumed for b in batches] == [sent]
+    assert table(db, "SELECT count(*), count(DISTINCT event_id) FROM events") == [(sent, sent)]
+    assert len(look_ups) == 2  # the start's (also the first plan's) and the idle plan's
