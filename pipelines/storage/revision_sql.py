@@ -54,7 +54,7 @@ def value_columns(con: duckdb.DuckDBPyConnection) -> list[ValueColumn]:
             for table in ("journeys", "journey_metrics")
             # (pragma_table_info reads this database's catalog only: duckdb_columns() loads the
             # catalog of every attached database too, the replica's included, 0.025 s at first use)
-            for name, kind in con.execute(f"SELECT name, type FROM pragma_table_info('{table}') ORDER BY cid").fetchall()
+            for name, kind in con.execute(f"SELECT name, type FROM pragma_table_info({sql_literal(table)}) ORDER BY cid").fetchall()
             if name not in IGNORED]
 
 

@@ -487,8 +487,7 @@ class Store:
         the table existed, or events written by something other than the landing (the landing
         writes both in one transaction, and ``_check_lookup_holds`` refuses a batch when they
         differ). Rebuilt whole, so a missing or extra digest cannot survive it."""
-        events, digests = (int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-                           for table in ("events", "event_id_digests"))
+        events, digests = self.count("events"), self.count("event_id_digests")
         if events == digests:
             return
         self._upgrade_in_one_transaction(
@@ -516,7 +515,7 @@ class Store:
 
     def count(self, table: str) -> int:
         if table not in {"events", "journeys", "journey_events", "dead_letters", "pipeline_batches", "event_conflicts",
-                         "duplicate_deliveries", "batch_attempts"}:
+                         "duplicate_deliveries", "batch_attempts", "event_id_digests"}:
             raise ValueError(f"unknown table {table!r}")
         return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
@@ -676,8 +675,7 @@ class Store:
         digest for every row of events (it is written in the same transaction). The counts
         come from the tables' metadata, where the key's index cost every checkpoint time in
         proportion to the whole table."""
-        stored, digests = (int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-                           for table in ("events", "event_id_digests"))
+        stored, digests = self.count("events"), self.count("event_id_digests")
         if self._events_at_lookup is None:
             broken = "no look-up of landed copies was made"
         elif stored != self._events_at_lookup:
