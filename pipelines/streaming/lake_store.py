@@ -171,6 +171,7 @@ class LakeStore:
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
+            con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on stdout (see Store)
             load_extensions(con, postgres=self.catalog.startswith("postgres:"))
             with self._writer_lock():
                 self._prepare_sqlite_catalog()

@@ -74,3 +74,10 @@ def test_a_better_copy_replaces_the_stored_winner_and_the_old_one_becomes_a_copy
         assert store.con.execute(f"SELECT agent_id, \"offset\" FROM {ALIAS}.events WHERE event_id = 'e1'").fetchall() == [("a2", 7)]
         assert store.con.execute(f"SELECT \"offset\" FROM {ALIAS}.event_copies").fetchall() == [(1,)]
         assert store.con.execute(f"SELECT agents FROM {ALIAS}.journeys").fetchall() == [(["a2"],)]
+
+
+def test_the_lake_store_draws_no_progress_bar_on_stdout(tmp_path: Path) -> None:
+    """DuckDB draws its progress bar on stdout during statements over 2 s, into pipes and files too."""
+    with LakeStore(f"sqlite:{tmp_path / 'cat.sqlite'}", str(tmp_path / "data"), WINDOW) as store:
+        assert store.con is not None
+        assert store.con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
