@@ -428,8 +428,9 @@ class Store:
 
     def _upgrade_in_one_transaction(self, doing: str, done: str, statements: list[str],
                                     why: str = "the store was created by an earlier version") -> None:
-        """An upgrade of a store made by an earlier version: all of it, or (on any failure) none;
-        logged before (it may take a while on a large store) and after, with its time."""
+        """A change to the tables at open, such as the upgrade of a store made by an earlier
+        version (``why`` says which): all of it, or (on any failure) none; logged before (it may
+        take a while on a large store) and after, with its time."""
         started = time.perf_counter()
         log.info("%s: %s (%s)", self.path, doing, why)
         _in_one_transaction(self.con, statements)
