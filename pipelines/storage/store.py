@@ -452,7 +452,7 @@ class Store:
             return
         if not keyed:
             return
-        events = int(self.con.execute("SELECT count(*) FROM events").fetchone()[0])
+        events = self.count("events")
         self._upgrade_in_one_transaction(
             f"rebuilding the events table without its primary key: copying {events} events",
             "rebuilt the events table without its primary key", [
@@ -652,7 +652,7 @@ class Store:
         con = self.con
         # (DuckDB answers count(*) of a whole table from its metadata; duckdb_tables() would
         # also open the catalog of the attached replica, which may be gone)
-        self._events_at_lookup = int(con.execute("SELECT count(*) FROM events").fetchone()[0])
+        self._events_at_lookup = self.count("events")
         looked_up = con.execute(
             f"""SELECT event_id FROM staged_events WHERE {_ID_DIGEST} IN (
                     SELECT id_digest FROM event_id_digests WHERE id_digest IN (SELECT {_ID_DIGEST} FROM staged_events))""")
