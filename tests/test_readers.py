@@ -120,8 +120,9 @@ def pipeline(broker, topics, db, tmp_path):
         "--max-batch-events", str(MAX_BATCH), "--poll-interval", "0.2s",
     ]
     with open(log, "w") as out:
-        # maintenance (file merges, snapshot expiry) every 8 batches, so readers also meet it
-        env = {**os.environ, "CXJ_REPLICA_COMPACT_EVERY": "8"}
+        # maintenance (file merges, snapshot expiry) every 8 batches and the small files' merge
+        # every 3, both beside the next batch, so readers also meet them
+        env = {**os.environ, "CXJ_REPLICA_COMPACT_EVERY": "8", "CXJ_REPLICA_MERGE_EVERY": "3"}
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         yield proc, log
@@ -229,6 +230,7 @@ def test_reader_process_sees_growing_whole_batches_while_pipeline_runs(broker, t
         replica.close()
     text = log.read_text()
     assert text.count("maintenance in") >= 2, "replica maintenance did not run"
+    assert text.count("small files merged") >= 2, "the replica's small files were not merged"
     waits = sorted(line["wait_s"] for line in lines)
     fresh = sorted(line["wait_s"] for line in lines if line["fresh"])
     print(f"\n{landed_batches} batches; reader queries {len(lines)}: p50 {waits[len(waits) // 2]:.3f}s "

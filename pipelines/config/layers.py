@@ -30,7 +30,7 @@ SECRET_ENV = {"CXJ_SASL_PASSWORD": "SASL password", "CXJ_SSL_PASSWORD": "passwor
 # the readers' opt-in folders (also read by connect()/query(), which have no command line), and
 # the report's cache of its inlined chart library, how long a shared-lake publish retries lost commits,
 # and whether `run` reads the next batch ahead in a second process.
-OTHER_ENV = {CONFIG_ENV, "CXJ_REPLICA", "CXJ_REPLICA_COMPACT_EVERY", "CXJ_REPLICA_RETENTION",
+OTHER_ENV = {CONFIG_ENV, "CXJ_REPLICA", "CXJ_REPLICA_COMPACT_EVERY", "CXJ_REPLICA_MERGE_EVERY", "CXJ_REPLICA_RETENTION",
              "CXJ_SQL_ALLOW_READ", "CXJ_CACHE_DIR", "CXJ_LAKE_RETRY_S", "CXJ_INGEST_AHEAD"}
 _NOT_CONFIGURABLE = {"help", "version", "config"}
 _TRUE = {"1", "true", "yes", "on"}

@@ -17,7 +17,9 @@ transaction. Readers attach the lake read-only and see whole batches only (snaps
 without blocking the writer. Publishing is incremental and idempotent, and the writer catches
 the replica up when it starts, so a crash between landing and publishing repairs itself.
 
-Every COMPACT_EVERY batches the writer merges small files and expires old snapshots. Only
+Every MERGE_EVERY batches the writer merges a publish's small files, every COMPACT_EVERY batches
+it also merges larger ones and expires old snapshots, each time on a connection and a thread of
+its own while the next batch runs; the next publish waits for it. Only
 `Store` calls this module (pipelines/storage/store.py); pipelines/storage/reader.py attaches the lake for
 readers. docs/storage.md explains the choice, the DuckLake workarounds and the measurements.
 """
@@ -32,11 +34,12 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import duckdb
 
@@ -66,11 +69,19 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
-# Maintenance every COMPACT_EVERY published batches (see Replica.compact): files below
+# Full maintenance every COMPACT_EVERY published batches (see Replica.compact): files below
 # MERGE_SMALL bytes are merged; every COMPACT_EVERY-th time, files below MERGE_LARGE.
 COMPACT_EVERY = _env_int("CXJ_REPLICA_COMPACT_EVERY", 50)  # 0 = never
 MERGE_SMALL = 16 * 1024 * 1024
 MERGE_LARGE = 256 * 1024 * 1024
+# Between two full maintenances, every MERGE_EVERY published batches: the files below MERGE_TINY
+# (a publish's own files) are merged and those with a fifth of their rows deleted are rewritten
+# (Replica.merge_tiny_files).
+MERGE_EVERY = _env_int("CXJ_REPLICA_MERGE_EVERY", 10)  # 0 = never
+MERGE_TINY = 1024 * 1024
+# Both rewrite a file once this share of its rows is deleted: every publish deletes the rows of
+# the journeys its batches recomputed, and DuckLake does not merge a file that has deletes.
+REWRITE_DELETED_SHARE = 0.2
 # Snapshots older than this are expired at compaction; files only they used are deleted a day
 # or two later (see compact()). A reader query may run this long.
 DEFAULT_RETENTION_S = 600.0
@@ -92,6 +103,7 @@ def retention_seconds(text: Optional[str] = None) -> float:
         raise ValueError(f"CXJ_REPLICA_RETENTION={text[:40]!r} is not a duration like '10 minutes' or 10m")
     return float(match.group(1)) * _SECONDS_PER[(match.group(2) or match.group(3) or "").lower()]
 SLOW_PUBLISH_S = 5.0
+MAINTENANCE_THREAD = "cxj-replica-maintenance"  # the thread maintenance runs on (Replica._start_maintenance)
 
 # Keeps one SQLite connection open for the life of the writer. In WAL mode the last connection
 # to close checkpoints and deletes the WAL, and DuckDB's SQLite extension opens a connection per
@@ -338,7 +350,11 @@ class Replica:
         self._caught_up = False
         self._fingerprint_cache: Optional[str] = None
         self._since_compact = 0
+        self._since_merge = 0
+        self.merge_every = MERGE_EVERY
         self._compactions = 0
+        self._maintenance: Optional[threading.Thread] = None  # the maintenance running beside the cycle
+        self._maintenance_cursor: Optional[duckdb.DuckDBPyConnection] = None
         self.publish_seconds: list[float] = []  # since the last maintenance (for its log line)
         self._open()
 
@@ -367,10 +383,14 @@ class Replica:
                         catalog_path(self.db), mode)
 
     def close(self) -> None:
-        try:
-            self.con.close()
-        except duckdb.Error:
-            pass
+        self.wait_for_maintenance()
+        for con in (self._maintenance_cursor, self.con):
+            try:
+                if con is not None:
+                    con.close()
+            except duckdb.Error:
+                pass
+        self._maintenance_cursor = None
         self._stop_keepalive()
 
     def _stop_keepalive(self) -> None:
@@ -464,7 +484,11 @@ class Replica:
     # ------------------------------------------------------------------ publishing
 
     def after_land(self) -> Optional[PublishResult]:
-        """Catch-up/publish that never fails the caller: a failed publish is retried next time."""
+        """Catch-up/publish that never fails the caller: a failed publish is retried next time.
+
+        When maintenance is due it starts beside the cycle (``_start_maintenance``) and this
+        returns; the next call waits for it first, so publishes and maintenance never overlap."""
+        self.wait_for_maintenance()
         try:
             self._recreate_if_deleted()
             if not self._caught_up:
@@ -478,10 +502,15 @@ class Replica:
                         lake_dir(self.db), str(exc).splitlines()[0])
             return None
         if result is not None and self.compact_every:
-            self._since_compact += max(1, result.last_batch - result.first_batch + 1)
+            batches = max(1, result.last_batch - result.first_batch + 1)
+            self._since_compact += batches
+            self._since_merge += batches
             if self._since_compact >= self.compact_every:
-                self._since_compact = 0
-                self.compact()
+                self._since_compact = self._since_merge = 0
+                self._start_maintenance(self.compact)
+            elif self.merge_every and self._since_merge >= self.merge_every:
+                self._since_merge = 0
+                self._start_maintenance(self.merge_tiny_files)
         return result
 
     def catch_up(self) -> Optional[PublishResult]:
@@ -651,6 +680,73 @@ class Replica:
 
     # ------------------------------------------------------------------ maintenance
 
+    def _start_maintenance(self, work: Callable[[], object]) -> None:
+        """Runs ``work`` (``compact`` or ``merge_tiny_files``) on a thread of its own, beside
+        the next batch.
+
+        Why: maintenance took 0.4-1.1 s (growing with the files it merges), and inside the cycle
+        it delayed every record waiting for the next batch by that much: in a 60-second run at
+        2,000 events/s, the one batch behind it held 5% of the events and set the p99
+        (docs/architecture.md, "Replica maintenance beside the cycle"). The batch's work is
+        the pipeline's and the store's; maintenance touches only the lake, through its own
+        connection (``_maintenance_con``). The next publish waits for it (``after_land``), so
+        the lake sees the same sequence as before: publish, maintenance, publish."""
+        self._maintenance = threading.Thread(target=self._maintain, args=(work,), name=MAINTENANCE_THREAD)
+        self._maintenance.start()
+
+    def _maintain(self, work: Callable[[], object]) -> None:
+        """The maintenance thread: ``work`` (``compact`` or ``merge_tiny_files``), whose failures
+        are logged, never raised."""
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 (logged here: a thread's failure reaches no caller)
+            log.warning("replica %s: maintenance failed, tried again %d publishes later: %s",
+                        lake_dir(self.db), self.compact_every, exc)
+
+    def wait_for_maintenance(self) -> None:
+        """Returns once no maintenance runs (at once when none was started)."""
+        if self._maintenance is not None:
+            self._maintenance.join()
+            self._maintenance = None
+
+    def _maintenance_con(self) -> duckdb.DuckDBPyConnection:
+        """The connection maintenance runs on: a cursor of the publishing one (same DuckDB
+        instance, so the lake is attached), never used by two threads at once."""
+        if self._maintenance_cursor is None:
+            cursor = self.con.cursor()
+            cursor.execute("SET TimeZone = 'UTC'")  # _expire's day boundary
+            cursor.execute("SET enable_progress_bar = false")
+            self._maintenance_cursor = cursor
+        return self._maintenance_cursor
+
+    def merge_tiny_files(self) -> float:
+        """Merges the files below MERGE_TINY and rewrites those with a fifth of their rows
+        deleted (DuckLake does not merge a file that has deletes). Why: each publish writes a
+        file per table it changes, and deletes rows of the journeys its batches recomputed
+        from files published before; its deletes and its commit then work on every live file
+        with deletes, so each publish cost more than the last until the next ``compact``
+        (docs/architecture.md, "Where a following cycle's publish goes, and why it grows").
+        Once a merged file passes MERGE_TINY it is left to the next ``compact``, which keeps
+        the disk this step adds small (docs/storage.md, Maintenance)."""
+        started = time.perf_counter()
+        lake = sql_literal(LAKE_ALIAS)
+        merged = self._run_steps([f"CALL ducklake_merge_adjacent_files({lake}, max_file_size => {MERGE_TINY})",
+                                  f"CALL ducklake_rewrite_data_files({lake}, delete_threshold => {REWRITE_DELETED_SHARE})"])
+        seconds = time.perf_counter() - started
+        log.info("replica %s: %d small files merged in %.2fs", lake_dir(self.db), merged, seconds)
+        return seconds
+
+    def _run_steps(self, statements: list[str]) -> int:
+        """Runs maintenance ``statements`` on the maintenance connection; returns the files they
+        replaced. A failed step is logged and skipped: maintenance must never stop the pipeline."""
+        replaced = 0
+        for statement in statements:
+            try:
+                replaced += sum(int(r[2]) for r in self._maintenance_con().execute(statement).fetchall() if len(r) > 2)
+            except (duckdb.Error, ValueError, TypeError) as exc:
+                log.warning("replica maintenance step failed (%s): %s", statement.split("(")[0], str(exc).splitlines()[0])
+        return replaced
+
     def compact(self) -> float:
         """DuckLake maintenance: merge small files, rewrite files with many deleted rows, expire
         old snapshots, delete files no snapshot needs. Never fails the pipeline.
@@ -664,17 +760,10 @@ class Replica:
         self._compactions += 1
         lake = sql_literal(LAKE_ALIAS)
         large = self.compact_every > 0 and self._compactions % self.compact_every == 0
-        steps = [
+        merged = self._run_steps([
             f"CALL ducklake_merge_adjacent_files({lake}, max_file_size => {MERGE_LARGE if large else MERGE_SMALL})",
-            # journeys are rewritten per touched customer: rewrite files once a fifth of their rows is gone
-            f"CALL ducklake_rewrite_data_files({lake}, delete_threshold => 0.2)",
-        ]
-        merged = 0
-        for statement in steps:
-            try:
-                merged += sum(int(r[2]) for r in self.con.execute(statement).fetchall() if len(r) > 2)
-            except (duckdb.Error, ValueError, TypeError) as exc:  # maintenance must never stop the pipeline
-                log.warning("replica maintenance step failed (%s): %s", statement.split("(")[0], str(exc).splitlines()[0])
+            f"CALL ducklake_rewrite_data_files({lake}, delete_threshold => {REWRITE_DELETED_SHARE})",
+        ])
         expired = self._expire()
         seconds = time.perf_counter() - started
         times = sorted(self.publish_seconds)
@@ -700,8 +789,9 @@ class Replica:
         except ValueError as exc:
             log.warning("%s; using %.0f s", exc, DEFAULT_RETENTION_S)
             retention_s = DEFAULT_RETENTION_S
+        con = self._maintenance_con()
         try:
-            ids = [int(r[0]) for r in self.con.execute(
+            ids = [int(r[0]) for r in con.execute(
                 f"""SELECT snapshot_id FROM ducklake_snapshots({lake})
                     WHERE snapshot_time < now() - to_microseconds(?)
                       AND snapshot_id < (SELECT max(snapshot_id) FROM ducklake_snapshots({lake}))
@@ -709,8 +799,8 @@ class Replica:
                 [int(retention_s * 1_000_000)],
             ).fetchall()]
             if ids:
-                self.con.execute(f"CALL ducklake_expire_snapshots({lake}, versions => {ids})").fetchall()
-            self.con.execute(
+                con.execute(f"CALL ducklake_expire_snapshots({lake}, versions => {ids})").fetchall()
+            con.execute(
                 f"CALL ducklake_cleanup_old_files({lake}, "
                 "older_than => date_trunc('day', now() - INTERVAL 1 DAY) - INTERVAL 1 MICROSECOND)"
             ).fetchall()

@@ -440,15 +440,16 @@ class SharedLake(Replica):
             retention_s = retention_seconds()
         except ValueError:
             retention_s = DEFAULT_RETENTION_S
+        con = self._maintenance_con()
         try:
-            expired = self.con.execute(
+            expired = con.execute(
                 f"CALL ducklake_expire_snapshots({lake}, older_than => now() - to_microseconds(?))",
                 [int(retention_s * 1_000_000)]).fetchall()
-            self.con.execute(f"CALL ducklake_cleanup_old_files({lake}, older_than => now() - to_microseconds(?))",
-                             [int(retention_s * 1_000_000)]).fetchall()
+            con.execute(f"CALL ducklake_cleanup_old_files({lake}, older_than => now() - to_microseconds(?))",
+                        [int(retention_s * 1_000_000)]).fetchall()
             # files of publishes that died before their commit (a killed writer): referenced by no
             # snapshot; a day old at least, so no writer's running transaction can still want them
-            self.con.execute(f"CALL ducklake_delete_orphaned_files({lake}, older_than => now() - INTERVAL 1 DAY)").fetchall()
+            con.execute(f"CALL ducklake_delete_orphaned_files({lake}, older_than => now() - INTERVAL 1 DAY)").fetchall()
             return len(expired)
         except duckdb.Error as exc:  # maintenance must never stop the pipeline (another writer may hold it)
             log.warning("shared lake snapshot expiry failed: %s", str(exc).splitlines()[0])
