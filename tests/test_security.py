@@ -145,6 +145,7 @@ REVIEWED = {
         "window": "the publish's window: a batch_id range of two ints, built by publish() / _publish_once()",
     },
     "storage/replica.py:compact": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
+    "storage/replica.py:merge_tiny_files": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
     "storage/models_test.py:sql_type_rank": {"case.group(1)": "the CASE expression read from our own model file stg_events.sql"},
     "storage/store.py:_load_staged": {
         "name": "temp table names are string literals at every call site (staged_events, staged_links, ...)",
