@@ -691,6 +691,7 @@ class Replica:
         the pipeline's and the store's; maintenance touches only the lake, through its own
         connection (``_maintenance_con``). The next publish waits for it (``after_land``), so
         the lake sees the same sequence as before: publish, maintenance, publish."""
+        self._maintenance_con()  # made here, on the thread that owns the publishing connection
         self._maintenance = threading.Thread(target=self._maintain, args=(work,), name=MAINTENANCE_THREAD)
         self._maintenance.start()
 
