@@ -144,8 +144,8 @@ REVIEWED = {
         "columns": "SQL text built in the same function from writer_column (above) or a literal",
         "window": "the publish's window: a batch_id range of two ints, built by publish() / _publish_once()",
     },
-    "storage/replica.py:compact": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
-    "storage/replica.py:merge_tiny_files": {"lake": "sql_literal(LAKE_ALIAS) in the same function"},
+    "storage/replica.py:_merge_and_rewrite": {"lake": "sql_literal(LAKE_ALIAS) in the same function",
+                                              "max_file_size": "the int constants MERGE_TINY, MERGE_SMALL or MERGE_LARGE"},
     "storage/models_test.py:sql_type_rank": {"case.group(1)": "the CASE expression read from our own model file stg_events.sql"},
     "storage/store.py:_load_staged": {
         "name": "temp table names are string literals at every call site (staged_events, staged_links, ...)",

@@ -701,8 +701,7 @@ class Replica:
         try:
             work()
         except Exception as exc:  # noqa: BLE001 (logged here: a thread's failure reaches no caller)
-            log.warning("replica %s: maintenance failed, tried again %d publishes later: %s",
-                        lake_dir(self.db), self.compact_every, exc)
+            log.warning("replica %s: maintenance failed, tried again at the next one: %s", lake_dir(self.db), exc)
 
     def wait_for_maintenance(self) -> None:
         """Returns once no maintenance runs (at once when none was started)."""
@@ -730,18 +729,19 @@ class Replica:
         Once a merged file passes MERGE_TINY it is left to the next ``compact``, which keeps
         the disk this step adds small (docs/storage.md, Maintenance)."""
         started = time.perf_counter()
-        lake = sql_literal(LAKE_ALIAS)
-        merged = self._run_steps([f"CALL ducklake_merge_adjacent_files({lake}, max_file_size => {MERGE_TINY})",
-                                  f"CALL ducklake_rewrite_data_files({lake}, delete_threshold => {REWRITE_DELETED_SHARE})"])
+        merged = self._merge_and_rewrite(MERGE_TINY)
         seconds = time.perf_counter() - started
         log.info("replica %s: %d small files merged in %.2fs", lake_dir(self.db), merged, seconds)
         return seconds
 
-    def _run_steps(self, statements: list[str]) -> int:
-        """Runs maintenance ``statements`` on the maintenance connection; returns the files they
-        replaced. A failed step is logged and skipped: maintenance must never stop the pipeline."""
+    def _merge_and_rewrite(self, max_file_size: int) -> int:
+        """Merges the files below ``max_file_size`` and rewrites those with REWRITE_DELETED_SHARE
+        of their rows deleted, on the maintenance connection; returns the files replaced. A
+        failed step is logged and skipped: maintenance must never stop the pipeline."""
+        lake = sql_literal(LAKE_ALIAS)
         replaced = 0
-        for statement in statements:
+        for statement in (f"CALL ducklake_merge_adjacent_files({lake}, max_file_size => {max_file_size})",
+                          f"CALL ducklake_rewrite_data_files({lake}, delete_threshold => {REWRITE_DELETED_SHARE})"):
             try:
                 replaced += sum(int(r[2]) for r in self._maintenance_con().execute(statement).fetchall() if len(r) > 2)
             except (duckdb.Error, ValueError, TypeError) as exc:
@@ -759,12 +759,8 @@ class Replica:
         """
         started = time.perf_counter()
         self._compactions += 1
-        lake = sql_literal(LAKE_ALIAS)
         large = self.compact_every > 0 and self._compactions % self.compact_every == 0
-        merged = self._run_steps([
-            f"CALL ducklake_merge_adjacent_files({lake}, max_file_size => {MERGE_LARGE if large else MERGE_SMALL})",
-            f"CALL ducklake_rewrite_data_files({lake}, delete_threshold => {REWRITE_DELETED_SHARE})",
-        ])
+        merged = self._merge_and_rewrite(MERGE_LARGE if large else MERGE_SMALL)
         expired = self._expire()
         seconds = time.perf_counter() - started
         times = sorted(self.publish_seconds)
