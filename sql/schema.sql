@@ -280,3 +280,21 @@ CREATE TABLE IF NOT EXISTS event_replacements (
 CREATE TABLE IF NOT EXISTS event_id_digests (
     id_digest        UBIGINT NOT NULL        -- md5_number_lower(events.event_id)
 );
+
+-- Which blocks of events rows hold each customer's events: one row per (customer, block), where a
+-- block is the events rows whose rowid // 122880 is the same. Why it is there: a batch finds the
+-- rows of the customers it touches by row id ranges, and this map gives those ranges without
+-- reading the customer_id of every landed event (docs/architecture.md, "A map from customers to
+-- the blocks of their events"). Exact because events rows are never deleted and keep their
+-- rowid when a winning copy replaces them. Written in the landing's transaction; rebuilt from
+-- events at open when customer_event_blocks_covered does not hold the events table's row count.
+CREATE TABLE IF NOT EXISTS customer_event_blocks (
+    customer_id      VARCHAR NOT NULL,       -- events.customer_id
+    block            BIGINT NOT NULL         -- rowid // 122880 of at least one of its events rows
+);
+
+-- One row: how many events rows customer_event_blocks covers (the rows with a lower rowid).
+CREATE TABLE IF NOT EXISTS customer_event_blocks_covered (
+    events           BIGINT NOT NULL,        -- the events table's row count the map was last brought up to
+    block_rows       BIGINT NOT NULL         -- rows per block (122880); a map of other blocks is made anew
+);

@@ -67,6 +67,23 @@ def run_once(db: Path, settings: KafkaSettings, topics: dict[str, str],
             runner.close()
 
 
+def land_in_rounds(db: Path, settings: KafkaSettings, topics: dict[str, str], rounds: Iterable[list[dict[str, Any]]],
+                   after_round: Optional[Callable[[Store], None]] = None, **config: Any) -> None:
+    """Each round's events sent, then landed by ``run_once`` of one runner kept across the rounds,
+    as `cxj run --follow` keeps it; ``after_round`` gets the open store after each round."""
+    cfg = RunConfig(db=db, settings=settings, topics=topics, **config)
+    with Store(db) as store:
+        runner = MicroBatchRunner(cfg, store)
+        try:
+            for round_docs in rounds:
+                send_events(settings, topics, round_docs)
+                assert runner.run_once(), "a round landed nothing"
+                if after_round is not None:
+                    after_round(store)
+        finally:
+            runner.close()
+
+
 def table(db: Path, query: str) -> list[tuple]:
     with duckdb.connect(str(db), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")

@@ -17,7 +17,7 @@ from pipelines.storage.store import Store
 LANDING_TABLES = {"events", "journeys", "journey_events", "dead_letters", "pipeline_offsets", "pipeline_batches",
                   "source_fingerprints", "source_resets", "journey_metrics", "journey_handoffs", "journey_revisions",
                   "event_conflicts", "duplicate_deliveries", "batch_attempts", "event_replacements",
-                  "event_id_digests"}
+                  "event_id_digests", "customer_event_blocks", "customer_event_blocks_covered"}
 
 
 @pytest.fixture(scope="module")

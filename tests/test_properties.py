@@ -31,11 +31,8 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from pipelines.config.run_config import RunConfig
-from pipelines.local.microbatch import MicroBatchRunner
-from pipelines.storage.store import Store
 from tests import oracle
-from tests.support import examples, new_topics, run_once, send_events, table
+from tests.support import examples, land_in_rounds, new_topics, run_once, table
 from tests.test_golden import assemble_all, db_rows, parse_lines, pure_row
 from transforms.journeys import assemble_journeys
 
@@ -344,15 +341,7 @@ def test_microbatches_equal_one_batch_and_the_oracle(broker, tmp_path_factory, d
     folder = tmp_path_factory.mktemp("prop")
     split_db, one_db = folder / "split.duckdb", folder / "one.duckdb"
     # one runner across rounds, as `cxj run --follow` keeps it: each round lands what was sent so far
-    config = RunConfig(db=split_db, settings=broker, topics=topics, max_batch_events=d.max_batch_events)
-    with Store(split_db) as store:
-        runner = MicroBatchRunner(config, store)
-        try:
-            for round_docs in d.rounds:
-                send_events(broker, topics, round_docs)
-                assert runner.run_once(), "a round landed nothing"
-        finally:
-            runner.close()
+    land_in_rounds(split_db, broker, topics, d.rounds, max_batch_events=d.max_batch_events)
     batches = run_once(one_db, broker, topics, max_batch_events=1_000_000)
     assert len(batches) == 1
 

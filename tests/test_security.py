@@ -180,8 +180,17 @@ REVIEWED = {
     "storage/store.py:_freeze_settled_journeys": {"self._touched_rows('journeys')": _TOUCHED},
     "storage/store.py:_touched_rows": {
         "table": "checked against the module set CUSTOMER_TABLES (fixed table names) at the top of the function",
-        "customers": "literal SQL text assigned in the same function",
     },
+    "storage/store.py:_touched_stretches": {
+        "table": "argument from _touched_rows(), checked there against the module set CUSTOMER_TABLES",
+        "customers": "literal SQL text assigned in _touched_rows()",
+    },
+    "storage/event_blocks_test.py:insert_events": {"prefix": "literal text from the test functions",
+                                                   "customer_sql": "literal SQL text from the test functions",
+                                                   "rows": "int expressions from the test functions"},
+    "storage/event_blocks_test.py:picked": {"condition": "literal SQL text, or " + _TOUCHED},
+    "storage/event_blocks_test.py:test_a_landing_keeps_the_map_exact_for_new_rows_and_rows_moved_to_another_customer": {
+        "true_pairs": "literal SQL text assigned in the same function"},
     "storage/store_test.py:both": {"plain": "literal SQL text assigned in the same function", "two_steps": _TOUCHED},
     "storage/store_test.py:test_touched_rows_finds_exactly_the_touched_customers_rows_inside_an_open_transaction": {
         "store._touched_rows('journey_events')": _TOUCHED},

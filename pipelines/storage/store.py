@@ -337,6 +337,7 @@ class Store:
         self._events_at_lookup: Optional[int] = None  # rows of events when landed copies were looked up
         self._one_step_left: dict[str, int] = {}  # by table: batches still read in one step
         self._compared_columns: Optional[list["ValueColumn"]] = None  # what revisions compare (_revision_columns)
+        self._events_renumbered = False  # events was copied anew at open: its block map is made anew too
         if not read_only:
             self.con.execute(f"SET checkpoint_threshold = '{_NO_AUTOMATIC_CHECKPOINT}'")
             try:
@@ -424,6 +425,7 @@ class Store:
         self.con.execute(SCHEMA_SQL.read_text())
         self._stamp_journey_events()
         self._digest_event_ids()
+        self._map_event_blocks()
         _in_one_transaction(self.con, statements)
 
     def _upgrade_in_one_transaction(self, doing: str, done: str, statements: list[str],
@@ -452,6 +454,7 @@ class Store:
             return
         if not keyed:
             return
+        self._events_renumbered = True  # the copy may number the rows anew: map them again
         events = self.count("events")
         self._upgrade_in_one_transaction(
             f"rebuilding the events table without its primary key: copying {events} events",
@@ -498,6 +501,21 @@ class Store:
                 f"INSERT INTO event_id_digests SELECT {_ID_DIGEST} FROM events",
             ], why=f"the events table holds {events} rows and event_id_digests {digests}")
 
+    def _map_event_blocks(self) -> None:
+        """Builds customer_event_blocks from events when it does not cover the table: a store
+        made before the map existed, events written by something other than the landing, or
+        the table rebuilt (``_drop_events_key``). Built whole, so a stale pair cannot survive."""
+        from pipelines.storage.event_blocks import covered_rows, rebuild_statements
+
+        events, covered = self.count("events"), covered_rows(self.con, ROW_BLOCK)
+        if covered == events and not self._events_renumbered:
+            return
+        self._upgrade_in_one_transaction(
+            f"mapping the customers of {events} events to their row blocks", "mapped the customers' row blocks",
+            rebuild_statements(ROW_BLOCK),
+            why=f"the map covers {covered if covered is not None else 'no'} rows of {events}")
+        self._events_renumbered = False
+
     # ---------------------------------------------------------------- reads
 
     def landed_offsets(self) -> dict[tuple[str, int], int]:
@@ -516,7 +534,7 @@ class Store:
 
     def count(self, table: str) -> int:
         if table not in {"events", "journeys", "journey_events", "dead_letters", "pipeline_batches", "event_conflicts",
-                         "duplicate_deliveries", "batch_attempts", "event_id_digests"}:
+                         "duplicate_deliveries", "batch_attempts", "event_id_digests", "customer_event_blocks"}:
             raise ValueError(f"unknown table {table!r}")
         return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
@@ -566,16 +584,17 @@ class Store:
         con = self.con
         landed_copies = self._landed_copies()
         resolution = []
-        for event_id, new_hash, topic, partition, offset, payload, old_topic, old_partition, old_offset, old_customer in landed_copies:
+        for (event_id, new_hash, topic, partition, offset, payload, old_topic, old_partition, old_offset, old_customer,
+             landed_row) in landed_copies:
             old_hash = payload_hash(payload)
             replaces = (new_hash, topic, partition, offset) < (old_hash, old_topic, old_partition, old_offset)
             resolution.append({"event_id": event_id, "old_hash": old_hash, "new_hash": new_hash,
-                               "replaces": replaces, "old_customer": old_customer})
+                               "replaces": replaces, "old_customer": old_customer, "landed_row": landed_row})
         import pyarrow as pa
 
         self._temp_from_arrow("batch_resolution", pa.Table.from_pylist(resolution, schema=pa.schema(
             [("event_id", pa.string()), ("old_hash", pa.string()), ("new_hash", pa.string()),
-             ("replaces", pa.bool_()), ("old_customer", pa.string())])))
+             ("replaces", pa.bool_()), ("old_customer", pa.string()), ("landed_row", pa.int64())])))
         self._temp_from_query(
             "batch_events",
             """SELECT s.*, r.event_id IS NULL AS is_new FROM staged_events s LEFT JOIN batch_resolution r USING (event_id)
@@ -624,21 +643,38 @@ class Store:
         appended_from = int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
         ranges = ""  # one step: a small table, or rows in most of its row groups
         if appended_from >= TWO_STEP_MIN_ROWS and table not in self._one_step_left:
-            stretches = self.con.execute(
-                f"SELECT min(rowid), max(rowid) FROM {table} WHERE {customers} GROUP BY rowid // {ROW_BLOCK}"
-            ).fetchall()
+            stretches, mapped = self._touched_stretches(table, customers, appended_from)
             found = row_ranges(stretches)
             if sum(last - first + 1 for first, last in found) <= WIDEST_RANGES_SHARE * appended_from:
-                ranges = rowid_filter(found)
+                # a map knows only the rows it covers: rows added since, in this transaction too
+                # (their row ids are far past the count until it commits), lie past the count
+                ranges = f"({rowid_filter(found)} OR rowid >= {appended_from})" if mapped else rowid_filter(found)
             else:
                 self._one_step_left[table] = ONE_STEP_BATCHES
         self._found_rows[table] = (ranges, appended_from)
         return f"{ranges} AND {customers}" if ranges else customers
 
+    def _touched_stretches(self, table: str, customers: str, rows: int) -> tuple[list[tuple[int, int]], bool]:
+        """(first, last) row ids of stretches that hold the rows of ``table`` the ``customers``
+        condition picks, ``rows`` being the table's row count; and whether they came from a map
+        that covers only the rows below that count.
+
+        For events, from the map of the customers' row blocks when it covers the table
+        (pipelines/storage/event_blocks.py): a look-up in a table about a seventh of its size.
+        Otherwise by reading the customer column of the whole table, each stretch as narrow as
+        the rows found in one block (those rows' own ids, so rows added in the open transaction too)."""
+        from pipelines.storage.event_blocks import blocks_of_batch_customers, covered_rows
+
+        if table == "events" and covered_rows(self.con, ROW_BLOCK) == rows:
+            return [(block * ROW_BLOCK, block * ROW_BLOCK + ROW_BLOCK - 1)
+                    for block in blocks_of_batch_customers(self.con)], True
+        return self.con.execute(
+            f"SELECT min(rowid), max(rowid) FROM {table} WHERE {customers} GROUP BY rowid // {ROW_BLOCK}").fetchall(), False
+
     def _landed_copies(self) -> list[tuple[Any, ...]]:
         """(staged event_id, content_hash, topic, partition, offset, then the landed row's
-        payload, source topic, partition, offset and customer_id) for each staged event whose
-        event_id is landed already.
+        payload, source topic, partition, offset, customer_id and row id) for each staged event
+        whose event_id is landed already.
 
         This look-up is what keeps an event from landing twice: ``events`` has no key
         (docs/architecture.md, "The events table without a key"), and the landing checks that
@@ -662,8 +698,8 @@ class Store:
         ids = ", ".join(sql_literal(event_id) for event_id in candidates)
         return con.execute(
             f"""SELECT s.event_id, s.content_hash, s.topic, s."partition", s."offset",
-                       e.payload, e.source_topic, e.source_partition, e.source_offset, e.customer_id
-                FROM staged_events s JOIN (SELECT * FROM events WHERE event_id IN ({ids})) e USING (event_id)"""
+                       e.payload, e.source_topic, e.source_partition, e.source_offset, e.customer_id, e.landed_row
+                FROM staged_events s JOIN (SELECT *, rowid AS landed_row FROM events WHERE event_id IN ({ids})) e USING (event_id)"""
         ).fetchall()
 
     def _check_lookup_holds(self, batch_id: int) -> None:
@@ -818,6 +854,7 @@ class Store:
 
         ``backlog_left``: more records wait behind this batch. The replica publish is then
         deferred unless the last one is ``REPLICA_DEFER_MAX_S`` old (``publish_pending``)."""
+        from pipelines.storage.event_blocks import record_landing
         from transforms.batch_files import HANDOFF_SCHEMA, JOURNEY_METRICS_SCHEMA, JOURNEY_SCHEMA, LINK_SCHEMA
 
         land_started = datetime.now(timezone.utc)
@@ -862,6 +899,7 @@ class Store:
                     f"UPDATE events SET {assignments} FROM batch_events b WHERE events.event_id = b.event_id AND NOT b.is_new",
                     [facts.batch_id],
                 )  # (skipped when nothing is replaced: the join would still read the whole events table)
+            record_landing(con, int(self._events_at_lookup or 0), landed, ROW_BLOCK)  # (it held: _check_lookup_holds)
             con.execute(
                 f"""INSERT INTO dead_letters SELECT topic, "partition", "offset", {_ms_ts('kafka_ts_ms')},
                     raw, reason, detail, ?, now() FROM staged_dead""",
