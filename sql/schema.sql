@@ -282,15 +282,15 @@ CREATE TABLE IF NOT EXISTS event_id_digests (
 );
 
 -- Which blocks of events rows hold each customer's events: one row per (customer, block), where a
--- block is the events rows whose rowid // 122880 is the same. Why it is there: a batch finds the
+-- block is the events rows whose rowid // 122880 is the same, written in block order. Why it is there: a batch finds the
 -- rows of the customers it touches by row id ranges, and this map gives those ranges without
 -- reading the customer_id of every landed event (docs/architecture.md, "A map from customers to
 -- the blocks of their events"). Exact because events rows are never deleted and keep their
 -- rowid when a winning copy replaces them. Written in the landing's transaction; rebuilt from
 -- events at open when customer_event_blocks_covered does not hold the events table's row count.
 CREATE TABLE IF NOT EXISTS customer_event_blocks (
-    customer_id      VARCHAR NOT NULL,       -- events.customer_id
-    block            BIGINT NOT NULL         -- rowid // 122880 of at least one of its events rows
+    customer_digest  UBIGINT NOT NULL,       -- md5_number_lower(events.customer_id)
+    block            BIGINT NOT NULL         -- rowid // 122880 of at least one of that customer's events rows
 );
 
 -- One row: how many events rows customer_event_blocks covers (the rows with a lower rowid).
