@@ -534,7 +534,7 @@ class Store:
 
     def count(self, table: str) -> int:
         if table not in {"events", "journeys", "journey_events", "dead_letters", "pipeline_batches", "event_conflicts",
-                         "duplicate_deliveries", "batch_attempts", "event_id_digests", "customer_event_blocks"}:
+                         "duplicate_deliveries", "batch_attempts", "event_id_digests"}:
             raise ValueError(f"unknown table {table!r}")
         return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
