@@ -4,6 +4,7 @@ landing's transaction; it is rebuilt when it does not cover the table, and is no
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -30,7 +31,7 @@ def events_in_five_blocks(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT INTO event_id_digests SELECT md5_number_lower(event_id) FROM events")
 
 
-def reopened_with_five_blocks(db) -> Store:  # type: ignore[no-untyped-def]
+def reopened_with_five_blocks(db: Path) -> Store:
     """A store whose events were written in five blocks around the landing, opened again: the
     open maps them."""
     with Store(db) as store:

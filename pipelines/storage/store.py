@@ -337,7 +337,6 @@ class Store:
         self._events_at_lookup: Optional[int] = None  # rows of events when landed copies were looked up
         self._one_step_left: dict[str, int] = {}  # by table: batches still read in one step
         self._compared_columns: Optional[list["ValueColumn"]] = None  # what revisions compare (_revision_columns)
-        self._events_renumbered = False  # events was copied anew at open: its block map is made anew too
         if not read_only:
             self.con.execute(f"SET checkpoint_threshold = '{_NO_AUTOMATIC_CHECKPOINT}'")
             try:
@@ -454,7 +453,6 @@ class Store:
             return
         if not keyed:
             return
-        self._events_renumbered = True  # the copy may number the rows anew: map them again
         events = self.count("events")
         self._upgrade_in_one_transaction(
             f"rebuilding the events table without its primary key: copying {events} events",
@@ -463,6 +461,9 @@ class Store:
                 SCHEMA_SQL.read_text(),  # creates events as the schema has it now
                 "INSERT INTO events BY NAME SELECT * FROM events_keyed ORDER BY rowid",
                 "DROP TABLE events_keyed",
+                # the copy may number the rows anew: a map of their blocks no longer holds
+                # (_map_event_blocks builds it again next)
+                "DELETE FROM customer_event_blocks_covered",
             ])
 
     def _stamp_journey_events(self) -> None:
@@ -508,13 +509,12 @@ class Store:
         from pipelines.storage.event_blocks import covered_rows, rebuild_statements
 
         events, covered = self.count("events"), covered_rows(self.con, ROW_BLOCK)
-        if covered == events and not self._events_renumbered:
+        if covered == events:
             return
         self._upgrade_in_one_transaction(
             f"mapping the customers of {events} events to their row blocks", "mapped the customers' row blocks",
             rebuild_statements(ROW_BLOCK),
             why=f"the map covers {covered if covered is not None else 'no'} rows of {events}")
-        self._events_renumbered = False
 
     # ---------------------------------------------------------------- reads
 
@@ -641,17 +641,20 @@ class Store:
             return f"({ranges} OR rowid >= {appended_from}) AND {customers}" if ranges else customers
         # (DuckDB answers count(*) of a whole table from its metadata)
         appended_from = int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-        ranges = ""  # one step: a small table, or rows in most of its row groups
+        ranges, mapped = "", False  # one step: a small table, or rows in most of its row groups
         if appended_from >= TWO_STEP_MIN_ROWS and table not in self._one_step_left:
             stretches, mapped = self._touched_stretches(table, customers, appended_from)
             found = row_ranges(stretches)
             if sum(last - first + 1 for first, last in found) <= WIDEST_RANGES_SHARE * appended_from:
-                # a map knows only the rows it covers: rows added since, in this transaction too
-                # (their row ids are far past the count until it commits), lie past the count
-                ranges = f"({rowid_filter(found)} OR rowid >= {appended_from})" if mapped else rowid_filter(found)
+                ranges = rowid_filter(found)
             else:
                 self._one_step_left[table] = ONE_STEP_BATCHES
         self._found_rows[table] = (ranges, appended_from)
+        if ranges and mapped:
+            # a map knows only the rows it covers: rows added since, in this transaction too
+            # (their row ids are far past the count until it commits), lie past the count, as
+            # for ranges reused
+            return f"({ranges} OR rowid >= {appended_from}) AND {customers}"
         return f"{ranges} AND {customers}" if ranges else customers
 
     def _touched_stretches(self, table: str, customers: str, rows: int) -> tuple[list[tuple[int, int]], bool]:
