@@ -117,12 +117,17 @@ successors AS (
 events_now AS (
     SELECT b.event_id, b.customer_id, b.at_us, l.journey_id AS new_journey
     FROM batch_events b LEFT JOIN new_links l USING (event_id)),
+-- the triggers are listed only for the journeys and customers a revision can name: the
+-- revised journeys, their successors and their customers (most of a large batch's events
+-- belong to others, and listing them was most of this statement's time)
 by_journey AS (
     SELECT new_journey AS journey_id, list({{'id': event_id, 'at': at_us}} ORDER BY at_us, event_id) AS events
-    FROM events_now WHERE new_journey IS NOT NULL GROUP BY new_journey),
+    FROM events_now
+    WHERE new_journey IN (SELECT journey_id FROM revision_before UNION ALL SELECT successor FROM successors)
+    GROUP BY new_journey),
 by_customer AS (
     SELECT customer_id, list({{'id': event_id, 'at': at_us}} ORDER BY at_us, event_id) AS events
-    FROM events_now GROUP BY customer_id),
+    FROM events_now WHERE customer_id IN (SELECT customer_id FROM revision_before) GROUP BY customer_id),
 replaced AS (
     SELECT s.journey_id, list(s.successor ORDER BY s.successor) AS replaced_by,
            flatten(list(j.events ORDER BY s.successor) FILTER (WHERE j.events IS NOT NULL)) AS events
