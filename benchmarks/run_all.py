@@ -7,7 +7,9 @@
    p50/p95/p99/max of landed_at - Kafka record timestamp per event, and how far the read replica
    trails the database (each batch's landing vs the moment a reader first sees it).
 3. growth: a batch of the next 5,000 events on an empty store vs on a store holding 1M events and
-   1M+ journeys (ratio; target <= 1.5), the same batch for returning customers whose rows lie
+   1M+ journeys (ratio; target <= 1.5), the same batch on that store before it was grown (the
+   customers' history without the bulk: what size costs, apart from what history costs), the
+   same batch for returning customers whose rows lie
    all over that store (reported beside it: the case row id ranges cannot skip), a 5-event
    batch for a customer with 200k stored events (target < 1 s; the median of three landings, each
    beside the same 5 events for a new customer), and the peak RSS of `cxj run --once` over
@@ -432,11 +434,19 @@ def growth_events(base_events: int) -> tuple[list[dict[str, Any]], list[dict[str
 
 
 def land_and_grow(db: Path, settings: KafkaSettings, topics: dict[str, str], base: list[dict[str, Any]],
-                  target_events: int) -> dict[str, int]:
+                  target_events: int, keep_base: Optional[Path] = None) -> dict[str, int]:
     """Lands ``base`` for real through ``topics``, grows the store by copying (``grow_store``) and
-    opens it once, so the replica's rebuild is not part of any batch measured after."""
+    opens it once, so the replica's rebuild is not part of any batch measured after.
+    ``keep_base``: a copy of the database as it was before growing is kept there (opened once
+    too), so the same batch can be measured on a store that holds the customers' history only."""
     send_docs(settings, topics, base)
     land(db, settings, topics)
+    if keep_base is not None:
+        import shutil
+
+        shutil.copyfile(db, keep_base)  # (its replica is rebuilt when it is opened)
+        with Store(keep_base):
+            pass
     sizes = grow_store(db, target_events)
     with Store(db):
         pass
@@ -455,9 +465,17 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     big_topics = topics_named("g-big")
     ensure_topics(settings, big_topics.values(), 3)
     big = work / "big.duckdb"
-    sizes = land_and_grow(big, settings, big_topics, base, scale.growth_store_events)
+    history_only = work / "history-only.duckdb"
+    sizes = land_and_grow(big, settings, big_topics, base, scale.growth_store_events, keep_base=history_only)
     send_docs(settings, big_topics, batch)
     grown = land(big, settings, big_topics)
+    # the same batch on the store before it was grown: the customers' history, without the bulk.
+    # What the grown store costs beyond this is what its size costs; what this costs beyond the
+    # empty store is what the batch's returning customers cost on any store
+    history_topics = topics_named("g-history")
+    ensure_topics(settings, history_topics.values(), 3)
+    send_docs(settings, history_topics, batch)
+    history = land(history_only, settings, history_topics)
     # the same batch for returning customers whose rows lie all over the grown store: each
     # customer is one of the copies (a copy per customer, of any generation), so the batch's
     # customers have rows in every row group (what reading by row id ranges cannot skip)
@@ -508,6 +526,10 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "empty_store": {"wall_s": round(empty.wall_s, 2), "cpu_s": round(empty.cpu_s, 2), "close_s": round(empty.close_s, 2)},
         "grown_store_batch": {"wall_s": round(grown.wall_s, 2), "cpu_s": round(grown.cpu_s, 2), "close_s": round(grown.close_s, 2)},
         "ratio_wall": round(grown.wall_s / empty.wall_s, 2), "ratio_cpu": round(grown.cpu_s / empty.cpu_s, 2),
+        "history_only_store_batch": {"wall_s": round(history.wall_s, 2), "cpu_s": round(history.cpu_s, 2),
+                                     "close_s": round(history.close_s, 2),
+                                     "ratio_wall": round(history.wall_s / empty.wall_s, 2),
+                                     "grown_over_this_wall": round(grown.wall_s / history.wall_s, 2)},
         "returning_customers_batch": {"wall_s": round(spread.wall_s, 2), "cpu_s": round(spread.cpu_s, 2),
                                       "close_s": round(spread.close_s, 2),
                                       "ratio_wall": round(spread.wall_s / empty.wall_s, 2)},
@@ -524,7 +546,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "broker_retries": empty.retries + grown.retries + sum(x.retries for x in five_landings + five_fresh_landings),
     }
     print(f"growth: 5,000-event batch on an empty store {out['empty_store']}, on a grown store {sizes}: "
-          f"{out['grown_store_batch']} (ratio wall {out['ratio_wall']}, CPU {out['ratio_cpu']}); the same batch for returning "
+          f"{out['grown_store_batch']} (ratio wall {out['ratio_wall']}, CPU {out['ratio_cpu']}); on the store before it was grown "
+          f"{out['history_only_store_batch']}; the same batch for returning "
           f"customers with rows all over it {out['returning_customers_batch']}; 5 events for a customer "
           f"with {whale_stored:,} events: {out['five_event_batch']} vs {out['five_events_no_history']} without history; "
           f"peak RSS by backlog {rss} MB", flush=True)
