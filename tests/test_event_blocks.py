@@ -10,11 +10,18 @@ would never be used; pipelines/storage/event_blocks_test.py tests it at that siz
 """
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+
+import duckdb
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from pipelines.storage import store as store_module
 from pipelines.storage.event_blocks import MAP_TABLE, covered_rows
+from pipelines.storage.replica import lake_dir
 from pipelines.storage.store import Store
 from tests.support import examples, land_in_rounds, new_topics, run_once, send_events, table
 from tests.test_conflicting_duplicates import replacing_pair
@@ -106,3 +113,36 @@ def test_an_event_a_winning_copy_moves_to_another_customer_is_in_that_customers_
     assert table(db, journeys) == table(one_db, journeys)
     assert table(db, links) == table(one_db, links)
     assert ("pair-1",) in table(db, "SELECT event_id FROM journey_events WHERE customer_id = 'pair-B'")
+
+
+def check_report(db) -> tuple[int, dict]:
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "check", "--db", str(db), "--json", "--no-store"],
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, json.loads(done.stdout)
+
+
+def map_result(report: dict) -> list[dict]:
+    return [r for r in report["results"] if r["table"] == MAP_TABLE]
+
+
+def test_cxj_check_finds_events_the_map_does_not_lead_to(broker, tmp_path):
+    """A pair missing from the map is the fault its own count cannot show (a batch would read
+    that customer's history without the events in that block): `cxj check` on the database
+    itself counts the events the map does not lead to and names their customers. The read
+    replica carries no map, so a check of the replica says nothing about it."""
+    topics = new_topics(broker)
+    db = tmp_path / "checked.duckdb"
+    send_events(broker, topics, [ticket(f"k-{i}", f"kept-{i % 3}", i) for i in range(9)])
+    run_once(db, broker, topics)
+    code, report = check_report(db)  # through the replica
+    assert code == 0 and report["source"] == "replica" and map_result(report) == [], report
+    shutil.rmtree(lake_dir(db))  # a database without a replica: its one-shot readers read it directly
+    code, report = check_report(db)
+    assert code == 0 and report["source"] == "database", report
+    assert [(r["success"], r["unexpected_count"]) for r in map_result(report)] == [(True, 0)]
+    with duckdb.connect(str(db)) as con:
+        con.execute(f"DELETE FROM {MAP_TABLE} WHERE customer_digest = md5_number_lower('kept-1')")
+    code, report = check_report(db)
+    [found] = map_result(report)
+    assert code == 1 and report["success"] is False
+    assert (found["success"], found["unexpected_count"], found["examples"]) == (False, 3, ["kept-1"])

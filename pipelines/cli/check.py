@@ -3,7 +3,9 @@
 Checks: journey_id unique and not null; time_to_resolution_s >= 0 and null exactly when the
 journey is not resolved; started_at <= resolved_at; handoff_count >= 0; channel_hops below
 the number of touchpoints; fcr only for one contact without reopen; csat in 1..5; nps in
-0..10; events unique by event_id; every journey_events row points at a journey.
+0..10; events unique by event_id; every journey_events row points at a journey; and, on the
+database itself (not the replica), the map from customers to their events' row blocks leads to
+every event.
 
 Prints a readable result and stores it in the table `quality_checks` of the database (when
 the pipeline is not holding it). Exit codes: 0 all met, 1 some failed, 2 database problem.

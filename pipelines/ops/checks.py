@@ -160,7 +160,24 @@ def run_suite(con: duckdb.DuckDBPyConnection) -> QualityReport:
                 unexpected_count=int(r.result.get("unexpected_count") or 0),
                 examples=[str(v) for v in (r.result.get("partial_unexpected_list") or [])[:5]],
             ))
+    results += _map_results(con)
     return QualityReport(datetime.now(timezone.utc), results)
+
+
+def _map_results(con: duckdb.DuckDBPyConnection) -> list[CheckResult]:
+    """The map from customers to the row blocks of their events leads to every event
+    (pipelines/storage/event_blocks.py): checked where the connection has the map, that is on
+    the database itself (`cxj run --check`, or `cxj check` on a database without a replica)."""
+    from pipelines.storage.event_blocks import events_off_the_map
+    from pipelines.storage.store import ROW_BLOCK
+
+    found = events_off_the_map(con, ROW_BLOCK)
+    if found is None:
+        return []
+    missing, customers = found
+    return [CheckResult(table="customer_event_blocks", expectation="map_leads_to_every_event",
+                        column="customer_digest,block", success=missing == 0, unexpected_count=missing,
+                        examples=customers)]
 
 
 QUALITY_TABLE_DDL = """

@@ -90,3 +90,26 @@ def record_landing(con: duckdb.DuckDBPyConnection, rows_before: int, rows_added:
                    WHERE block >= {int(first)} AND customer_digest IN (SELECT {CUSTOMER_DIGEST} FROM batch_events)""")
     con.execute(f"UPDATE {COVERED_TABLE} SET events = {int(rows_before + rows_added)}")
     return True
+
+
+def events_off_the_map(con: duckdb.DuckDBPyConnection, row_block: int) -> Optional[tuple[int, list[str]]]:
+    """How many rows of ``events`` the map does not lead to (their (customer, block) pair is
+    missing), and up to five of their customers: the quality check of the map (``cxj check``,
+    ``cxj run --check``).
+
+    A missing pair is the one fault the map's own count cannot show: a batch would then read
+    that customer's history without the events in that block. None where there is nothing to
+    check: no map on ``con`` (the read replica carries none) or a map that does not cover the
+    table, which is not used and is rebuilt at the next open. Reads all of ``events`` (1-2 s at
+    8M events)."""
+    tables = {name for (name,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'").fetchall()}
+    if not {MAP_TABLE, COVERED_TABLE} <= tables:
+        return None
+    if covered_rows(con, row_block) != int(con.execute("SELECT count(*) FROM events").fetchone()[0]):
+        return None
+    missing, customers = con.execute(
+        f"""SELECT count(*), list(DISTINCT customer_id ORDER BY customer_id)[1:5] FROM (
+                SELECT customer_id, {CUSTOMER_DIGEST} AS customer_digest, rowid // {int(row_block)} AS block FROM events) e
+            ANTI JOIN {MAP_TABLE} USING (customer_digest, block)""").fetchone()
+    return int(missing), [str(c) for c in customers or []]
