@@ -100,8 +100,8 @@ def events_off_the_map(con: duckdb.DuckDBPyConnection, row_block: int) -> Option
     A missing pair is the one fault the map's own count cannot show: a batch would then read
     that customer's history without the events in that block. None where there is nothing to
     check: no map on ``con`` (the read replica carries none) or a map that does not cover the
-    table, which is not used and is rebuilt at the next open. Reads all of ``events`` (1-2 s at
-    8M events)."""
+    table, which is not used and is rebuilt at the next open. Reads all of ``events``, about as
+    long as building the map (1.3 s at 8.3M events)."""
     tables = {name for (name,) in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'").fetchall()}
     if not {MAP_TABLE, COVERED_TABLE} <= tables:
