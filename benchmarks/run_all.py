@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -361,8 +362,6 @@ def grow_store(db: Path, target_events: int) -> dict[str, int]:
         sizes = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("events", "journeys", "journey_events")}
         sizes["copies"] = copies
         con.execute("CHECKPOINT")
-    import shutil
-
     from pipelines.storage.replica import lake_dir
 
     shutil.rmtree(lake_dir(db), ignore_errors=True)  # rebuilt from the grown database on the next start
@@ -442,8 +441,6 @@ def land_and_grow(db: Path, settings: KafkaSettings, topics: dict[str, str], bas
     send_docs(settings, topics, base)
     land(db, settings, topics)
     if keep_base is not None:
-        import shutil
-
         shutil.copyfile(db, keep_base)  # (its replica is rebuilt when it is opened)
         with Store(keep_base):
             pass
@@ -581,8 +578,6 @@ def main() -> int:
             results["growth"] = growth(settings, scale)
     finally:
         stop_broker(port=port, state_dir=work / "broker")
-        import shutil
-
         for folder in Path(tempfile.gettempdir()).glob(f"cxj-*-{RUN_TAG}*"):
             shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

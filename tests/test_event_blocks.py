@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -115,7 +116,7 @@ def test_an_event_a_winning_copy_moves_to_another_customer_is_in_that_customers_
     assert ("pair-1",) in table(db, "SELECT event_id FROM journey_events WHERE customer_id = 'pair-B'")
 
 
-def check_report(db) -> tuple[int, dict]:
+def check_report(db: Path) -> tuple[int, dict]:
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "check", "--db", str(db), "--json", "--no-store"],
                           capture_output=True, text=True, timeout=300)
     return done.returncode, json.loads(done.stdout)
