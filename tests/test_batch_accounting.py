@@ -134,6 +134,27 @@ def move_all_away(staging: Path) -> None:
     (staging / "history").mkdir()
 
 
+def drop_a_link(of_history: bool) -> Callable[[Path], None]:
+    """Takes one row out of the staged links: of an event landed before (a returning customer's
+    history, recomputed with the batch) or of one of the batch's own events. The files stay whole
+    and readable; only the journeys no longer cover every event of the touched customers."""
+    def harm(staging: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        batch_ids = set(pq.read_table([str(f) for f in staging.glob("events-*.parquet")], columns=["event_id"])
+                        .column("event_id").to_pylist())
+        for links_file in sorted(staging.glob("links-*.parquet")):
+            links = pq.read_table(str(links_file))
+            ids = links.column("event_id").to_pylist()
+            picked = [i for i, event_id in enumerate(ids) if (event_id in batch_ids) != of_history]
+            if picked:
+                pq.write_table(links.filter(pa.array([i != picked[0] for i in range(len(ids))])), str(links_file))
+                return
+        raise AssertionError(f"no link of {'a landed' if of_history else 'a new'} event: the sabotage would prove nothing")
+    return harm
+
+
 def claim_one_record_less(entry: dict) -> None:
     entry["records"] -= 1
     entry["stop"] = entry["last"]
@@ -155,6 +176,8 @@ SABOTAGE = {
     "manifest_claims_a_record_more": edit_manifest(claim_one_record_more),
     "journeys_and_links_removed": lambda staging: [remove(p)(staging) for p in ("journeys-*.parquet", "links-*.parquet")],
     "links_truncated": truncate("links-*.parquet"),
+    "links_without_a_landed_event": drop_a_link(of_history=True),
+    "links_without_a_new_event": drop_a_link(of_history=False),
     "everything_on_another_disk": move_all_away,
 }
 
@@ -178,6 +201,8 @@ def test_short_staged_output_lands_nothing(broker, landed_once, tmp_path, caplog
     line = errors[0].getMessage()
     assert "\n" not in line and f"batch {sabotage.batches[0]}" in line and "BatchNotAccounted" in line, line
     assert snapshot(db) == before, "nothing of the failing batch may land"
+    if name.startswith("links_without"):
+        assert "1 events without a journey" in line, line
     if name not in ("events_removed", "everything_on_another_disk", "manifest_claims_a_record_less"):
         return  # the restart below is checked for a few variants (each costs a pipeline run)
     # the offsets did not move past anything: a clean run lands exactly what a faultless run did

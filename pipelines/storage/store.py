@@ -335,6 +335,7 @@ class Store:
         # when they were looked up (_touched_rows)
         self._found_rows: dict[str, tuple[str, int]] = {}
         self._events_at_lookup: Optional[int] = None  # rows of events when landed copies were looked up
+        self._history_read = False  # export_history filled batch_history for the batch resolve_copies began
         self._one_step_left: dict[str, int] = {}  # by table: batches still read in one step
         self._compared_columns: Optional[list["ValueColumn"]] = None  # what revisions compare (_revision_columns)
         if not read_only:
@@ -578,6 +579,7 @@ class Store:
         from transforms.dedup import payload_hash
 
         self._start_lookups()
+        self._history_read = False
         self._load_staged("staged_events", staged.events, EVENT_SCHEMA, batch_id)
         self._load_staged("staged_copies", staged.copies, COPY_SCHEMA, batch_id)
         self._load_staged("staged_dead", staged.dead, DEAD_LETTER_SCHEMA, batch_id)
@@ -753,6 +755,7 @@ class Store:
             "batch_history",
             f"""SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
                 WHERE {self._touched_rows('events')} AND event_id NOT IN (SELECT event_id FROM batch_events)""")
+        self._history_read = True
         if horizon_s is not None:
             self._freeze_settled_journeys(int(round(horizon_s * 1_000_000)))
         query = f"""
@@ -1135,9 +1138,7 @@ class Store:
                 f"({landed} landed + {duplicates} duplicates + {dead} dead letters)"
             )
         unlinked = con.execute(
-            f"""SELECT count(*) FROM (SELECT event_id FROM events
-                                      WHERE {self._touched_rows('events', again=True)}
-                                        AND NOT starts_with(event_type, 'survey.')) e
+            f"""SELECT count(*) FROM (SELECT event_id FROM ({self._touched_events()}) WHERE NOT starts_with(event_type, 'survey.')) e
                ANTI JOIN staged_links l USING (event_id) ANTI JOIN batch_frozen_events f USING (event_id)"""
         ).fetchone()[0]
         orphans = con.execute(
@@ -1148,6 +1149,18 @@ class Store:
                 f"batch {facts.batch_id}: staged journeys are missing or short ({unlinked} events without a journey, "
                 f"{orphans} links to missing journeys)"
             )
+
+    def _touched_events(self) -> str:
+        """A query of (event_id, event_type) of every event the touched customers hold once the
+        batch's events are inserted: their landed events the batch left as they were
+        (batch_history, read once by export_history) and the batch's own (batch_events, new or
+        replacing a landed row). No other row of events changes customer or is added in a
+        landing, so this is what a read of events by the touched customers finds, without that
+        second read (0.12 s of a 5,000-event batch on a store of 8M events). A landing with
+        touched customers but no export_history (a caller that skipped it) reads events itself."""
+        if self._history_read:
+            return "SELECT event_id, event_type FROM batch_history UNION ALL SELECT event_id, event_type FROM batch_events"
+        return f"SELECT event_id, event_type FROM events WHERE {self._touched_rows('events', again=True)}"
 
     # ---------------------------------------------------------------- attempts (poison isolation)
 
