@@ -142,6 +142,19 @@ def journey_tables(db: Path, with_revisions: bool) -> dict[str, list]:
     return out
 
 
+def rows_off_their_journeys_batch(db: Path) -> dict[str, int]:
+    """By table: rows of a journey whose batch id is not its journeys row's (or that have no
+    journeys row). The landing finds a touched customer's links, metrics and handoffs by the
+    batch ids of their journeys rows (Store._touched_by_journey_batch), so every landing,
+    settled journeys left alone included, must keep them equal."""
+    return {t: table(db, f"""SELECT count(*) FROM {t} r LEFT JOIN journeys j USING (journey_id)
+                             WHERE j.batch_id IS DISTINCT FROM r.batch_id""")[0][0]
+            for t in ("journey_events", "journey_metrics", "journey_handoffs")}
+
+
+NONE_OFF = {"journey_events": 0, "journey_metrics": 0, "journey_handoffs": 0}
+
+
 def test_settled_journeys_are_left_out_and_results_equal_a_whole_history_recompute(broker, tmp_path):
     first, second, expect = scenarios()
     pruned_db, full_db, one_db = tmp_path / "pruned.duckdb", tmp_path / "full.duckdb", tmp_path / "one.duckdb"
@@ -163,6 +176,9 @@ def test_settled_journeys_are_left_out_and_results_equal_a_whole_history_recompu
     # the settled rows were really left alone: still the first batch's
     assert table(pruned_db, "SELECT count(*) FROM journeys WHERE customer_id = 'settled' AND batch_id = 1") == [(2,)]
     assert table(full_db, "SELECT count(*) FROM journeys WHERE customer_id = 'settled' AND batch_id = 1") == [(0,)]
+    assert table(pruned_db, "SELECT count(DISTINCT batch_id) FROM journey_events") == [(2,)]
+    for db in (pruned_db, full_db, one_db):
+        assert rows_off_their_journeys_batch(db) == NONE_OFF, db.name
 
 
 # ------------------------------------------------------------------ random long histories
@@ -215,3 +231,4 @@ def test_random_long_histories_land_the_same_with_and_without_pruning(broker, tm
     land_rounds(broker, new_topics(broker), pruned_db, rounds, prune=True)
     land_rounds(broker, new_topics(broker), full_db, rounds, prune=False)
     assert journey_tables(pruned_db, with_revisions=True) == journey_tables(full_db, with_revisions=True)
+    assert rows_off_their_journeys_batch(pruned_db) == rows_off_their_journeys_batch(full_db) == NONE_OFF

@@ -139,6 +139,7 @@ REVIEWED = {
         "self.source": "ident() of current_database(), set in __init__",
         "table": "loop over the module tuple PER_CUSTOMER",
         "ids": "SQL text built in the same function from the constant CHANGED_TABLE",
+        "old_rows": "'batch_id IN (' and str(int()) of each previous batch id, same function, or nothing",
         "mine + ' AND ' if mine else ''": "SharedLake._mine: WRITER_COLUMN = sql_literal(writer id), or nothing",
         "writer_column": "SharedLake: sql_literal(writer id) AS the constant WRITER_COLUMN, or nothing",
         "columns": "SQL text built in the same function from writer_column (above) or a literal",
@@ -178,9 +179,13 @@ REVIEWED = {
                                            "self._touched_events()": "literal SQL text, or literal text around " + _TOUCHED},
     "storage/store.py:_touched_events": {"self._touched_rows('events', again=True)": _TOUCHED},
     "storage/store.py:resolve_copies": {"self._touched_rows('journey_events')": _TOUCHED},
-    "storage/store.py:_freeze_settled_journeys": {"self._touched_rows('journeys')": _TOUCHED},
+    "storage/store.py:_freeze_settled_journeys": {"self._touched_rows('journeys', again=True)": _TOUCHED},
     "storage/store.py:_touched_rows": {
         "table": "checked against the module set CUSTOMER_TABLES (fixed table names) at the top of the function",
+    },
+    "storage/store.py:_touched_by_journey_batch": {
+        "self._touched_rows('journeys', again=True)": _TOUCHED,
+        "MAX_JOURNEY_BATCHES + 1": "the int module constant MAX_JOURNEY_BATCHES",
     },
     "storage/store.py:_touched_stretches": {
         "table": "argument from _touched_rows(), checked there against the module set CUSTOMER_TABLES",
@@ -193,6 +198,10 @@ REVIEWED = {
     "storage/event_blocks_test.py:test_a_landing_keeps_the_map_exact_for_new_rows_and_rows_moved_to_another_customer": {
         "true_pairs": "literal SQL text assigned in the same function"},
     "storage/store_test.py:both": {"plain": "literal SQL text assigned in the same function", "two_steps": _TOUCHED},
+    "storage/store_test.py:rows": {"condition": "literal SQL text, or " + _TOUCHED},
+    "storage/store_test.py:test_a_journeys_rows_are_found_by_the_batch_id_of_its_journey_as_by_its_customer": {
+        "condition": _TOUCHED, "MAX_JOURNEY_BATCHES + 1": "the int module constant MAX_JOURNEY_BATCHES",
+        "plain": "literal SQL text assigned in the same function"},
     "storage/store_test.py:test_touched_rows_finds_exactly_the_touched_customers_rows_inside_an_open_transaction": {
         "store._touched_rows('journey_events')": _TOUCHED},
     "storage/store_test.py:test_a_table_whose_touched_rows_lie_everywhere_is_read_in_one_step_for_a_while": {

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import duckdb
 
@@ -356,6 +356,8 @@ class Replica:
         self._maintenance: Optional[threading.Thread] = None  # the maintenance running beside the cycle
         self._maintenance_cursor: Optional[duckdb.DuckDBPyConnection] = None
         self.publish_seconds: list[float] = []  # since the last maintenance (for its log line)
+        # by landed batch: the batch ids the journeys it rewrote had before (note_rewritten)
+        self._rewritten_from: dict[int, Optional[frozenset[int]]] = {}
         self._open()
 
     # ------------------------------------------------------------------ setup
@@ -580,6 +582,25 @@ class Replica:
             _rollback(con)
             raise
 
+    def note_rewritten(self, batch_id: int, previous_batches: Optional[Iterable[int]]) -> None:
+        """After the landing of ``batch_id`` committed: the batch ids that the rows of the journeys
+        it rewrote or removed carried before (a superset will do), or None when the store did not
+        look them up. A publish whose batches all have them deletes the replica's old rows of the
+        changed journeys by those batch ids, which DuckLake's per-file and DuckDB's per-row-group
+        statistics skip by, instead of reading every data file's journey ids (_publish_journeys)."""
+        self._rewritten_from[int(batch_id)] = None if previous_batches is None else frozenset(int(b) for b in previous_batches)
+
+    def _previous_batches(self, published: int, last: int) -> Optional[frozenset[int]]:
+        """The batch ids the replica's rows of the journeys that batches ``published + 1`` to
+        ``last`` changed can carry: each such row was published by a batch at most ``published``
+        and is the row its journey had before the first of those batches rewrote it, so its batch
+        id is one that batch noted. None unless every batch noted them (after a restart, the
+        batches landed before it did not)."""
+        noted = [self._rewritten_from.get(b) for b in range(published + 1, last + 1)]
+        if not noted or any(ids is None for ids in noted):
+            return None
+        return frozenset().union(*noted)
+
     def publish(self) -> Optional[PublishResult]:
         """One DuckLake transaction with all batches after the last published one."""
         started = time.perf_counter()
@@ -607,14 +628,15 @@ class Replica:
             for table in REPLACED:
                 con.execute(f"DELETE FROM {LAKE_ALIAS}.{table}")
                 con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} SELECT * FROM {self.source}.{table}")
-            self._publish_journeys(window)
+            self._publish_journeys(window, previous_batches=self._previous_batches(published, last))
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
             raise
         return self._done(published + 1, last, customers, started, rebuilt=False)
 
-    def _publish_journeys(self, window: str, mine: str = "", writer_column: str = "") -> int:
+    def _publish_journeys(self, window: str, mine: str = "", writer_column: str = "",
+                          previous_batches: Optional[frozenset[int]] = None) -> int:
         """Inside the publishing transaction: replaces the rows of the journeys the batches in
         ``window`` rewrote or removed (changed_journeys), in every PER_CUSTOMER table, and no
         others. Returns how many journey ids that was.
@@ -623,6 +645,9 @@ class Replica:
         re-copying every row of every touched customer made a small batch for a customer with
         200k events copy 200k rows. ``mine``: a shared lake's condition on its writer's rows;
         ``writer_column``: its rows' writer column (``'<id>' AS writer_id``), see shared_lake.py.
+        ``previous_batches``: the batch ids the replica's rows of those journeys can carry
+        (``_previous_batches``); the deletes then read only the files and row groups that hold
+        them (a 5,000-event batch's deletes on a replica of 8.3M links: 0.2 s by journey id alone).
         """
         con = self.con
         con.execute(f"CREATE OR REPLACE TEMP TABLE {CHANGED_TABLE} AS {changed_journeys(self.source, window)}")
@@ -630,8 +655,14 @@ class Replica:
         if not changed:
             return 0
         ids = f"SELECT journey_id FROM {CHANGED_TABLE}"
+        old_rows = f"batch_id IN ({', '.join(str(int(b)) for b in sorted(previous_batches))}) AND " if previous_batches else ""
+        # no previous batch at all: every changed journey is new, the replica holds no row of them
+        nothing_to_delete = previous_batches is not None and not previous_batches
+        log.debug("replica: old rows of %d changed journeys %s", changed,
+                  "read by journey id" if previous_batches is None else f"in {len(previous_batches)} earlier batches")
         for table in PER_CUSTOMER:
-            con.execute(f"DELETE FROM {LAKE_ALIAS}.{table} WHERE {mine + ' AND ' if mine else ''}journey_id IN ({ids})")
+            if not nothing_to_delete:
+                con.execute(f"DELETE FROM {LAKE_ALIAS}.{table} WHERE {mine + ' AND ' if mine else ''}{old_rows}journey_id IN ({ids})")
             columns = f"BY NAME SELECT *, {writer_column}" if writer_column else "SELECT *"
             # A changed journey's rows were all written by the latest batch that recomputed it,
             # one of the window's: the window lets DuckDB's min-max index skip every row group
@@ -672,6 +703,8 @@ class Replica:
 
     def _done(self, first: int, last: int, customers: int, started: float, rebuilt: bool) -> PublishResult:
         seconds = time.perf_counter() - started
+        for batch_id in [b for b in self._rewritten_from if b <= last]:  # published: never needed again
+            del self._rewritten_from[batch_id]
         if not rebuilt:
             self.publish_seconds.append(seconds)
         (log.warning if seconds > SLOW_PUBLISH_S else log.debug)(

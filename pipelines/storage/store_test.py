@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.storage.store import ONE_STEP_BATCHES, ROW_BLOCK, Store, row_ranges, settled_prefix
+from pipelines.storage.store import MAX_JOURNEY_BATCHES, ONE_STEP_BATCHES, ROW_BLOCK, Store, row_ranges, settled_prefix
 
 DAY = 86_400 * 1_000_000
 H = 7 * DAY  # the longest look-back of the journey rules by default (durable / repeat contact)
@@ -145,6 +145,70 @@ def test_touched_rows_finds_exactly_the_touched_customers_rows_inside_an_open_tr
         assert con.execute("SELECT count(*) FROM journey_events WHERE customer_id IN "
                            "(SELECT customer_id FROM batch_customers)").fetchone()[0] == 0
         con.execute("ROLLBACK")
+    finally:
+        store.close()
+
+
+def journeys_landed_in_batches(con: duckdb.DuckDBPyConnection) -> None:
+    """614k links in five row groups as in links_in_five_row_groups, journeys of 100 links each,
+    landed by batches of 5,000 links: a journey's links and its journeys row carry its batch id,
+    which grows along both tables as in a store the pipeline filled."""
+    con.execute("""INSERT INTO journey_events
+                   SELECT 'e' || i, 'j' || (i // 100), 'c' || (i // 1000), 1 + i // 5000 FROM range(5 * 122880) t(i)""")
+    con.execute("""INSERT INTO journeys BY NAME
+                   SELECT 'j' || k AS journey_id, 'c' || (k // 10) AS customer_id, 'open' AS status,
+                          TIMESTAMPTZ '2026-01-01' AS started_at, TIMESTAMPTZ '2026-01-01' AS last_event_at,
+                          now() AS updated_at, 0 AS handoff_count, 0 AS team_handoff_count, 0 AS channel_hops,
+                          0 AS touchpoint_count, 1 AS contact_count, 0 AS reopen_count, false AS fcr,
+                          [] AS channels, [] AS agents, [] AS teams, [] AS threads, 100 AS event_count,
+                          1 + (k * 100) // 5000 AS batch_id
+                   FROM range(5 * 1228 + 1) t(k)""")
+
+
+def test_a_journeys_rows_are_found_by_the_batch_id_of_its_journey_as_by_its_customer(tmp_path):
+    """Where a batch was begun, the touched customers' links are found by the batch ids of their
+    journeys rows: the same rows as a plain customer filter, before and inside a transaction that
+    deleted some and wrote new ones with the batch's own id; by the customer column instead where
+    a link has no batch id, or the customers' journeys span more than MAX_JOURNEY_BATCHES batches."""
+    store = Store(tmp_path / "links.duckdb")
+    try:
+        con = store.con
+        journeys_landed_in_batches(con)
+        con.execute("""CREATE TEMP TABLE batch_customers AS
+                       SELECT * FROM (VALUES ('c0'), ('c3'), ('c600'), ('nobody')) t(customer_id)""")
+        plain = "customer_id IN (SELECT customer_id FROM batch_customers)"
+
+        def rows(condition: str) -> list[str]:
+            return [r[0] for r in con.execute(f"SELECT event_id FROM journey_events WHERE {condition} ORDER BY 1").fetchall()]
+
+        assert "batch_id IN" not in store._touched_rows("journey_events")  # no batch begun: by the customer column
+        store._start_lookups()
+        store._batch_id = 99
+        condition = store._touched_rows("journey_events")
+        assert condition.startswith("batch_id IN (1, 99, 121) AND "), condition  # c0 and c3 in batch 1, c600 in 121
+        assert "rowid" not in condition and len(rows(plain)) == 3000 and rows(condition) == rows(plain)
+        con.execute("BEGIN TRANSACTION")  # as a landing: the touched links rewritten, stamped with the batch's id
+        con.execute(f"DELETE FROM journey_events WHERE {condition} AND journey_id <> 'j1'")
+        con.execute("INSERT INTO journey_events SELECT 'new-' || i, 'j-new', 'c' || (i % 5), 99 FROM range(1000) t(i)")
+        again = store._touched_rows("journey_events", again=True)
+        assert again == condition and "new-3" in rows(plain) and rows(again) == rows(plain)
+        con.execute("ROLLBACK")
+        # a link without a batch id (written before links carried one): found by the customer column
+        con.execute("INSERT INTO journey_events VALUES ('old', 'j-gone', 'c3', NULL)")
+        unstamped = Store.__new__(Store)
+        unstamped.__dict__.update(store.__dict__, _null_batch_links=None)
+        unstamped._start_lookups()
+        assert "batch_id IN" not in unstamped._touched_rows("journey_events")
+        assert "old" in rows(unstamped._touched_rows("journey_events")) and rows(
+            unstamped._touched_rows("journey_events")) == rows(plain)
+        con.execute("DELETE FROM journey_events WHERE event_id = 'old'")
+        # customers whose journeys span more batches than the cap: by the customer column
+        store._start_lookups()
+        con.execute("DELETE FROM batch_customers")
+        con.execute(f"INSERT INTO batch_customers SELECT 'c' || (i * 9) FROM range({MAX_JOURNEY_BATCHES + 1}) t(i)")
+        assert len({r[0] for r in con.execute(f"SELECT batch_id FROM journeys WHERE {plain}").fetchall()}) > MAX_JOURNEY_BATCHES
+        wide = store._touched_rows("journey_events")
+        assert "batch_id IN" not in wide and rows(wide) == rows(plain)
     finally:
         store.close()
 
