@@ -695,7 +695,7 @@ class Store:
             rows = self.con.execute(
                 f"SELECT DISTINCT batch_id FROM journeys WHERE {self._touched_rows('journeys', again=True)} "
                 f"LIMIT {MAX_JOURNEY_BATCHES + 1}").fetchall()
-            self._journey_batches = sorted(int(batch_id) for (batch_id,) in rows)
+            self._journey_batches = [int(batch_id) for (batch_id,) in rows]
         if len(self._journey_batches) > MAX_JOURNEY_BATCHES:
             return ""
         ids = ", ".join(str(batch_id) for batch_id in sorted({*self._journey_batches, int(self._batch_id)}))
