@@ -325,7 +325,10 @@ class SharedLake(Replica):
                 con.execute(f"DELETE FROM {LAKE_ALIAS}.{table} WHERE {mine}")
                 con.execute(f"INSERT INTO {LAKE_ALIAS}.{table} BY NAME SELECT *, {writer} AS {WRITER_COLUMN} FROM {self.source}.{table}")
             # only the journeys the batches rewrote or removed, of this writer (replica.changed_journeys)
-            self._publish_journeys(window, mine=mine, writer_column=f"{writer} AS {WRITER_COLUMN}")
+            # (this writer's old rows of those journeys carry the batch ids its store noted, as in
+            # the local replica: Replica.note_rewritten)
+            self._publish_journeys(window, mine=mine, writer_column=f"{writer} AS {WRITER_COLUMN}",
+                                   previous_batches=self._previous_batches(published, last))
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
