@@ -64,6 +64,13 @@ def scenarios() -> tuple[list[dict], list[dict], dict[str, int]]:
     second += [ev(c, 30, "chat.started", 55, chat_id="C9", channel="chat"),
                ev(c, 31, "chat.ended", 55.1, chat_id="C9", outcome="escalated", ticket_id="T1")]
     expect[c] = 0
+    # chat: a survey of a settled chat arrives months later (it names the chat only): recomputed whole
+    c = "chat"
+    first += [ev(c, 0, "chat.started", 0, chat_id="C1", channel="chat"),
+              ev(c, 1, "chat.ended", 0.1, chat_id="C1", outcome="resolved")]
+    first += ticket(c, 10, "T2", 15) + ticket(c, 20, "T3", 36)
+    second += ticket(c, 30, "T4", 55) + [ev(c, 40, "survey.responded", 55.5, survey_id="S1", chat_id="C1", csat=2, nps=3)]
+    expect[c] = 0
     # survey moves: an old survey named an unknown ticket besides its chat; that ticket appears now
     c = "survey"
     first += [ev(c, 0, "chat.started", 0, chat_id="C1", channel="chat"),
