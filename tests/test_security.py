@@ -162,8 +162,11 @@ REVIEWED = {
         "names": "built in the same function from sql_literal()-quoted column names and ident()-quoted flags",
         "_flag(c)": "_flag(): ident() of 'inc_' and a column name",
         "MAX_TRIGGER_IDS": "the int literal constant transforms.revisions.MAX_TRIGGER_IDS",
-        "_json_object(columns, 'o')": "_json_object: ident()/sql_literal()-quoted column names, json_value() fixed text",
-        "_json_object(columns, 'n')": "_json_object: ident()/sql_literal()-quoted column names, json_value() fixed text",
+        "after_values": "built in the same function from ident()-quoted column names and _after() names",
+        "_json_object(columns, lambda c: ident(c.name))": "_json_object: ident()/sql_literal()-quoted column names, "
+                                                          "json_value() fixed text",
+        "_json_object(columns, _after)": "_json_object: ident()/sql_literal()-quoted column names (_after(): ident() of '_after_' "
+                                         "and a column name), json_value() fixed text",
     },
     "storage/revision_sql_test.py:test_timestamps_are_written_as_pythons_isoformat": {
         "json_value('t', 'TIMESTAMP WITH TIME ZONE')": "json_value() of a literal column name",

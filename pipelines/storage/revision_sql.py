@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Callable
 
 import duckdb
 
@@ -75,15 +76,21 @@ def _flag(column: ValueColumn) -> str:
     return ident(f"inc_{column.name}")
 
 
-def _json_object(columns: list[ValueColumn], side: str) -> str:
-    """'{"a": 1, "b": 2}' of the columns flagged in the revision (``_flag``), keys sorted.
+def _after(column: ValueColumn) -> str:
+    """The name ``compared`` gives the column's value as this batch wrote it."""
+    return ident(f"_after_{column.name}")
+
+
+def _json_object(columns: list[ValueColumn], side: Callable[[ValueColumn], str]) -> str:
+    """'{"a": 1, "b": 2}' of the columns flagged in the revision (``_flag``), keys sorted;
+    ``side`` names the column that holds a column's value on that side.
 
     ``concat_ws`` skips the NULL entries of the columns not flagged. It replaced a list of the
     entries filtered by a lambda: the same text, and a third less time to plan and run the
     statement (docs/architecture.md, "Revisions found in DuckDB")."""
     entries = ", ".join(
         f"CASE WHEN {_flag(c)} THEN {sql_literal(json.dumps(c.name) + ': ')} || "
-        f"{json_value(side + '.' + ident(c.name), c.sql_type)} END"
+        f"{json_value(side(c), c.sql_type)} END"
         for c in sorted(columns, key=lambda c: c.name)
     )
     return f"('{{' || concat_ws(', ', {entries}) || '}}')::JSON"
@@ -104,6 +111,7 @@ def insert_revisions(columns: list[ValueColumn]) -> str:
         for c in columns
     )
     names = ", ".join(f"CASE WHEN {_flag(c)} THEN {sql_literal(c.name)} END" for c in columns)
+    after_values = ", ".join(f"n.{ident(c.name)} AS {_after(c)}" for c in columns)
     return f"""
 INSERT INTO journey_revisions
 WITH new_links AS (
@@ -132,23 +140,26 @@ replaced AS (
     SELECT s.journey_id, list(s.successor ORDER BY s.successor) AS replaced_by,
            flatten(list(j.events ORDER BY s.successor) FILTER (WHERE j.events IS NOT NULL)) AS events
     FROM successors s LEFT JOIN by_journey j ON j.journey_id = s.successor GROUP BY s.journey_id),
+-- the flags are columns of their own CTE: named in the same SELECT list, each use of a flag
+-- (in both JSON objects) was a copy of its whole expression to bind and to fold again
 compared AS (
-    SELECT o.*, n.journey_id IS NULL AS is_removed, {flags},
+    SELECT o.*, {after_values}, n.journey_id IS NULL AS is_removed, {flags},
            CASE WHEN n.journey_id IS NULL THEN coalesce(r.replaced_by, []) ELSE [] END AS replaced_by_now,
            CASE WHEN n.journey_id IS NULL THEN
                     CASE WHEN len(r.events) > 0 THEN r.events ELSE coalesce(c.events, []) END
-                ELSE coalesce(j.events, c.events, []) END AS triggers,
-           {_json_object(columns, 'o')} AS before_json,
-           CASE WHEN n.journey_id IS NULL THEN '{{}}'::JSON ELSE {_json_object(columns, 'n')} END AS after_json
+                ELSE coalesce(j.events, c.events, []) END AS triggers
     FROM revision_before o
     LEFT JOIN revision_after n ON n.journey_id = o.journey_id
     LEFT JOIN replaced r ON r.journey_id = o.journey_id
     LEFT JOIN by_journey j ON j.journey_id = o.journey_id
     LEFT JOIN by_customer c ON c.customer_id = o.customer_id),
 found AS (
-    SELECT *, list_filter([{names}], x -> x IS NOT NULL) AS changed,
+    SELECT journey_id, customer_id, is_removed, replaced_by_now, triggers,
+           list_filter([{names}], x -> x IS NOT NULL) AS changed,
            CASE WHEN last_event_at IS NULL THEN 0
-                ELSE len(list_filter(triggers, t -> t.at < epoch_us(last_event_at))) END AS late
+                ELSE len(list_filter(triggers, t -> t.at < epoch_us(last_event_at))) END AS late,
+           {_json_object(columns, lambda c: ident(c.name))} AS before_json,
+           CASE WHEN is_removed THEN '{{}}'::JSON ELSE {_json_object(columns, _after)} END AS after_json
     FROM compared)
 SELECT ?, now(), journey_id, customer_id, CASE WHEN is_removed THEN 'removed' ELSE 'changed' END,
        replaced_by_now, CASE WHEN late > 0 THEN 'late_events' ELSE 'new_events' END,
