@@ -181,9 +181,10 @@ REVIEWED = {
     "storage/store.py:_check_accounting": {"staged": "literal SQL text assigned in the same function",
                                            "self._touched_events()": "literal SQL text, or literal text around " + _TOUCHED},
     "storage/store.py:_touched_events": {"self._touched_rows('events', again=True)": _TOUCHED},
-    "storage/store.py:resolve_copies": {"self._touched_rows('journey_events')": _TOUCHED},
+    "storage/store.py:_read_links": {"self._touched_rows('journey_events', again=True)": _TOUCHED},
     "storage/store.py:_freeze_settled_journeys": {"self._touched_rows('journeys', again=True)": _TOUCHED,
-                                                  "self._touched_rows('events', again=True)": _TOUCHED},
+                                                  "self._touched_rows('events', again=True)": _TOUCHED,
+                                                  "self._touched_rows('journey_events', again=True)": _TOUCHED},
     "storage/store.py:_touched_rows": {
         "table": "checked against the module set CUSTOMER_TABLES (fixed table names) at the top of the function",
     },
@@ -253,7 +254,7 @@ REVIEWED = {
         "query": "f-string in the same function built from columns",
         "partitioned": "literal PARTITION_BY clause with int(partitions)",
         "self._touched_rows('events', again=True)": _TOUCHED,
-        "settled": "literal text around the module constant _SETTLED_EVENT (fixed SQL text), same function",
+        "settled": "literal text around the module constant _OPEN_EVENT (fixed SQL text), same function",
     },
     "storage/store.py:land": {
         "touched": "literal subquery in the same function",

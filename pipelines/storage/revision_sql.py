@@ -13,7 +13,8 @@ The statement reads these relations, all set up by the landing:
 - ``revision_before``: the touched customers' journeys (not frozen) as landed before this batch,
   with their service metrics and ``_has_metrics`` (``Store._snapshot_before``);
 - ``revision_after``: the same journey ids as this batch wrote them (absent: removed);
-- ``batch_links``: the landed links of the touched customers before this batch (their events);
+- ``batch_links``: the landed links of the touched customers before this batch (their events),
+  those of settled journeys left out (``Store._read_links``; the statement reads none of them);
 - ``staged_links``: the links this batch lands; ``batch_customers``; ``batch_frozen``;
 - ``batch_events``: this batch's events (``event_id``, ``customer_id``, ``at_us``).
 
