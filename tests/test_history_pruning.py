@@ -79,6 +79,14 @@ def scenarios() -> tuple[list[dict], list[dict], dict[str, int]]:
     first += ticket(c, 10, "T2", 36)
     second += ticket(c, 30, "T7", 55)
     expect[c] = 0
+    # orphan: a survey of a ticket nobody has seen landed first (it has no journey, so no link);
+    # the ticket comes now, its journey takes the survey, and the oldest journey stays settled
+    # (T2, the latest journey landed, is recomputed)
+    c = "orphan"
+    first += ticket(c, 0, "T1", 0) + ticket(c, 10, "T2", 15)
+    first += [ev(c, 20, "survey.responded", 55.5, survey_id="S1", ticket_id="T3", csat=4, nps=8)]
+    second += ticket(c, 30, "T3", 55)
+    expect[c] = 1
     # late: a new thread that starts before everything landed
     c = "late"
     first += ticket(c, 0, "T1", 0) + ticket(c, 10, "T2", 36)

@@ -254,7 +254,7 @@ REVIEWED = {
         "query": "f-string in the same function built from columns",
         "partitioned": "literal PARTITION_BY clause with int(partitions)",
         "self._touched_rows('events', again=True)": _TOUCHED,
-        "settled": "literal text around the module constant _OPEN_EVENT (fixed SQL text), same function",
+        "settled": "literal text around the module constant _SETTLED_EVENT (fixed SQL text) formatted with _touched_rows, same function",
     },
     "storage/store.py:land": {
         "touched": "literal subquery in the same function",

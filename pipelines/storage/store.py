@@ -192,11 +192,12 @@ def rowid_filter(ranges: list[tuple[int, int]]) -> str:
 # Rows of journeys the batch recomputes: all of the touched customers' except the settled ones
 # (Store._freeze_settled_journeys) the batch leaves as landed.
 _NOT_FROZEN = "journey_id NOT IN (SELECT journey_id FROM batch_frozen)"
-# A landed event (a row of events) the batch recomputes: of a customer without settled journeys,
-# or linked, as landed, to one of its journeys that are not settled (batch_links holds only
-# those). Every landed event has its link, which each landing checks (_check_accounting).
-_OPEN_EVENT = ("(customer_id NOT IN (SELECT customer_id FROM batch_frozen) "
-               "OR event_id IN (SELECT event_id FROM batch_links))")
+# A landed event (a row of events) of a settled journey: of a customer with settled journeys, and
+# linked, as landed, to one of them ({links}: a condition on journey_events for the touched
+# customers' links). Not "linked to a journey the batch recomputes": a landed event can have no
+# link (a survey of a ticket with no events yet), and such an event is recomputed.
+_SETTLED_EVENT = ("(customer_id IN (SELECT customer_id FROM batch_frozen) AND event_id IN ("
+                  "SELECT event_id FROM journey_events WHERE {links} AND journey_id IN (SELECT journey_id FROM batch_frozen)))")
 # event_id_digests.id_digest of an event_id column (sql/schema.sql)
 _ID_DIGEST = "md5_number_lower(event_id)"
 # A journey snapshot (Store._snapshot_before and _land_service_metrics, for journey_revisions): the journeys picked by {journeys} with their
@@ -814,7 +815,7 @@ class Store:
         )
         settled = ""
         if horizon_s is not None and self._freeze_settled_journeys(int(round(horizon_s * 1_000_000))):
-            settled = f"AND {_OPEN_EVENT}"
+            settled = "AND NOT " + _SETTLED_EVENT.format(links=self._touched_rows("journey_events", again=True))
         self._read_links()
         # The touched customers' landed events that the batch recomputes, read from the events
         # table once (two scans of a store of 8M events cost 0.7-0.8 s each). The settled
