@@ -357,7 +357,6 @@ class Store:
         self._null_batch_links: Optional[bool] = None  # journey_events holds a row without a batch id
         self._events_at_lookup: Optional[int] = None  # rows of events when landed copies were looked up
         self._history_read = False  # export_history filled batch_history for the batch resolve_copies began
-        self._links_read = False  # batch_links holds the landed links of the batch resolve_copies began
         self._one_step_left: dict[str, int] = {}  # by table: batches still read in one step
         self._compared_columns: Optional[list["ValueColumn"]] = None  # what revisions compare (_revision_columns)
         if not read_only:
@@ -602,7 +601,6 @@ class Store:
         self._start_lookups()
         self._batch_id = batch_id
         self._history_read = False
-        self._links_read = False
         self._load_staged("staged_events", staged.events, EVENT_SCHEMA, batch_id)
         self._load_staged("staged_copies", staged.copies, COPY_SCHEMA, batch_id)
         self._load_staged("staged_dead", staged.dead, DEAD_LETTER_SCHEMA, batch_id)
@@ -816,7 +814,6 @@ class Store:
         settled = ""
         if horizon_s is not None and self._freeze_settled_journeys(int(round(horizon_s * 1_000_000))):
             settled = "AND NOT " + _SETTLED_EVENT.format(links=self._touched_rows("journey_events", again=True))
-        self._read_links()
         # The touched customers' landed events that the batch recomputes, read from the events
         # table once (two scans of a store of 8M events cost 0.7-0.8 s each). The settled
         # journeys' events are left out as they are read: copying them into this table cost more
@@ -839,18 +836,17 @@ class Store:
         return customers
 
     def _read_links(self) -> None:
-        """Fills batch_links with the touched customers' landed links (journey_events rows) of
-        the journeys the batch recomputes, as they are before the landing, for the revisions
-        statement. (The history's read cannot use them to pick the events it keeps: a landed
-        event can have no link, a survey of a ticket not seen yet, and is read all the same.)
-        Made once the settled journeys are decided, so that a
+        """Inside the landing, before it rewrites the links: fills batch_links with the touched
+        customers' landed links of the journeys the batch recomputes, for the revisions
+        statement (its only reader). Made after the settled journeys are decided, so a
         customer's settled links are never copied (200k rows, 0.05 s, for a customer with 200k
-        settled events); the landing makes it itself when no history was read."""
+        settled events). The history's read cannot use them to pick the events it keeps: a
+        landed event can have no link (a survey of a ticket not seen yet) and is read all the
+        same."""
         self._temp_from_query(
             "batch_links",
             f"""SELECT event_id, journey_id, customer_id FROM journey_events
                 WHERE {self._touched_rows('journey_events', again=True)} AND {_NOT_FROZEN}""")
-        self._links_read = True
 
     # ---------------------------------------------------------------- settled journeys
 
@@ -1005,9 +1001,9 @@ class Store:
             # only before the first write to its table
             touched_rows = {table: self._touched_rows(table, again=True)
                             for table in ("journeys", "journey_events", "journey_metrics", "journey_handoffs")}
-            if not self._links_read:  # (before the links are rewritten below)
-                self._read_links()
             revised = self._snapshot_before(touched_rows)  # for journey_revisions
+            if revised:  # the revisions statement reads the links as landed: before they are rewritten below
+                self._read_links()
             con.execute(f"DELETE FROM journeys WHERE {touched_rows['journeys']} AND {_NOT_FROZEN}")
             con.execute(f"DELETE FROM journey_events WHERE {touched_rows['journey_events']} AND {_NOT_FROZEN}")
             con.execute(
