@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import pipelines.local.microbatch as microbatch
-from pipelines.config.run_config import RunConfig
+from pipelines.config.run_config import RunConfig, Stopper
 from pipelines.kafka.simulator import generate_customer_events, to_messages
 from pipelines.local.ingest_ahead import IngestAhead
 from pipelines.local.microbatch import MicroBatchRunner, RunListener
@@ -231,7 +231,7 @@ def test_the_reference_is_not_trivial(one_after_another):
 def test_batches_assembled_on_both_cores_land_the_same(backlog, broker, tmp_path, monkeypatch, one_after_another):
     """Once the worker runs, it assembles part of each batch's history partitions while this
     process assembles the rest, into the same staging directory."""
-    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_RECORDS", 0)
+    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 0)
     topics, sent = backlog
     db = tmp_path / "shared.duckdb"
     shared: list[int] = []
@@ -250,7 +250,7 @@ def test_a_share_the_worker_does_not_finish_is_assembled_here(backlog, broker, t
     assembles or writes its files), or its share fails; this process then assembles those
     partitions itself, over whatever the worker left, and lands what one batch after another
     lands."""
-    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_RECORDS", 0)
+    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 0)
     real_share = IngestAhead.assemble_share
     delays = iter([0.0, 0.05, 0.15, 0.3, 0.6] * 10)
     sabotaged = []
@@ -305,3 +305,100 @@ def test_a_batch_that_fails_after_the_next_was_read_ahead_skips_nothing(broker, 
         assert table(db, "SELECT count(*), count(DISTINCT event_id) FROM events") == [(len(messages), len(messages))]
         results[ahead] = snapshot(db)
     assert results[True] == results[False]
+
+
+# The tables of a following run, without what differs between two runs of the same rounds on
+# topics of their own: the topics' names and the records' Kafka timestamps.
+_TOPIC = "regexp_replace(topic, '^[^.]*[.]', '')"
+FOLLOWED = {
+    "events": "SELECT * EXCLUDE (landed_at, source_topic, kafka_timestamp) FROM events ORDER BY event_id",
+    "journeys": TABLES["journeys"],
+    "journey_events": TABLES["journey_events"],
+    "journey_metrics": "SELECT * FROM journey_metrics ORDER BY journey_id",
+    "journey_handoffs": "SELECT * FROM journey_handoffs ORDER BY journey_id, seq",
+    "journey_revisions": "SELECT * EXCLUDE (revised_at) FROM journey_revisions ORDER BY batch_id, journey_id",
+    "dead_letters": f'SELECT {_TOPIC}, * EXCLUDE (topic, kafka_timestamp, landed_at) FROM dead_letters ORDER BY ALL',
+    "offsets": f'SELECT {_TOPIC}, "partition", next_offset, batch_id FROM pipeline_offsets ORDER BY ALL',
+    "batches": TABLES["batches"],
+    "event_conflicts": "SELECT * EXCLUDE (detected_at) FROM event_conflicts ORDER BY ALL",
+    "duplicate_deliveries": f"SELECT {_TOPIC}, * EXCLUDE (topic, kafka_timestamp) FROM duplicate_deliveries ORDER BY ALL",
+}
+
+
+class _RoundsSender(RunListener):
+    """Sends the next round of messages once every record sent so far has landed, as a steady
+    producer would between two batches of `run --follow`; stops the run after the last round.
+    So each batch reads exactly one round, nothing waits behind it, and nothing is read ahead."""
+
+    def __init__(self, broker, topics: dict[str, str], rounds: list[list], stopper: Stopper) -> None:  # type: ignore[no-untyped-def]
+        self.broker, self.topics, self.rounds, self.stopper = broker, topics, list(rounds), stopper
+        self.batches = 0
+        self.next_round()
+
+    def next_round(self) -> None:
+        send(self.broker, self.topics, self.rounds.pop(0))
+
+    def batch_landed(self, batch, positions) -> None:  # type: ignore[no-untyped-def]
+        self.batches += 1
+        assert positions.lag == 0, "a batch read less than its round: the runs below would cut rounds differently"
+        if self.rounds:
+            self.next_round()
+        else:
+            self.stopper.stopping = True
+
+
+def test_a_following_run_shares_assembly_once_its_histories_are_large(broker, tmp_path, monkeypatch):
+    """`run --follow` at a steady rate reads all that arrived in each batch, so no backlog ever
+    starts the worker. The first batch whose history is large enough to share starts it for
+    shares alone; that batch is not shared (the worker may still be importing), every later
+    large one is, and the run lands exactly what the same rounds land without a worker."""
+    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 60)
+    events = generate_customer_events(30, 17, datetime(2026, 8, 1, tzinfo=timezone.utc))
+    messages = to_messages(events, 17, out_of_order=0.05, duplicates=0.1, malformed=0.05)
+    # a small round (no worker), then large ones; customers recur across rounds, so journeys change
+    third = (len(messages) - 20) // 3
+    rounds = [messages[:20], messages[20:20 + third], messages[20 + third:20 + 2 * third], messages[20 + 2 * third:]]
+    assert min(len(r) for r in rounds[1:]) >= 60 > len(rounds[0])
+    results, shared = {}, {}
+    for ahead in (False, True):
+        monkeypatch.setenv("CXJ_INGEST_AHEAD", "1" if ahead else "0")
+        topics = new_topics(broker)
+        db = tmp_path / f"follow-{ahead}.duckdb"
+        stopper = Stopper()
+        sender = _RoundsSender(broker, topics, rounds, stopper)
+        with Store(db) as store:
+            runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics), store)
+            runner.listeners.append(sender)
+            try:
+                runner.follow(stopper)
+                assert runner.batches_read_ahead == 0
+                assert (runner._ahead is not None and runner._ahead.warm) == ahead, "the worker runs only when enabled"
+                shared[ahead] = runner.batches_assembled_on_both_cores
+            finally:
+                runner.close()
+        assert not _workers(), "the worker outlived the run"
+        assert sender.batches == len(rounds)
+        assert table(db, "SELECT count(*) FROM journey_revisions")[0][0] > 0, "no journey changed across rounds"
+        results[ahead] = snapshot(db, FOLLOWED)
+    # the first large round started the worker; the two after it were shared
+    assert shared == {False: 0, True: len(rounds) - 2}, shared
+    assert results[True] == results[False]
+
+
+def test_run_once_starts_no_worker_for_a_single_batch(broker, tmp_path, monkeypatch):
+    """`run --once` of one batch with nothing behind it would pay the worker's start-up for a
+    share it could not use: however large its history, no worker is started."""
+    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 1)
+    monkeypatch.setenv("CXJ_INGEST_AHEAD", "1")
+    topics = new_topics(broker)
+    send(broker, topics, to_messages(generate_customer_events(10, 5, datetime(2026, 8, 1, tzinfo=timezone.utc)), 5))
+    db = tmp_path / "once.duckdb"
+    with Store(db) as store:
+        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics), store)
+        try:
+            batches = runner.run_once()
+            assert len(batches) == 1 and batches[0].consumed > 1
+            assert runner._ahead is not None and not runner._ahead.warm
+            assert runner.batches_assembled_on_both_cores == 0
+        finally:
+            runner.close()

@@ -37,9 +37,13 @@ log = logging.getLogger("cxj.run")
 # Once it runs, it reads ahead whenever anything waits.
 READ_AHEAD_MIN_BACKLOG = 20_000
 
-# Share a batch's assembly with that process (once it runs) when the batch read at least this
-# many records: below it, the worker's own Beam run costs about what the share saves.
-ASSEMBLY_SHARE_MIN_RECORDS = 5_000
+# Share a batch's assembly with that process (once it runs) when the history the batch
+# assembles (its events and the landed events of the customers it touched) holds at least this
+# many events: below it, the worker's own Beam run costs about what the share saves. `run
+# --follow` also starts the process for this alone, at its first batch of this size: a
+# long-lived run pays the start-up once (docs/architecture.md, "Sharing assembly while
+# following").
+ASSEMBLY_SHARE_MIN_EVENTS = 5_000
 
 
 # Load only the part of a touched customer's history that the batch can still change
@@ -178,6 +182,7 @@ class MicroBatchRunner:
         self._ahead: Optional[IngestAhead] = IngestAhead(config.batch_files_root) if ingest_ahead_enabled() else None
         self._read_ahead_taken = 0
         self._assembly_shared = 0
+        self._following = False  # run by follow(): long-lived, so the worker may start for shares alone
         self.listeners: list[RunListener] = []
 
     # ------------------------------------------------------------------ broker
@@ -419,6 +424,13 @@ class MicroBatchRunner:
             return False
         return self._ahead.warm or behind >= READ_AHEAD_MIN_BACKLOG
 
+    def _worth_starting_for_shares(self, history_events: int) -> bool:
+        """A following run assembles a history large enough to share, with no worker yet:
+        histories like it will come again, and the start-up (1-2 CPU s) is paid once. A `run
+        --once` without a backlog behind its batch would pay it for one batch or none."""
+        return (self._following and self._ahead is not None and not self._ahead.warm
+                and history_events >= ASSEMBLY_SHARE_MIN_EVENTS)
+
     def _read_next_ahead(self, starts: dict[PartitionKey, int], reads: list[dict]) -> None:
         """Starts the next batch's ingest in the second process: from where these reads stopped
         toward the same goal. The next plan adopts it only if it is still valid then."""
@@ -496,15 +508,22 @@ class MicroBatchRunner:
             self._fingerprint_real_stops(reads)
             read_next = _once(lambda: self._read_next_ahead(read_next_from, reads)
                               if read_next_from is not None and self._ahead is not None else None)
-            share = self._worth_sharing_assembly(reads)
-            if not share:
+            # a worker already running may take a share; one started below (for the batches to
+            # come) would still be importing when this batch assembles
+            may_share = self._ahead is not None and self._ahead.warm
+            if not may_share:
                 read_next()  # at once: the worker has nothing else to do
             staged = collect_staged(staging)
             resolution = self.store.resolve_copies(staged, batch_id)
             assemble_s = 0.0
             history = staging / "history"
-            if self.store.export_history(history, horizon_s=history_horizon_s(self.config) if PRUNE_SETTLED_HISTORY else None):
+            history_events = self.store.export_history(
+                history, horizon_s=history_horizon_s(self.config) if PRUNE_SETTLED_HISTORY else None)
+            if self._worth_starting_for_shares(history_events):
+                self._warm_up_ahead()
+            if history_events:
                 files = sorted(str(f) for f in history.rglob("*.parquet"))
+                share = may_share and history_events >= ASSEMBLY_SHARE_MIN_EVENTS
                 assemble_s = self._assemble(files, staging, share, read_next)
             read_next()
             self._tell_staged(batch_id, staging, "assemble")
@@ -527,13 +546,6 @@ class MicroBatchRunner:
         landed.extra["stops"] = [(r["topic"], r["partition"], r["to"]) for r in facts.ranges]
         landed.extra["settled_journeys"] = dict(self.store.settled_journeys)
         return landed
-
-    def _worth_sharing_assembly(self, reads: list[dict]) -> bool:
-        """The second process runs (so the share costs it no start-up) and the batch is large
-        enough to pay for a second Beam run."""
-        if self._ahead is None or not self._ahead.warm:
-            return False
-        return sum(r["stop"] - r["start"] for r in reads) >= ASSEMBLY_SHARE_MIN_RECORDS
 
     def _assemble(self, files: list[str], staging: Path, share: bool, read_next: Callable[[], None]) -> float:
         """Runs the assemble stage over ``files``; with ``share``, the second process assembles
@@ -745,6 +757,7 @@ class MicroBatchRunner:
         """Keeps landing until stopped; broker outages are retried with backoff."""
         landed = 0
         backoff = 1.0
+        self._following = True
         while not stopper.stopping:
             try:
                 batch = self.run_batch()

@@ -797,7 +797,8 @@ class Store:
     def export_history(self, target: Path, partitions: int = 8, horizon_s: Optional[float] = None) -> int:
         """Writes the events of the customers the batch touched (old and new, with replaced rows
         in their new version) for assembly, partitioned by a hash of customer_id so each
-        customer's events share one file.
+        customer's events share one file. Returns how many events it wrote (what assembly's
+        work grows with; 0: nothing to assemble).
 
         With ``horizon_s`` (the longest look-back of any journey rule: the repeat window, the
         durable-resolution and repeat-contact windows), the events of journeys that can no
@@ -830,10 +831,10 @@ class Store:
             SELECT {columns}, at_us FROM batch_history
         """
         partitioned = f"SELECT *, hash(customer_id) % {int(partitions)} AS part FROM ({query})"
-        self.con.execute(
+        written = self.con.execute(
             f"COPY ({partitioned}) TO {sql_literal(str(target))} (FORMAT parquet, PARTITION_BY (part), OVERWRITE_OR_IGNORE)"
-        )
-        return customers
+        ).fetchone()
+        return int(written[0]) if written else 0
 
     def _read_links(self) -> None:
         """Inside the landing, before it rewrites the links: fills batch_links with the touched
