@@ -3,7 +3,7 @@
 DuckDB would checkpoint inside the COMMIT that takes its write-ahead log past 16 MB, so the
 replica publish after it waited for the checkpoint: 0.2-0.7 s on a following run's slowest
 cycles. The store turns DuckDB's automatic checkpoint off and checkpoints once the log reaches
-``CHECKPOINT_WAL_BYTES``, after the publish (docs/architecture.md, "Checkpoints inside the
+``CHECKPOINT_WAL_BYTES``, after the publish (docs/performance.md, "Checkpoints inside the
 cycle"). These tests check that the log is checkpointed when it should be, and only then, on a
 real store fed by the real broker.
 """

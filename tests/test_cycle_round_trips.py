@@ -1,5 +1,5 @@
 """Fewer broker round trips per cycle, and a caught-up `--follow` that wakes on new records
-(pipelines/kafka/offsets.py; docs/architecture.md, "Per-cycle cost and freshness").
+(pipelines/kafka/offsets.py; docs/performance.md, "Per-cycle cost and freshness").
 
 Against the real local broker: the end offsets a look-up confirms in one round (the previous
 answer serving as the first of two agreeing rounds) are the true ones, round after round; a

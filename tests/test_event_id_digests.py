@@ -1,5 +1,5 @@
 """The landing finds which of a batch's events are landed already by their ids' 64-bit digests
-(event_id_digests; docs/architecture.md, "Looking up landed events by digest"). These tests try
+(event_id_digests; docs/performance.md, "Looking up landed events by digest"). These tests try
 to make an event land twice, or not at all, through that table: digests missing, out of step
 with events, or shared by two ids, on a real store fed by the real broker."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The events table has no primary key (docs/architecture.md, "The events table without a key"):
+"""The events table has no primary key (docs/performance.md, "The events table without a key"):
 the landing itself keeps an event from landing twice. These tests try to make it land one twice
 on a real store fed by the real broker, and open a store made with the key, as earlier versions
 made it."""

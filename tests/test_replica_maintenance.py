@@ -3,7 +3,7 @@ database landed.
 
 Maintenance (the small files' merge every few publishes, the full one with snapshot expiry less
 often) runs on a thread and a connection of its own while the next batch is read, assembled and
-landed; the next publish waits for it (docs/architecture.md, "Replica maintenance beside the
+landed; the next publish waits for it (docs/performance.md, "Replica maintenance beside the
 cycle"). These tests land real batches (real broker, real DuckDB file, real DuckLake replica)
 with maintenance after every second publish, returning customers in every batch so each publish
 deletes rows from files the maintenance is merging, and compare the replica with the database

@@ -13,7 +13,7 @@ Two facts about brokers shape this module:
   requests per look-up suffices while the answers keep agreeing; any disagreement (a log that
   shrank) or a reader without an earlier answer takes fresh rounds until two agree, as before.
 
-Round trips are what a micro-batch cycle waits for (docs/architecture.md, "Per-cycle cost and
+Round trips are what a micro-batch cycle waits for (docs/performance.md, "Per-cycle cost and
 freshness"), so the probe fetches little per partition (``PROBE_FETCH_BYTES``: it needs one
 record, or a fetch response's high watermark; a larger record batch still comes whole), and
 ``wait_for_records`` lets a caught-up ``--follow`` sleep inside one long-polling fetch that

@@ -157,7 +157,7 @@ def read_range_chunks(
 
     The records are fetched and decoded by librdkafka (confluent-kafka), not kafka-python:
     kafka-python decodes record batches in pure Python, which cost ~30 CPU µs a record here,
-    most of an ingest run; librdkafka costs ~2 (docs/architecture.md, "A C client reads the
+    most of an ingest run; librdkafka costs ~2 (docs/performance.md, "A C client reads the
     ranges"). Planning, offsets and fingerprints stay with kafka-python.
     """
     from confluent_kafka import Consumer, KafkaError, TopicPartition

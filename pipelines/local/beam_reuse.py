@@ -2,7 +2,7 @@
 
 Every micro-batch builds and runs two small Beam pipelines (docs/architecture.md, D1). Under a
 CPU profile of a one-event cycle, half of its cost was Beam re-deriving facts that cannot
-change between batches (docs/architecture.md, "Per-cycle cost and freshness"):
+change between batches (docs/performance.md, "Per-cycle cost and freshness"):
 
 * **DoFn method signatures.** Beam asks whether a DoFn is stateful about eight times per ParDo
   (at construction, at translation to the runner API and again in the worker), and each time

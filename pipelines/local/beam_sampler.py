@@ -6,7 +6,7 @@ thread sleeps between samples, its sleep growing from 2 ms by a fifth each time 
 and the end of a bundle joins it: a bundle that ran for a second or more waits up to 200 ms
 (about 100 on average) for that sleep to end, with nothing to do. A micro-batch runs two small
 pipelines of a few bundles each, so this idle wait was 0.85 of 30 s of a following run's cycles
-at 2,000 events/s, and about 1.5 s of a 202k-event backlog (py-spy, docs/architecture.md,
+at 2,000 events/s, and about 1.5 s of a 202k-event backlog (py-spy, docs/performance.md,
 "Bundles that waited for Beam's state sampler").
 
 ``install`` makes the bundles' samplers sleep at most ``SAMPLING_PERIOD_MS``. The sampler's

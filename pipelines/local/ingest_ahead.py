@@ -6,7 +6,7 @@ followed by assembly and the landing, each a core's worth of Python work; one af
 they leave the machine's second core idle. The next batch's offset ranges are known as soon as
 this batch's reads are (they start where those reads stopped), so its ingest can start at once.
 
-What is read ahead is only a proposal (docs/architecture.md, "Reading the next batch ahead"): the
+What is read ahead is only a proposal (docs/performance.md, "Reading the next batch ahead"): the
 next plan adopts it only if it is still a valid plan, i.e. every range starts at the offset
 landed by then and ends within the confirmed end offsets; the staged files are then used exactly
 as if that batch had ingested them itself (same stage, same ranges, same checks of its read
@@ -14,7 +14,7 @@ manifests). Anything else (the worker failed or died, a log changed, a batch fai
 split) discards it, and the batch ingests as if nothing had been read ahead. Nothing is landed
 or committed here.
 
-A share of the assembly (docs/architecture.md, "Assembling on both cores"): the history the
+A share of the assembly (docs/performance.md, "Assembling on both cores"): the history the
 store exports is partitioned by customer, and each partition is assembled on its own. While a
 large batch assembles, the worker takes some partitions and this process the others; the worker
 writes its partitions' files into the batch's own staging directory, under the same names the

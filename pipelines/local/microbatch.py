@@ -549,7 +549,7 @@ class MicroBatchRunner:
 
     def _assemble(self, files: list[str], staging: Path, share: bool, read_next: Callable[[], None]) -> float:
         """Runs the assemble stage over ``files``; with ``share``, the second process assembles
-        part of them at the same time (docs/architecture.md, "Assembling on both cores").
+        part of them at the same time (docs/performance.md, "Assembling on both cores").
         ``read_next`` starts reading the next batch ahead: after the share is sent, so the
         worker finishes the share first. Returns the stage's seconds."""
         started = time.perf_counter()

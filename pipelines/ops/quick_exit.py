@@ -2,7 +2,7 @@
 and the streams are flushed, then the process leaves without the interpreter's teardown.
 
 Why: after a command that ran Beam, the teardown unloads Beam, pyarrow, gRPC and DuckDB module by
-module: about 0.4 s after `cxj run --once` on an idle machine (docs/architecture.md, "A process's
+module: about 0.4 s after `cxj run --once` on an idle machine (docs/performance.md, "A process's
 exit"), which every caller of `cxj` waits for and which nothing needs; the runner waits the same way
 for its read-ahead worker at close (0.3-0.8 s). What the teardown would
 still do that matters is done here first: the `atexit` handlers (logging's flush, the clean-up of

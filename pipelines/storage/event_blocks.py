@@ -8,7 +8,7 @@ every event ever landed: 0.08-0.1 s per batch at 8.3M events, growing with the s
 holds one row per (customer, block) pair, the customer by a 64-bit digest of its id and the block
 ``rowid // ROW_BLOCK``; at 8.3M events it held 1.1M pairs, and looking up a batch's customers in
 it took a twentieth of the scan
-(docs/architecture.md, "A map from customers to the blocks of their events").
+(docs/performance.md, "A map from customers to the blocks of their events").
 
 Why it can be exact: rows are never deleted from ``events`` and an update (a winning copy)
 keeps the row's id, so an event's row id never changes; new rows take the ids from the table's

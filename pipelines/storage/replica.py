@@ -720,7 +720,7 @@ class Replica:
         Why: maintenance took 0.4-1.1 s (growing with the files it merges), and inside the cycle
         it delayed every record waiting for the next batch by that much: in a 60-second run at
         2,000 events/s, the one batch behind it held 5% of the events and set the p99
-        (docs/architecture.md, "Replica maintenance beside the cycle"). The batch's work is
+        (docs/performance.md, "Replica maintenance beside the cycle"). The batch's work is
         the pipeline's and the store's; maintenance touches only the lake, through its own
         connection (``_maintenance_con``). The next publish waits for it (``after_land``), so
         the lake sees the same sequence as before: publish, maintenance, publish."""
@@ -758,7 +758,7 @@ class Replica:
         file per table it changes, and deletes rows of the journeys its batches recomputed
         from files published before; its deletes and its commit then work on every live file
         with deletes, so each publish cost more than the last until the next ``compact``
-        (docs/architecture.md, "Where a following cycle's publish goes, and why it grows").
+        (docs/performance.md, "Where a following cycle's publish goes, and why it grows").
         Once a merged file passes MERGE_TINY it is left to the next ``compact``, which keeps
         the disk this step adds small (docs/storage.md, Maintenance)."""
         started = time.perf_counter()

@@ -88,7 +88,7 @@ def _json_object(columns: list[ValueColumn], side: Callable[[ValueColumn], str])
 
     ``concat_ws`` skips the NULL entries of the columns not flagged. It replaced a list of the
     entries filtered by a lambda: the same text, and a third less time to plan and run the
-    statement (docs/architecture.md, "Revisions found in DuckDB")."""
+    statement (docs/performance.md, "Revisions found in DuckDB")."""
     entries = ", ".join(
         f"CASE WHEN {_flag(c)} THEN {sql_literal(json.dumps(c.name) + ': ')} || "
         f"{json_value(side(c), c.sql_type)} END"

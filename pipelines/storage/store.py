@@ -88,12 +88,12 @@ def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
 DEFAULT_LOCK_TIMEOUT_S = 10.0
 # While a backlog is read, the replica is published at most this often (and always once the
 # backlog is read): one publish covers all batches landed since the last, and a publish is the
-# largest fixed cost of a batch (docs/architecture.md, "Replica publish while catching up").
+# largest fixed cost of a batch (docs/performance.md, "Replica publish while catching up").
 REPLICA_DEFER_MAX_S = 30.0
 # The writer checkpoints itself once the write-ahead log reaches this size (DuckDB's own default
 # threshold), after a batch is landed and published, not inside the batch's COMMIT where
 # DuckDB would: readers then see the batch without waiting for the checkpoint
-# (docs/architecture.md, "Checkpoints inside the cycle").
+# (docs/performance.md, "Checkpoints inside the cycle").
 CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
 _NO_AUTOMATIC_CHECKPOINT = "1TB"
 _PID = re.compile(r"\(PID (\d+)\)")
@@ -464,7 +464,7 @@ class Store:
 
         Why: DuckDB writes a key's whole index again at every checkpoint, so each checkpoint
         cost time in proportion to every event ever landed (about 0.5 s per million random
-        ids), and the index took about 190 MB per million on disk (docs/architecture.md, "The
+        ids), and the index took about 190 MB per million on disk (docs/performance.md, "The
         events table without a key"). The landing keeps an event from landing twice by itself
         (``_check_lookup_holds``). DuckDB cannot drop a primary key, so the table is copied into
         a new one, rows in their order, in one transaction: a failure leaves the keyed table as it was.
@@ -493,7 +493,7 @@ class Store:
 
         Why it is there: the replica publish copies a changed journey's rows from the batches
         it has not published yet, and with the batch id DuckDB skips every older row group
-        instead of scanning the whole table (docs/architecture.md, "The links carry their
+        instead of scanning the whole table (docs/performance.md, "The links carry their
         batch"). Why the fill is exact: a batch deletes and re-inserts a recomputed journey's
         journeys row and its journey_events rows together, so each link was last written by
         its journey's batch.
@@ -745,12 +745,12 @@ class Store:
         whose event_id is landed already.
 
         This look-up is what keeps an event from landing twice: ``events`` has no key
-        (docs/architecture.md, "The events table without a key"), and the landing checks that
+        (docs/performance.md, "The events table without a key"), and the landing checks that
         nothing was added to the table since (``_check_lookup_holds``). Two steps, so a batch of
         new events reads neither an event_id string nor a payload: a semi-join on the 64-bit
         digests of the landed ids (event_id_digests) finds the staged ids that may be landed
         (0.05 s against 8.3M digests, where the same semi-join on the event_id strings took
-        0.15 s: docs/architecture.md, "Looking up landed events by digest"), then only those
+        0.15 s: docs/performance.md, "Looking up landed events by digest"), then only those
         rows are read, by their full ids. One join that read them whole spent 0.9 s of a
         5,000-event batch on a store of 8M events, though none was landed."""
         con = self.con
