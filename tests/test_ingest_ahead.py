@@ -243,17 +243,14 @@ def test_batches_assembled_on_both_cores_land_the_same(backlog, broker, tmp_path
     assert snapshot(db) == one_after_another
 
 
-@pytest.mark.parametrize("fault", ["killed", "failed"])
-def test_a_share_the_worker_does_not_finish_is_assembled_here(backlog, broker, tmp_path, monkeypatch,
-                                                               one_after_another, fault):
-    """The worker is SIGKILLed at different moments of its share (before it starts, while it
-    assembles or writes its files), or its share fails; this process then assembles those
-    partitions itself, over whatever the worker left, and lands what one batch after another
-    lands."""
-    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 0)
+def _sabotage_shares(monkeypatch, fault: str) -> list:  # type: ignore[no-untyped-def]
+    """Every assembly share sent to the worker from now on is sabotaged: with ``killed`` the
+    worker is SIGKILLed 0, 0.05, 0.15, 0.3 or 0.6 s after the share is sent (before it starts,
+    while it assembles or writes its files), with ``failed`` its stage raises. Returns the list
+    the sabotaged shares are appended to."""
     real_share = IngestAhead.assemble_share
     delays = iter([0.0, 0.05, 0.15, 0.3, 0.6] * 10)
-    sabotaged = []
+    sabotaged: list = []
 
     def sabotaged_share(self, history_files, **stage):  # type: ignore[no-untyped-def]
         if fault == "failed":
@@ -266,6 +263,18 @@ def test_a_share_the_worker_does_not_finish_is_assembled_here(backlog, broker, t
         return sent
 
     monkeypatch.setattr(IngestAhead, "assemble_share", sabotaged_share)
+    return sabotaged
+
+
+@pytest.mark.parametrize("fault", ["killed", "failed"])
+def test_a_share_the_worker_does_not_finish_is_assembled_here(backlog, broker, tmp_path, monkeypatch,
+                                                               one_after_another, fault):
+    """The worker is SIGKILLed at different moments of its share (before it starts, while it
+    assembles or writes its files), or its share fails; this process then assembles those
+    partitions itself, over whatever the worker left, and lands what one batch after another
+    lands."""
+    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 0)
+    sabotaged = _sabotage_shares(monkeypatch, fault)
     topics, sent = backlog
     db = tmp_path / f"{fault}.duckdb"
     shared: list[int] = []
@@ -347,42 +356,70 @@ class _RoundsSender(RunListener):
             self.stopper.stopping = True
 
 
+def _rounds(customers: int, seed: int, large: int) -> list[list]:
+    """A small first round (too small to share), then ``large`` rounds of at least 60 messages;
+    customers recur across rounds, so journeys change."""
+    events = generate_customer_events(customers, seed, datetime(2026, 8, 1, tzinfo=timezone.utc))
+    messages = to_messages(events, seed, out_of_order=0.05, duplicates=0.1, malformed=0.05)
+    size = (len(messages) - 20) // large
+    rounds = [messages[:20]] + [messages[20 + i * size:20 + (i + 1) * size] for i in range(large - 1)]
+    rounds.append(messages[20 + (large - 1) * size:])
+    assert min(len(r) for r in rounds[1:]) >= 60 > len(rounds[0])
+    return rounds
+
+
+def _follow(broker, db: Path, rounds: list[list], ahead: bool, monkeypatch) -> tuple[dict, int]:  # type: ignore[no-untyped-def]
+    """`run --follow` fed ``rounds`` one after another: (its tables, batches shared with the worker)."""
+    monkeypatch.setenv("CXJ_INGEST_AHEAD", "1" if ahead else "0")
+    topics = new_topics(broker)
+    stopper = Stopper()
+    sender = _RoundsSender(broker, topics, rounds, stopper)
+    with Store(db) as store:
+        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics), store)
+        runner.listeners.append(sender)
+        try:
+            runner.follow(stopper)
+            assert runner.batches_read_ahead == 0
+            assert (runner._ahead is not None) == ahead, "the worker is used only when enabled"
+            shared = runner.batches_assembled_on_both_cores
+        finally:
+            runner.close()
+    assert not _workers(), "the worker outlived the run"
+    assert sender.batches == len(rounds)
+    assert table(db, "SELECT count(*) FROM batch_attempts")[0][0] == len(rounds), "a share's fault failed a batch"
+    assert table(db, "SELECT count(*) FROM journey_revisions")[0][0] > 0, "no journey changed across rounds"
+    return snapshot(db, FOLLOWED), shared
+
+
 def test_a_following_run_shares_assembly_once_its_histories_are_large(broker, tmp_path, monkeypatch):
     """`run --follow` at a steady rate reads all that arrived in each batch, so no backlog ever
     starts the worker. The first batch whose history is large enough to share starts it for
     shares alone; that batch is not shared (the worker may still be importing), every later
     large one is, and the run lands exactly what the same rounds land without a worker."""
     monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 60)
-    events = generate_customer_events(30, 17, datetime(2026, 8, 1, tzinfo=timezone.utc))
-    messages = to_messages(events, 17, out_of_order=0.05, duplicates=0.1, malformed=0.05)
-    # a small round (no worker), then large ones; customers recur across rounds, so journeys change
-    third = (len(messages) - 20) // 3
-    rounds = [messages[:20], messages[20:20 + third], messages[20 + third:20 + 2 * third], messages[20 + 2 * third:]]
-    assert min(len(r) for r in rounds[1:]) >= 60 > len(rounds[0])
-    results, shared = {}, {}
-    for ahead in (False, True):
-        monkeypatch.setenv("CXJ_INGEST_AHEAD", "1" if ahead else "0")
-        topics = new_topics(broker)
-        db = tmp_path / f"follow-{ahead}.duckdb"
-        stopper = Stopper()
-        sender = _RoundsSender(broker, topics, rounds, stopper)
-        with Store(db) as store:
-            runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics), store)
-            runner.listeners.append(sender)
-            try:
-                runner.follow(stopper)
-                assert runner.batches_read_ahead == 0
-                assert (runner._ahead is not None and runner._ahead.warm) == ahead, "the worker runs only when enabled"
-                shared[ahead] = runner.batches_assembled_on_both_cores
-            finally:
-                runner.close()
-        assert not _workers(), "the worker outlived the run"
-        assert sender.batches == len(rounds)
-        assert table(db, "SELECT count(*) FROM journey_revisions")[0][0] > 0, "no journey changed across rounds"
-        results[ahead] = snapshot(db, FOLLOWED)
+    rounds = _rounds(30, 17, 3)
+    alone, not_shared = _follow(broker, tmp_path / "alone.duckdb", rounds, False, monkeypatch)
+    with_worker, shared = _follow(broker, tmp_path / "worker.duckdb", rounds, True, monkeypatch)
     # the first large round started the worker; the two after it were shared
-    assert shared == {False: 0, True: len(rounds) - 2}, shared
-    assert results[True] == results[False]
+    assert (not_shared, shared) == (0, len(rounds) - 2)
+    assert with_worker == alone
+
+
+@pytest.mark.parametrize("fault", ["killed", "failed"])
+def test_a_following_runs_share_the_worker_does_not_finish_is_assembled_here(broker, tmp_path, monkeypatch, fault):
+    """The shares of `run --follow`, sabotaged: the worker SIGKILLed at different moments of a
+    share, or its share failing. Each batch then assembles those partitions itself, a killed
+    worker is started again for the batches after, and the run lands exactly what the same
+    rounds land without a worker; no batch fails for it."""
+    monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 60)
+    rounds = _rounds(60, 23, 7)
+    alone, _ = _follow(broker, tmp_path / "alone.duckdb", rounds, False, monkeypatch)
+    sabotaged = _sabotage_shares(monkeypatch, fault)
+    sabotaged_run, shared = _follow(broker, tmp_path / f"{fault}.duckdb", rounds, True, monkeypatch)
+    assert len(sabotaged) >= 2, "the sabotage would prove nothing"
+    # every failed share, and at least the one killed at once, was assembled here instead
+    assert shared == 0 if fault == "failed" else shared < len(sabotaged)
+    assert sabotaged_run == alone
 
 
 def test_run_once_starts_no_worker_for_a_single_batch(broker, tmp_path, monkeypatch):
