@@ -14,7 +14,7 @@
    all over that store (reported beside it: the case row id ranges cannot skip), a 5-event
    batch for a customer with 200k stored events (target < 1 s; the median of three landings, each
    beside the same 5 events for a new customer), and the peak RSS of `cxj run --once` over
-   backlogs of two sizes (flat). The
+   backlogs of 100k, 200k and 1M events (flat; --quick: 10k and 20k). The
    batches are timed as `run_once`; closing the store after each (its last checkpoint) is reported
    beside them as close_s.
 
@@ -67,10 +67,10 @@ class Scale:
     growth_base_events: int  # real events landed through the pipeline
     growth_store_events: int  # the store is grown to this many events (and journeys) by copying
     whale_events: int
-    backlogs: tuple[int, int]
+    backlogs: tuple[int, ...]
 
 
-FULL = Scale(200_000, ((2000, 60), (5000, 30)), 100_000, 1_000_000, 200_000, (100_000, 200_000))
+FULL = Scale(200_000, ((2000, 60), (5000, 30)), 100_000, 1_000_000, 200_000, (100_000, 200_000, 1_000_000))
 QUICK = Scale(20_000, ((2000, 15),), 20_000, 100_000, 10_000, (10_000, 20_000))
 CXJ = [sys.executable, "-m", "pipelines.cli"]
 RUN_TAG = f"{os.getpid()}-"  # this run's temporary folders (removed at the end)
@@ -560,7 +560,7 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     with duckdb.connect(str(big), read_only=True) as con:
         five_stage = con.execute("SELECT duration_s, ingest_s, assemble_s, land_s FROM pipeline_batches WHERE batch_id = ?",
                                  [five_landing.batches[0].batch_id]).fetchone()
-    # peak memory over backlogs of two sizes
+    # peak memory over backlogs of several sizes, up to 1M events
     rss = {}
     for n in scale.backlogs:
         t = topics_named(f"g-backlog{n}")

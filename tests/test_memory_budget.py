@@ -238,3 +238,79 @@ def test_stages_that_fail_without_any_record_blame_no_record(broker, tmp_path):
     if code == 4:
         errors = [line for line in log.splitlines() if " ERROR " in line]
         assert len(errors) == 1 and "no record is to blame" in errors[0], errors
+
+
+def test_the_store_sets_duckdbs_memory_limit_and_names_a_bad_one(tmp_path, monkeypatch):
+    """DuckDB's own default lets a long-lived writer cache up to 80% of the machine's memory;
+    the store sets DEFAULT_MEMORY_LIMIT unless CXJ_DUCKDB_MEMORY_LIMIT names another size, and a
+    size DuckDB cannot read fails the open with one line naming the variable."""
+    import duckdb
+
+    from pipelines.storage.store import DEFAULT_MEMORY_LIMIT, MEMORY_LIMIT_ENV, Store, StoreError
+
+    def as_duckdb_prints(size: str) -> str:
+        con = duckdb.connect()
+        con.execute(f"SET memory_limit = '{size}'")
+        return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
+    with Store(tmp_path / "default.duckdb") as store:
+        assert store.memory_limit() == as_duckdb_prints(DEFAULT_MEMORY_LIMIT) != as_duckdb_prints("2GB")
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "2GB")
+    with Store(tmp_path / "set.duckdb") as store:
+        assert store.memory_limit() == as_duckdb_prints("2GB")
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "plenty")
+    with pytest.raises(StoreError, match=r"^CXJ_DUCKDB_MEMORY_LIMIT='plenty' is not a memory size DuckDB accepts"):
+        Store(tmp_path / "bad.duckdb")
+
+
+def test_a_landing_out_of_memory_blames_no_record_and_loses_none(broker, tmp_path, monkeypatch):
+    """A landing that runs out of memory is halved like any failing batch (a smaller one may
+    fit); when a single record still does not fit, the run stops with one line naming the
+    memory limit: that record is not dead-lettered as poison, nothing is landed, and a run with
+    memory enough lands every record."""
+    from pipelines.config.run_config import RunConfig
+    from pipelines.local.microbatch import MicroBatchRunner
+    from pipelines.storage.store import Store, StoreError
+
+    monkeypatch.setenv("CXJ_REPLICA", "off")
+    monkeypatch.setenv("CXJ_INGEST_AHEAD", "0")
+    real_land = Store.land
+
+    def starved_land(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """The landing gets 2 MB, whatever the batch's records."""
+        before = self.memory_limit()
+        self.con.execute("SET memory_limit = '2MB'")
+        try:
+            return real_land(self, *args, **kwargs)
+        finally:
+            self.con.execute(f"SET memory_limit = '{before}'")
+
+    monkeypatch.setattr(Store, "land", starved_land)
+    topics = new_topics(broker, partitions=1)
+    messages = valid_messages(3, 12)
+    send_compressed(broker, topics, messages)
+    db = tmp_path / "journeys.duckdb"
+    config = RunConfig(db=db, settings=broker, topics=topics)
+    with Store(db) as store:
+        runner = MicroBatchRunner(config, store)
+        try:
+            with pytest.raises(StoreError, match=r"ran out of memory even for a batch of one record .*CXJ_DUCKDB_MEMORY_LIMIT"):
+                runner.run_once()
+        finally:
+            runner.close()
+    monkeypatch.setattr(Store, "land", real_land)
+    assert table(db, "SELECT count(*) FROM events") == [(0,)]
+    assert table(db, "SELECT count(*) FROM dead_letters") == [(0,)], "a record was blamed for the store's memory"
+    assert table(db, "SELECT count(*) FROM pipeline_offsets") == [(0,)]
+    # the batch was halved down to one record first (a smaller batch could have fitted)
+    assert table(db, "SELECT min(records) FROM batch_attempts")[0][0] == 1
+    with Store(db) as store:
+        runner = MicroBatchRunner(config, store)
+        try:
+            landed = runner.run_once()
+        finally:
+            runner.close()
+    assert sum(b.consumed for b in landed) == len(messages)
+    assert table(db, "SELECT count(*), count(DISTINCT event_id) FROM events") == [(len(messages), len(messages))]
+    assert table(db, "SELECT count(*) FROM dead_letters") == [(0,)]

@@ -29,9 +29,10 @@ SECRET_ENV = {"CXJ_SASL_PASSWORD": "SASL password", "CXJ_SSL_PASSWORD": "passwor
 # Variables read elsewhere that are not command options: operator settings of the read replica,
 # the readers' opt-in folders (also read by connect()/query(), which have no command line), and
 # the report's cache of its inlined chart library, how long a shared-lake publish retries lost commits,
-# and whether `run` reads the next batch ahead in a second process.
+# whether `run` reads the next batch ahead in a second process, and DuckDB's memory limit for the
+# store (read wherever a store is opened).
 OTHER_ENV = {CONFIG_ENV, "CXJ_REPLICA", "CXJ_REPLICA_COMPACT_EVERY", "CXJ_REPLICA_MERGE_EVERY", "CXJ_REPLICA_RETENTION",
-             "CXJ_SQL_ALLOW_READ", "CXJ_CACHE_DIR", "CXJ_LAKE_RETRY_S", "CXJ_INGEST_AHEAD"}
+             "CXJ_SQL_ALLOW_READ", "CXJ_CACHE_DIR", "CXJ_LAKE_RETRY_S", "CXJ_INGEST_AHEAD", "CXJ_DUCKDB_MEMORY_LIMIT"}
 _NOT_CONFIGURABLE = {"help", "version", "config"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+import duckdb
+
 from pipelines.config.run_config import RunConfig, Stopper
 from pipelines.kafka.offsets import BrokerUnavailable, OffsetReader, PartitionKey
 from pipelines.kafka.read import OffsetRange, RangeRead, manifest_name, read_range_chunks
@@ -24,7 +26,7 @@ from pipelines.local.ingest_ahead import IngestAhead, ReadAhead, split_partition
 from pipelines.local.ingest_ahead import enabled as ingest_ahead_enabled
 from pipelines.local.planner import is_valid_plan, plan_ranges, start_offsets
 from pipelines.ops import failures
-from pipelines.storage.store import BatchFacts, BatchNotAccounted, LandedBatch, Store, StoreError, Suspect
+from pipelines.storage.store import MEMORY_LIMIT_ENV, BatchFacts, BatchNotAccounted, LandedBatch, Store, StoreError, Suspect
 from transforms.batch_files import DEAD_LETTER_SCHEMA, write_json, write_rows
 from transforms.parse import POISON, SourceRef, dead_letter
 
@@ -116,6 +118,15 @@ def _is_environment_error(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """DuckDB could not get memory within its limit. A smaller batch may fit, so a batch of
+    several records is halved as for any failure; a single record that still does not fit is
+    not to blame (the store's own statements need more than the limit), so it is never
+    dead-lettered for it."""
+    return any(isinstance(seen, duckdb.OutOfMemoryException) or "Out of Memory Error" in str(seen)
+               for seen in failures.chain(exc))
 
 
 def _shrunk_ranges(suspect: Suspect, ends: dict[PartitionKey, int]) -> list[OffsetRange]:
@@ -348,6 +359,11 @@ class MicroBatchRunner:
                 raise
             error = failures.error_line(exc)
             size = sum(r.size for r in ranges)
+            if size == 1 and _out_of_memory(exc):  # halving helped no further: the store is short of memory
+                self._finish_quietly(attempt_id, "error", exc)
+                raise StoreError(f"DuckDB ran out of memory even for a batch of one record (memory limit "
+                                 f"{self.store.memory_limit()}, set by {MEMORY_LIMIT_ENV}): the store needs more "
+                                 f"memory, the record is not to blame; nothing of the batch was kept: {error}") from None
             # before blaming records (a first failure, or the one record about to be dead-lettered)
             if (suspect is None or size == 1) and not self._stages_work_without_records():
                 self._finish_quietly(attempt_id, "error", exc)

@@ -86,6 +86,15 @@ def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
 # one-shot reader of a database without a replica, `cxj check` storing its result, a
 # notebook): brief holders are waited out instead of failing the start (`cxj run --lock-timeout`).
 DEFAULT_LOCK_TIMEOUT_S = 10.0
+
+# DuckDB's memory limit for the store's database: its buffer pool of cached blocks and what its
+# statements may hold before they spill to disk (next to the database file). DuckDB's own
+# default is 80% of the machine's memory, and a writer caches ever more of a growing store: over
+# a 1M-event backlog it grew from 0.6 to 1.5 GB, at 512 MB it stayed near 0.9 GB and ran as fast
+# (docs/performance.md, "Memory over a 1M-event backlog"). Another size in DuckDB's notation
+# (2GB, 800MB) through this environment variable.
+MEMORY_LIMIT_ENV = "CXJ_DUCKDB_MEMORY_LIMIT"
+DEFAULT_MEMORY_LIMIT = "512MB"
 # While a backlog is read, the replica is published at most this often (and always once the
 # backlog is read): one publish covers all batches landed since the last, and a publish is the
 # largest fixed cost of a batch (docs/performance.md, "Replica publish while catching up").
@@ -340,6 +349,7 @@ class Store:
         # of a large store, a checkpoint), also when stdout is a pipe or a file; the store's own
         # log lines say what it is doing. Connections made from this one (the replica's) inherit it.
         self.con.execute("SET enable_progress_bar = false")
+        self._limit_memory()
         # fingerprints of the records at the ends of the planned ranges, keyed by
         # (topic, partition, end of range); landed with the offsets (see _advance_offsets)
         self.pending_fingerprints: dict[tuple[str, int, int], Fingerprint] = {}
@@ -572,6 +582,8 @@ class Store:
             source = "read_parquet([" + ", ".join(sql_literal(str(f)) for f in files) + "])"
             try:
                 self.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {source}")
+            except duckdb.OutOfMemoryException:
+                raise  # not the file's fault: the batch is halved, and a single record is not blamed
             except duckdb.Error as exc:
                 raise BatchNotAccounted(
                     f"batch {batch_id}: a staged {name.removeprefix('staged_')} file is missing or unreadable: "
@@ -1069,6 +1081,21 @@ class Store:
         )
 
     # ---------------------------------------------------------------- service metrics
+
+    def _limit_memory(self) -> None:
+        """Sets DuckDB's memory limit (``MEMORY_LIMIT_ENV``, else ``DEFAULT_MEMORY_LIMIT``) for
+        this database and the connections made from it (the replica's)."""
+        limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip() or DEFAULT_MEMORY_LIMIT
+        try:
+            self.con.execute(f"SET memory_limit = {sql_literal(limit)}")
+        except duckdb.Error as exc:
+            self.con.close()
+            raise StoreError(f"{MEMORY_LIMIT_ENV}={limit!r} is not a memory size DuckDB accepts (such as 512MB or 2GB): "
+                             f"{str(exc).splitlines()[0]}") from None
+
+    def memory_limit(self) -> str:
+        """DuckDB's memory limit for this database, as DuckDB prints it (e.g. 488.2 MiB)."""
+        return str(self.con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
 
     def _snapshot_before(self, touched_rows: dict[str, str]) -> int:
         """Copies the landed journeys (+ service metrics) the batch recomputes into the temp
