@@ -368,8 +368,9 @@ def _rounds(customers: int, seed: int, large: int) -> list[list]:
     return rounds
 
 
-def _follow(broker, db: Path, rounds: list[list], ahead: bool, monkeypatch) -> tuple[dict, int]:  # type: ignore[no-untyped-def]
-    """`run --follow` fed ``rounds`` one after another: (its tables, batches shared with the worker)."""
+def _follow(broker, db: Path, rounds: list[list], ahead: bool, monkeypatch) -> tuple[dict, int, bool]:  # type: ignore[no-untyped-def]
+    """`run --follow` fed ``rounds`` one after another: (its tables, batches shared with the
+    worker, whether the worker ran at the end)."""
     monkeypatch.setenv("CXJ_INGEST_AHEAD", "1" if ahead else "0")
     topics = new_topics(broker)
     stopper = Stopper()
@@ -382,13 +383,14 @@ def _follow(broker, db: Path, rounds: list[list], ahead: bool, monkeypatch) -> t
             assert runner.batches_read_ahead == 0
             assert (runner._ahead is not None) == ahead, "the worker is used only when enabled"
             shared = runner.batches_assembled_on_both_cores
+            warm = runner._ahead is not None and runner._ahead.warm
         finally:
             runner.close()
     assert not _workers(), "the worker outlived the run"
     assert sender.batches == len(rounds)
     assert table(db, "SELECT count(*) FROM batch_attempts")[0][0] == len(rounds), "a share's fault failed a batch"
     assert table(db, "SELECT count(*) FROM journey_revisions")[0][0] > 0, "no journey changed across rounds"
-    return snapshot(db, FOLLOWED), shared
+    return snapshot(db, FOLLOWED), shared, warm
 
 
 def test_a_following_run_shares_assembly_once_its_histories_are_large(broker, tmp_path, monkeypatch):
@@ -398,8 +400,9 @@ def test_a_following_run_shares_assembly_once_its_histories_are_large(broker, tm
     large one is, and the run lands exactly what the same rounds land without a worker."""
     monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 60)
     rounds = _rounds(30, 17, 3)
-    alone, not_shared = _follow(broker, tmp_path / "alone.duckdb", rounds, False, monkeypatch)
-    with_worker, shared = _follow(broker, tmp_path / "worker.duckdb", rounds, True, monkeypatch)
+    alone, not_shared, warm_alone = _follow(broker, tmp_path / "alone.duckdb", rounds, False, monkeypatch)
+    with_worker, shared, warm = _follow(broker, tmp_path / "worker.duckdb", rounds, True, monkeypatch)
+    assert (warm_alone, warm) == (False, True), "the worker runs only when enabled"
     # the first large round started the worker; the two after it were shared
     assert (not_shared, shared) == (0, len(rounds) - 2)
     assert with_worker == alone
@@ -413,9 +416,9 @@ def test_a_following_runs_share_the_worker_does_not_finish_is_assembled_here(bro
     rounds land without a worker; no batch fails for it."""
     monkeypatch.setattr(microbatch, "ASSEMBLY_SHARE_MIN_EVENTS", 60)
     rounds = _rounds(60, 23, 7)
-    alone, _ = _follow(broker, tmp_path / "alone.duckdb", rounds, False, monkeypatch)
+    alone, _, _ = _follow(broker, tmp_path / "alone.duckdb", rounds, False, monkeypatch)
     sabotaged = _sabotage_shares(monkeypatch, fault)
-    sabotaged_run, shared = _follow(broker, tmp_path / f"{fault}.duckdb", rounds, True, monkeypatch)
+    sabotaged_run, shared, _ = _follow(broker, tmp_path / f"{fault}.duckdb", rounds, True, monkeypatch)
     assert len(sabotaged) >= 2, "the sabotage would prove nothing"
     # every failed share, and at least the one killed at once, was assembled here instead
     assert shared == 0 if fault == "failed" else shared < len(sabotaged)

@@ -243,7 +243,8 @@ def test_stages_that_fail_without_any_record_blame_no_record(broker, tmp_path):
 def test_the_store_sets_duckdbs_memory_limit_and_names_a_bad_one(tmp_path, monkeypatch):
     """DuckDB's own default lets a long-lived writer cache up to 80% of the machine's memory;
     the store sets DEFAULT_MEMORY_LIMIT unless CXJ_DUCKDB_MEMORY_LIMIT names another size, and a
-    size DuckDB cannot read fails the open with one line naming the variable."""
+    size DuckDB cannot read fails the open with one line naming the variable, before any file is
+    created (a file without the schema would make `cxj status` fail on it)."""
     import duckdb
 
     from pipelines.storage.store import DEFAULT_MEMORY_LIMIT, MEMORY_LIMIT_ENV, Store, StoreError
@@ -262,6 +263,7 @@ def test_the_store_sets_duckdbs_memory_limit_and_names_a_bad_one(tmp_path, monke
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "plenty")
     with pytest.raises(StoreError, match=r"^CXJ_DUCKDB_MEMORY_LIMIT='plenty' is not a memory size DuckDB accepts"):
         Store(tmp_path / "bad.duckdb")
+    assert not (tmp_path / "bad.duckdb").exists(), "a refused limit left a database file without a schema behind"
 
 
 def test_a_landing_out_of_memory_blames_no_record_and_loses_none(broker, tmp_path, monkeypatch):

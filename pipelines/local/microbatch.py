@@ -362,7 +362,7 @@ class MicroBatchRunner:
             if size == 1 and _out_of_memory(exc):  # halving helped no further: the store is short of memory
                 self._finish_quietly(attempt_id, "error", exc)
                 raise StoreError(f"DuckDB ran out of memory even for a batch of one record (memory limit "
-                                 f"{self.store.memory_limit()}, set by {MEMORY_LIMIT_ENV}): the store needs more "
+                                 f"{self.store.memory_limit()}; {MEMORY_LIMIT_ENV} sets another): the store needs more "
                                  f"memory, the record is not to blame; nothing of the batch was kept: {error}") from None
             # before blaming records (a first failure, or the one record about to be dead-lettered)
             if (suspect is None or size == 1) and not self._stages_work_without_records():

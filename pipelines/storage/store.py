@@ -108,6 +108,22 @@ _NO_AUTOMATIC_CHECKPOINT = "1TB"
 _PID = re.compile(r"\(PID (\d+)\)")
 
 
+def memory_limit_setting() -> str:
+    """The memory limit to give DuckDB: ``MEMORY_LIMIT_ENV`` if set, read by DuckDB's own parser
+    on a database in memory (so a size it cannot read fails before any file is created), else
+    ``DEFAULT_MEMORY_LIMIT``."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if not limit:
+        return DEFAULT_MEMORY_LIMIT
+    try:
+        with duckdb.connect() as con:
+            con.execute(f"SET memory_limit = {sql_literal(limit)}")
+    except duckdb.Error as exc:
+        raise StoreError(f"{MEMORY_LIMIT_ENV}={limit!r} is not a memory size DuckDB accepts (such as 512MB or 2GB): "
+                         f"{str(exc).splitlines()[0]}") from None
+    return limit
+
+
 def open_with_lock_retry(path: Path, read_only: bool, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
     """duckdb.connect, retried while another process holds the file's lock, up to the timeout.
 
@@ -340,6 +356,7 @@ class Store:
                  lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, lake: Optional[Any] = None,
                  writer_id: Optional[str] = None) -> None:
         self.path = Path(path)
+        memory_limit = memory_limit_setting()  # before the file is opened: a bad size leaves no file behind
         self.con = open_with_lock_retry(self.path, read_only, lock_timeout_s)
         # The file we opened: DuckDB keeps writing to it through its descriptor even after it was
         # deleted or replaced, so every landing first checks the path still names this file.
@@ -349,7 +366,8 @@ class Store:
         # of a large store, a checkpoint), also when stdout is a pipe or a file; the store's own
         # log lines say what it is doing. Connections made from this one (the replica's) inherit it.
         self.con.execute("SET enable_progress_bar = false")
-        self._limit_memory()
+        # for this database and the connections made from it (the replica's)
+        self.con.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
         # fingerprints of the records at the ends of the planned ranges, keyed by
         # (topic, partition, end of range); landed with the offsets (see _advance_offsets)
         self.pending_fingerprints: dict[tuple[str, int, int], Fingerprint] = {}
@@ -1081,17 +1099,6 @@ class Store:
         )
 
     # ---------------------------------------------------------------- service metrics
-
-    def _limit_memory(self) -> None:
-        """Sets DuckDB's memory limit (``MEMORY_LIMIT_ENV``, else ``DEFAULT_MEMORY_LIMIT``) for
-        this database and the connections made from it (the replica's)."""
-        limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip() or DEFAULT_MEMORY_LIMIT
-        try:
-            self.con.execute(f"SET memory_limit = {sql_literal(limit)}")
-        except duckdb.Error as exc:
-            self.con.close()
-            raise StoreError(f"{MEMORY_LIMIT_ENV}={limit!r} is not a memory size DuckDB accepts (such as 512MB or 2GB): "
-                             f"{str(exc).splitlines()[0]}") from None
 
     def memory_limit(self) -> str:
         """DuckDB's memory limit for this database, as DuckDB prints it (e.g. 488.2 MiB)."""
