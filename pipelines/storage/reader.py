@@ -147,11 +147,33 @@ def _open_database(path: Path, read_dirs: Sequence[Path], outputs: Sequence[Path
     con = duckdb.connect(str(path), read_only=True, config=dict(CONNECT_CONFIG))
     try:
         con.execute("SET TimeZone = 'UTC'")
+        missing = _missing_store_tables(con)
         harden(con, read_dirs, outputs)
     except duckdb.Error:
         con.close()
         raise
+    if missing:
+        con.close()
+        raise StoreError(
+            f"{path} is not a CX Journeys store: it has no {_either(missing)} table (a DuckDB file written by "
+            "something else, or one whose first `cxj run` stopped before it made them): pass the store's file with "
+            "--db, or run `cxj run --once` to make the tables")
     return ReaderConnection(con, "database", outputs, protected=lambda target: _protected(path, target))
+
+
+# The tables every store has had since its first version: a file without them is not a store, and
+# every reader would stop on a catalog error of its own (status, report, check, sql).
+STORE_TABLES = ("events", "journeys", "pipeline_offsets")
+
+
+def _missing_store_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    present = {name for (name,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'").fetchall()}
+    return [name for name in STORE_TABLES if name not in present]
+
+
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def connect(db: Path | str = DEFAULT_DB, wait_s: float = 10.0, allow_read: Sequence[Path | str] = (),
