@@ -177,7 +177,7 @@ REVIEWED = {
         "touched_rows['journey_handoffs']": "_touched_rows() results from land(): " + _TOUCHED,
     },
     "storage/store.py:_land_losing_copies": {"changed": "literal SQL text assigned in the same function"},
-    "storage/store.py:_landed_copies": {"ids": "event ids, each quoted with sql_literal in the same function"},
+    "storage/store.py:_rows_of_landed_ids": {"ids": "event ids, each quoted with sql_literal in the same function"},
     "storage/store.py:_check_accounting": {"staged": "literal SQL text assigned in the same function",
                                            "self._touched_events()": "literal SQL text, or literal text around " + _TOUCHED},
     "storage/store.py:_touched_events": {"self._touched_rows('events', again=True)": _TOUCHED},
