@@ -8,7 +8,8 @@
    trails the database (each batch's landing vs the moment a reader first sees it).
 3. growth: a batch of the next 5,000 events on an empty store vs on a store holding 1M events and
    1M+ journeys (ratio of the medians of three landings on each, the store put back before each;
-   target <= 1.5), the same batch on that store before it was grown (the
+   target <= 1.5), the same batch with 50 landed events delivered again (1%: what a batch with
+   redelivered events costs on that store), the same batch on that store before it was grown (the
    customers' history without the bulk: what size costs, apart from what history costs), the
    same batch for returning customers whose rows lie
    all over that store (reported beside it: the case row id ranges cannot skip), a 5-event
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -434,6 +436,9 @@ FIVE_EVENT_ROUNDS = 3  # landings of the 5-event batch; the median is reported
 # varied by a third from call to call on a noisy machine (0.9-1.4 s on the empty store); the
 # medians are compared
 GROWTH_ROUNDS = 3
+# events of the landed history delivered again beside the growth batch (1% of it): producers
+# and consumers that retry deliver copies, and a batch with any has to read the landed rows
+REDELIVERED_EVENTS = 50
 
 
 def growth_events(base_events: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -511,6 +516,18 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     big = work / "big.duckdb"
     history_only = work / "history-only.duckdb"
     sizes = land_and_grow(big, settings, big_topics, base, scale.growth_store_events, keep_base=history_only)
+    # the same batch with REDELIVERED_EVENTS landed events delivered again, on a copy of the grown
+    # store: their topic sorts after the one they landed from, so every copy loses to the landed
+    # row (a duplicate delivery, as a retried delivery is)
+    redelivered_db = work / "redelivered.duckdb"
+    _copy_store(big, redelivered_db)
+    redelivered_topics = topics_named("g-redelivered")
+    ensure_topics(settings, redelivered_topics.values(), 3)
+    send_docs(settings, redelivered_topics, batch + random.Random(7).sample(base, REDELIVERED_EVENTS))
+    redelivered_rounds = land_rounds(redelivered_db, settings, redelivered_topics)
+    redelivered = _median_landing(redelivered_rounds)
+    redelivered_duplicates = sum(b.duplicates for b in redelivered_rounds[-1].batches)
+    _remove_store(redelivered_db)
     send_docs(settings, big_topics, batch)
     grown_rounds = land_rounds(big, settings, big_topics)
     grown = _median_landing(grown_rounds)
@@ -575,6 +592,11 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "grown_store_batch": {"wall_s": round(grown.wall_s, 2), "cpu_s": round(grown.cpu_s, 2), "close_s": round(grown.close_s, 2),
                               "rounds_wall_s": [round(x.wall_s, 2) for x in grown_rounds]},
         "ratio_wall": round(grown.wall_s / empty.wall_s, 2), "ratio_cpu": round(grown.cpu_s / empty.cpu_s, 2),
+        "grown_store_batch_with_redeliveries": {
+            "redelivered": REDELIVERED_EVENTS, "duplicates": redelivered_duplicates,
+            "wall_s": round(redelivered.wall_s, 2), "cpu_s": round(redelivered.cpu_s, 2), "close_s": round(redelivered.close_s, 2),
+            "rounds_wall_s": [round(x.wall_s, 2) for x in redelivered_rounds],
+            "over_grown_store_batch": round(redelivered.wall_s / grown.wall_s, 2)},
         "history_only_store_batch": {"wall_s": round(history.wall_s, 2), "cpu_s": round(history.cpu_s, 2),
                                      "close_s": round(history.close_s, 2),
                                      "rounds_wall_s": [round(x.wall_s, 2) for x in history_rounds],
@@ -596,7 +618,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "broker_retries": empty.retries + grown.retries + sum(x.retries for x in five_landings + five_fresh_landings),
     }
     print(f"growth: 5,000-event batch on an empty store {out['empty_store']}, on a grown store {sizes}: "
-          f"{out['grown_store_batch']} (ratio wall {out['ratio_wall']}, CPU {out['ratio_cpu']}); on the store before it was grown "
+          f"{out['grown_store_batch']} (ratio wall {out['ratio_wall']}, CPU {out['ratio_cpu']}); with {REDELIVERED_EVENTS} "
+          f"landed events delivered again {out['grown_store_batch_with_redeliveries']}; on the store before it was grown "
           f"{out['history_only_store_batch']}; the same batch for returning "
           f"customers with rows all over it {out['returning_customers_batch']}; 5 events for a customer "
           f"with {whale_stored:,} events: {out['five_event_batch']} vs {out['five_events_no_history']} without history; "
