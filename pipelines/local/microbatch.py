@@ -112,12 +112,8 @@ def _is_environment_error(exc: BaseException) -> bool:
     carry "[while running ...]")."""
     if isinstance(exc, PROGRAMMING_ERRORS) and "[while running" not in str(exc):
         return True
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, PermissionError) or any(text in str(seen) for text in ENVIRONMENT_ERRORS):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(seen, PermissionError) or any(text in str(seen) for text in ENVIRONMENT_ERRORS)
+               for seen in failures.chain(exc))
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -102,9 +102,9 @@ def events_off_the_map(con: duckdb.DuckDBPyConnection, row_block: int) -> Option
     check: no map on ``con`` (the read replica carries none) or a map that does not cover the
     table, which is not used and is rebuilt at the next open. Reads all of ``events``, about as
     long as building the map (1.3 s at 8.3M events)."""
-    tables = {name for (name,) in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'").fetchall()}
-    if not {MAP_TABLE, COVERED_TABLE} <= tables:
+    from pipelines.storage.store import main_tables  # (the store imports this module)
+
+    if not {MAP_TABLE, COVERED_TABLE} <= main_tables(con):
         return None
     if covered_rows(con, row_block) != int(con.execute("SELECT count(*) FROM events").fetchone()[0]):
         return None

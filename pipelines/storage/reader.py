@@ -39,7 +39,7 @@ from pipelines.config.paths import DEFAULT_DB
 from pipelines.storage.quoting import sql_literal
 from pipelines.storage.reader_safety import CONNECT_CONFIG, ReaderConnection, allowed_read_dirs, harden
 from pipelines.storage.replica import LAKE_ALIAS, STATE_TABLE, ReplicaError, attach_sql, catalog_path, data_path, lake_dir, load_extensions
-from pipelines.storage.store import StoreError
+from pipelines.storage.store import StoreError, main_tables
 
 if TYPE_CHECKING:
     import polars
@@ -167,8 +167,7 @@ STORE_TABLES = ("events", "journeys", "pipeline_offsets")
 
 
 def _missing_store_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
-    present = {name for (name,) in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'").fetchall()}
+    present = main_tables(con)
     return [name for name in STORE_TABLES if name not in present]
 
 

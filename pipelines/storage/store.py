@@ -125,6 +125,12 @@ def memory_limit_setting() -> str:
     return limit
 
 
+def main_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The names of the tables of ``con``'s own database (not of an attached replica)."""
+    return {name for (name,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'").fetchall()}
+
+
 def open_with_lock_retry(path: Path, read_only: bool, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
     """duckdb.connect, retried while another process holds the file's lock, up to the timeout.
 
@@ -1039,7 +1045,9 @@ class Store:
             )
             con.execute(f"INSERT INTO event_id_digests SELECT {_ID_DIGEST} FROM batch_events WHERE is_new")
             landed = int(con.execute("SELECT count(*) FROM batch_events WHERE is_new").fetchone()[0])
-            duplicates = self._land_losing_copies(facts.batch_id)
+            # landed rows a batch copy replaces (batch_events' other rows: NOT is_new is replaces)
+            replacing = int(con.execute("SELECT count(*) FROM batch_events WHERE NOT is_new").fetchone()[0])
+            duplicates = self._land_losing_copies(facts.batch_id, replacing)
             assignments = ", ".join(
                 f"{target} = {source}" for target, source in (
                     ("event_type", "b.event_type"), ("occurred_at", _ts("b.at_us")), ("occurred_at_text", "b.occurred_at_text"),
@@ -1056,7 +1064,6 @@ class Store:
                 "FROM batch_resolution WHERE replaces",
                 [facts.batch_id],
             )
-            replacing = int(con.execute("SELECT count(*) FROM batch_events WHERE NOT is_new").fetchone()[0])
             if replacing:
                 # the batch's copy beats the landed one: the row is replaced in place. Skipped when
                 # nothing is replaced (the join would still read the whole events table); the rows
@@ -1226,15 +1233,15 @@ class Store:
         finally:
             self.con.unregister("cxj_arrow_input")
 
-    def _land_losing_copies(self, batch_id: int) -> int:
+    def _land_losing_copies(self, batch_id: int, replacing: int) -> int:
         """Records every copy that lost (within the batch, to a landed row, or a landed row that
         a batch copy replaced): a conflict if its content differs from the final winner's, a
-        plain duplicate delivery if not. Returns how many copies lost: the batch's duplicates."""
+        plain duplicate delivery if not. Returns how many copies lost: the batch's duplicates.
+        ``replacing``: how many landed rows batch copies replace."""
         con = self.con
-        replaced = int(con.execute("SELECT count(*) FROM batch_resolution WHERE replaces").fetchone()[0])
         # (a replaced landed row is read by its row id: joined on event_id, the payload of every
         # landed event was read, 0.55 s at 8.3M events)
-        with self._filter_pushed_from_joins(replaced):
+        with self._filter_pushed_from_joins(replacing):
             self._temp_from_query(
                 "batch_losers",
                 f"""WITH winner AS (
