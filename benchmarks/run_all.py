@@ -15,7 +15,8 @@
    all over that store (reported beside it: the case row id ranges cannot skip), a 5-event
    batch for a customer with 200k stored events (target < 1 s; the median of three landings, each
    beside the same 5 events for a new customer), and the peak RSS of `cxj run --once` over
-   backlogs of 100k, 200k and 1M events (flat; --quick: 10k and 20k). The
+   backlogs of 100k, 200k and 1M events (flat; --quick: 10k and 20k), by process, and by tenth
+   of the largest backlog's run (whether memory still rises late in it). The
    batches are timed as `run_once`; closing the store after each (its last checkpoint) is reported
    beside them as close_s.
 
@@ -405,29 +406,60 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def peak_rss_mb(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> float:
-    """Peak resident memory of a `cxj run --once` child and of the process that reads its next
-    batch ahead: the largest sum of their resident sizes, read every 20 ms while it runs (and at
-    least the child's own high-water mark, VmHWM in /proc/<pid>/status).
+@dataclass
+class MemoryTrace:
+    """Resident memory of one `cxj run --once` over a backlog, read every 20 ms.
+
+    ``peak_mb`` is the largest sum of both processes (at least the run's own high-water mark);
+    ``run_peak_mb`` and ``reader_peak_mb`` are each process's own peak; ``by_tenth_mb`` is the
+    largest sum in each tenth of the run's wall time: whether memory still rises late in a
+    backlog (the writer's DuckDB cache filling up to its limit) or stays level."""
+
+    peak_mb: float
+    run_peak_mb: float
+    reader_peak_mb: float
+    by_tenth_mb: list[float]
+
+
+def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> MemoryTrace:
+    """Resident memory of a `cxj run --once` child and of the process that reads its next batch
+    ahead, while it lands the topics' backlog into ``db``.
 
     Not the child's rusage: Linux carries the resident high-water mark of the address space a
     process had before exec into ru_maxrss, and subprocess starts children with vfork, whose
     address space before exec is this (large) benchmark process. Every backlog then "peaked" at
     the benchmark's own size (2,461 MB for 100k and 200k events alike)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    started = time.monotonic()
     child = subprocess.Popen([*CXJ, "run", "--once", "--quiet", "--db", str(db), *kafka_args(settings, topics)],
                              cwd=ROOT, env=env)
-    peak_kb = 0
+    samples: list[tuple[float, int, int]] = []  # (seconds since start, run's kB, reader's kB)
+    high_water_kb = 0
     while child.poll() is None:
         try:
-            together = _rss_kb(child.pid, "VmRSS:") + sum(_rss_kb(c, "VmRSS:") for c in _children(child.pid))
-            peak_kb = max(peak_kb, together, _rss_kb(child.pid, "VmHWM:"))
+            run_kb = _rss_kb(child.pid, "VmRSS:")
+            reader_kb = sum(_rss_kb(c, "VmRSS:") for c in _children(child.pid))
+            high_water_kb = max(high_water_kb, _rss_kb(child.pid, "VmHWM:"))
+            samples.append((time.monotonic() - started, run_kb, reader_kb))
         except (OSError, ValueError, IndexError):  # exiting: its memory is gone already
             pass
         time.sleep(0.02)
     if child.returncode != 0:
         raise RuntimeError(f"cxj run --once exited {child.returncode}")
-    return round(peak_kb / 1024, 1)
+    wall = max(time.monotonic() - started, 1e-9)
+    tenths = [0] * 10
+    for at, run_kb, reader_kb in samples:
+        i = min(9, int(10 * at / wall))
+        tenths[i] = max(tenths[i], run_kb + reader_kb)
+    together_kb = max([run_kb + reader_kb for _, run_kb, reader_kb in samples], default=0)
+
+    def mb(kb: int) -> float:
+        return round(kb / 1024, 1)
+
+    return MemoryTrace(peak_mb=mb(max(together_kb, high_water_kb)),
+                       run_peak_mb=mb(max([r for _, r, _ in samples] + [high_water_kb])),
+                       reader_peak_mb=mb(max([k for _, _, k in samples], default=0)),
+                       by_tenth_mb=[mb(kb) for kb in tenths])
 
 
 GROWTH_BATCH_EVENTS = 5000
@@ -578,12 +610,14 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         five_stage = con.execute("SELECT duration_s, ingest_s, assemble_s, land_s FROM pipeline_batches WHERE batch_id = ?",
                                  [five_landing.batches[0].batch_id]).fetchone()
     # peak memory over backlogs of several sizes, up to 1M events
-    rss = {}
+    traces = {}
     for n in scale.backlogs:
         t = topics_named(f"g-backlog{n}")
         ensure_topics(settings, t.values(), 3)
         send_simulated(simulate_at_least(n, 3), settings, t)
-        rss[str(n)] = peak_rss_mb(work / f"backlog{n}.duckdb", settings, t)
+        traces[str(n)] = memory_trace(work / f"backlog{n}.duckdb", settings, t)
+    rss = {n: trace.peak_mb for n, trace in traces.items()}
+    largest = traces[str(max(scale.backlogs))]
     out = {
         "batch_events": sum(b.consumed for b in grown.batches),
         "grown_store": sizes,
@@ -615,6 +649,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
                                    "close_s": round(five_fresh.close_s, 2),
                                    "rounds_wall_s": [round(x.wall_s, 2) for x in five_fresh_landings]},
         "peak_rss_mb_by_backlog": rss,
+        "peak_rss_mb_by_process": {n: {"run": trace.run_peak_mb, "reader": trace.reader_peak_mb} for n, trace in traces.items()},
+        "peak_rss_mb_by_tenth_of_largest_backlog": largest.by_tenth_mb,
         "broker_retries": empty.retries + grown.retries + sum(x.retries for x in five_landings + five_fresh_landings),
     }
     print(f"growth: 5,000-event batch on an empty store {out['empty_store']}, on a grown store {sizes}: "
@@ -623,7 +659,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
           f"{out['history_only_store_batch']}; the same batch for returning "
           f"customers with rows all over it {out['returning_customers_batch']}; 5 events for a customer "
           f"with {whale_stored:,} events: {out['five_event_batch']} vs {out['five_events_no_history']} without history; "
-          f"peak RSS by backlog {rss} MB", flush=True)
+          f"peak RSS by backlog {rss} MB (by process {out['peak_rss_mb_by_process']}; by tenth of the "
+          f"{max(scale.backlogs):,}-event backlog's run {largest.by_tenth_mb})", flush=True)
     return out
 
 
