@@ -105,6 +105,12 @@ REPLICA_DEFER_MAX_S = 30.0
 # DuckDB would: readers then see the batch without waiting for the checkpoint
 # (docs/performance.md, "Checkpoints inside the cycle").
 CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
+# While a backlog lands (more records wait behind the batch), the log may grow to this size before
+# the writer checkpoints it: a checkpoint has a large cost that does not shrink with the log, and
+# a 50k-event batch's log alone passes 16 MB, so a backlog paid it after every batch. The batch
+# that ends the backlog (and the close) checkpoints what is left (docs/performance.md,
+# "Fewer checkpoints while a backlog lands").
+BACKLOG_CHECKPOINT_WAL_BYTES = 128 * 1024 * 1024
 _NO_AUTOMATIC_CHECKPOINT = "1TB"
 _PID = re.compile(r"\(PID (\d+)\)")
 
@@ -426,14 +432,16 @@ class Store:
             self._published_at = time.monotonic()
         self._publish_due = False
 
-    def _checkpoint_if_due(self) -> None:
-        """Checkpoints once the write-ahead log holds CHECKPOINT_WAL_BYTES. A failed checkpoint
-        loses nothing (the log keeps every committed batch) and is tried again after the next."""
+    def _checkpoint_if_due(self, backlog_left: bool = False) -> None:
+        """Checkpoints once the write-ahead log holds CHECKPOINT_WAL_BYTES, or
+        BACKLOG_CHECKPOINT_WAL_BYTES while a backlog lands (``backlog_left``). A failed
+        checkpoint loses nothing (the log keeps every committed batch) and is tried again after
+        the next."""
         try:
             wal_bytes = os.stat(f"{self.path}.wal").st_size
         except OSError:  # no log: nothing written since the last checkpoint
             return
-        if wal_bytes < CHECKPOINT_WAL_BYTES:
+        if wal_bytes < (BACKLOG_CHECKPOINT_WAL_BYTES if backlog_left else CHECKPOINT_WAL_BYTES):
             return
         try:
             self.con.execute("CHECKPOINT")
@@ -1021,7 +1029,8 @@ class Store:
         every record the batch read is accounted for (``_check_accounting``).
 
         ``backlog_left``: more records wait behind this batch. The replica publish is then
-        deferred unless the last one is ``REPLICA_DEFER_MAX_S`` old (``publish_pending``)."""
+        deferred unless the last one is ``REPLICA_DEFER_MAX_S`` old (``publish_pending``), and
+        the log is checkpointed only once it reaches ``BACKLOG_CHECKPOINT_WAL_BYTES``."""
         from pipelines.storage.event_blocks import record_landing
         from transforms.batch_files import HANDOFF_SCHEMA, JOURNEY_METRICS_SCHEMA, JOURNEY_SCHEMA, LINK_SCHEMA
 
@@ -1141,7 +1150,7 @@ class Store:
         self._publish_due = True
         if not backlog_left or time.monotonic() - self._published_at >= REPLICA_DEFER_MAX_S:
             self.publish_pending()
-        self._checkpoint_if_due()
+        self._checkpoint_if_due(backlog_left)
         return LandedBatch(
             batch_id=facts.batch_id,
             consumed=facts.consumed,
