@@ -77,13 +77,13 @@ def test_a_backlog_checkpoints_at_its_own_threshold_and_the_batch_that_ends_it_c
             assert runner.run_batch() is not None
             logs.append(_wal_bytes(wal))
             monkeypatch.setattr(store_module, "BACKLOG_CHECKPOINT_WAL_BYTES", 1 << 40)
-            landed = [first]
+            last = first
             while (batch := runner.run_batch()) is not None:
-                landed.append(batch)
+                last = batch
                 logs.append(_wal_bytes(wal))
         finally:
             runner.close()
-        consumed_last = landed[-1].consumed
+        consumed_last = last.consumed
     assert len(logs) >= 4, logs
     assert logs[0] > 0  # a batch with records behind it: its log is far below the backlog's threshold, kept
     assert logs[1] == 0  # past the backlog's threshold: checkpointed after the batch that took it there
