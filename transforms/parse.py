@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Optional, Union
 
 import fastjsonschema
+import orjson
 
 from schemas import SUPPORTED_VERSIONS, validators
 from transforms.events import STREAM_OF_TYPE
@@ -78,6 +79,38 @@ def _reject_constant(name: str) -> Any:
 # call, which cost about as much as decoding a small event. Same class, same arguments, so the
 # same results and errors.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _holds_float(doc: dict[str, Any]) -> bool:
+    """Whether a float is anywhere in ``doc``'s values, however deep."""
+    stack: list[Union[dict[str, Any], list[Any]]] = [doc]
+    while stack:
+        container = stack.pop()
+        for value in container.values() if type(container) is dict else container:
+            kind = type(value)
+            if kind is float:
+                return True
+            if kind is dict or kind is list:
+                stack.append(value)
+    return False
+
+
+def _plain_object(raw: bytes) -> Optional[dict[str, Any]]:
+    """orjson's reading of ``raw`` where it is certainly the standard decoder's: a JSON object
+    with no float in it. Else None, and the standard decoder reads the message as before.
+
+    Why: decoding and the content hash's canonical JSON were a third of parsing an event, and
+    orjson does each in about a third of the time. Where the two decoders differ, this takes the
+    standard path: orjson reads an integer past 64 bits as a float (a float is never accepted
+    here) and refuses what the standard decoder accepts or names otherwise (lone surrogate
+    escapes, nesting past 1,024 levels, NaN, bytes that are not UTF-8). So every outcome, reason
+    and detail stays the standard decoder's; transforms/parse_test.py compares the two paths on
+    hostile and generated messages."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if type(doc) is dict and not _holds_float(doc) else None
 
 
 def _too_deep(doc: dict[str, Any], limit: int) -> bool:
@@ -154,12 +187,14 @@ def _check(
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return (None, NOT_UTF8, str(exc))
-    try:
-        doc = _DECODER.decode(text)
-    except RecursionError:
-        return (None, TOO_DEEP, "JSON nesting too deep to parse")
-    except ValueError as exc:
-        return (None, NOT_JSON, str(exc))
+    doc = _plain_object(raw)
+    if doc is None:
+        try:
+            doc = _DECODER.decode(text)
+        except RecursionError:
+            return (None, TOO_DEEP, "JSON nesting too deep to parse")
+        except ValueError as exc:
+            return (None, NOT_JSON, str(exc))
     if not isinstance(doc, dict):
         return (None, NOT_OBJECT, f"top-level JSON is {type(doc).__name__}, expected object")
     # Each level needs its own opening bracket, so a message with at most max_depth of them
@@ -260,7 +295,17 @@ def content_hash_of(doc: dict[str, Any]) -> str:
     second time: json.loads(payload) gives an equal object (the same decoder, and an accepted
     message holds no NaN or Infinity, the one place the two decoders differ; validation adds
     nothing to it), and the encoder has json.dumps's arguments, so the bytes hashed are the same.
-    transforms/parse_test.py checks the equality on hostile and generated messages."""
+    transforms/parse_test.py checks the equality on hostile and generated messages.
+
+    Without a float in it, orjson's sorted compact JSON is the same bytes (it escapes the same
+    characters the same way and sorts keys by code point; checked for every code point), three
+    times as fast. Floats are written differently (1e+16 against 1e16), and an integer past 64
+    bits is refused: those messages take the standard encoder."""
+    if not _holds_float(doc):
+        try:
+            return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        except orjson.JSONEncodeError:  # an integer past 64 bits (the standard decoder read it)
+            pass
     return hashlib.sha256(_CANONICAL.encode(doc).encode("utf-8")).hexdigest()
 
 

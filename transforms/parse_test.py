@@ -357,3 +357,94 @@ def test_the_content_hash_from_the_parsed_message_equals_the_payloads_hash(extra
         assert dead[0]["reason"] in ("not_utf8", "too_deep")
         return
     assert events[0]["content_hash"] == payload_hash(events[0]["payload"])
+
+
+# --- orjson's fast path (transforms/parse.py, _plain_object) against the standard decoder alone ---
+
+def _standard_only(monkeypatch) -> None:
+    """The parser as it is without orjson: every message read and hashed by the json module."""
+    import transforms.parse as parse_module
+
+    monkeypatch.setattr(parse_module, "_plain_object", lambda raw: None)
+    monkeypatch.setattr(parse_module, "_holds_float", lambda doc: True)
+
+
+def _hostile_messages() -> list[bytes]:
+    """Messages where the two decoders may part: lone and reversed surrogate escapes, raw
+    surrogates and bytes past U+10FFFF, a BOM, raw control characters, integers at and past 64
+    bits, floats that read as integers elsewhere, NaN and Infinity, 1e400, nesting past orjson's
+    limit, duplicate keys, every short escape."""
+    base = event()
+    texts = [json.dumps(base)[:-1] + tail for tail in (
+        ', "x": "\\ud800"}', ', "x": "\\ude00\\ud83d"}', ', "x": "\\ud83d\\ude00 \\u00e9 \\/ \\b\\f\\n\\r\\t \\u0000"}',
+        ', "x": 18446744073709551615}', ', "x": 18446744073709551616}', ', "x": -9223372036854775809}',
+        ', "x": 123456789012345678901234567890}', ', "x": 1e400}', ', "x": -0.0}', ', "x": 1.0}', ', "x": -0}',
+        ', "x": NaN}', ', "x": -Infinity}', ', "x": 1e16}', ', "channel": "chat", "channel": "email"}',
+        ', "x": ' + "[" * 1100 + "]" * 1100 + "}", ', "x": ' + "[" * 20 + "1" + "]" * 20 + "}",
+        ', "x": {"b": [1, {"a": null}], "a": true, "\\u00e9": "\\u2028", "\\ud83d\\ude00": 1}}',
+    )]
+    values = [t.encode("utf-8") for t in texts]
+    values += [b"\xef\xbb\xbf" + json.dumps(base).encode(), json.dumps(base).encode()[:-1] + b', "x": "\x01"}',
+               json.dumps(base).encode()[:-1] + b', "x": "\xed\xa0\x80"}', json.dumps(base).encode()[:-1] + b', "x": "\xf4\x90\x80\x80"}',
+               b" \t\n\r" + json.dumps(base).encode() + b"\n", b"[1, 2]", b'"text"', b"{not json", b"", None,
+               json.dumps({**base, "event_type": "survey.responded", "survey_id": "S", "csat": 4.0, "nps": 10}).encode()]
+    return values
+
+
+def test_the_fast_path_gives_the_standard_decoders_outcome_for_hostile_messages(monkeypatch):
+    """Every record's outcome (event row with its content hash, or dead letter with reason and
+    detail) is the one the json module alone gives, where the two decoders differ most."""
+    from transforms.dedup import payload_hash
+    from transforms.parse import parse_chunk
+
+    records = chunk_of(_hostile_messages() + [t.encode() for t in TRICKY_TEXTS])
+    fast = parse_chunk(records, STREAMS, NOW_US, content_hashes=True)
+    assert all(row["content_hash"] == payload_hash(row["payload"]) for row in fast[0])
+    _standard_only(monkeypatch)
+    standard = parse_chunk(records, STREAMS, NOW_US, content_hashes=True)
+    assert fast == standard
+    assert len(fast[0]) >= 15 and len(fast[1]) >= 8, "both outcomes are exercised"
+
+
+@settings(max_examples=300, deadline=None)
+@given(extra=st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=6), indent=st.sampled_from([None, 1]),
+       key_order=st.randoms(use_true_random=False))
+def test_the_fast_path_gives_the_standard_decoders_outcome_for_generated_messages(extra, indent, key_order):
+    """For generated messages (huge integers, any float, any text, nesting; keys in any order,
+    compact or indented), parsing with orjson gives exactly the rows the json module alone gives,
+    content hash included."""
+    import transforms.parse as parse_module
+    from transforms.dedup import payload_hash
+    from transforms.parse import parse_chunk
+
+    doc = {**extra, **event()}
+    keys = list(doc)
+    key_order.shuffle(keys)
+    raw = json.dumps({k: doc[k] for k in keys}, indent=indent).encode("utf-8", "surrogatepass")
+    records = [("cx.tickets", 0, 1, None, raw)]
+    fast = parse_chunk(records, STREAMS, NOW_US, content_hashes=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parse_module, "_plain_object", lambda raw: None)
+        patch.setattr(parse_module, "_holds_float", lambda doc: True)
+        standard = parse_chunk(records, STREAMS, NOW_US, content_hashes=True)
+    assert fast == standard
+    assert [row["content_hash"] for row in fast[0]] == [payload_hash(row["payload"]) for row in standard[0]]
+
+
+def test_canonical_json_is_the_standard_encoders_for_every_character():
+    """The content hash's canonical JSON of a float-free message is the same bytes from orjson
+    as from the json module: each code point (surrogates aside) as a value and as a key, and
+    keys mixing the planes sorted the same way."""
+    import hashlib
+
+    from transforms.dedup import content_hash
+    from transforms.parse import content_hash_of
+
+    characters = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(characters), 4096):
+        chunk = characters[start:start + 4096]
+        doc = {"values": chunk, **{c + "k": c for c in chunk[::7]}}
+        assert content_hash_of(doc) == content_hash(doc)
+    mixed = {"\U0001f600": 1, "\ufffd": 2, "\ue000": 3, "z": 4, "\u00e9": 5, "": 6, "\x00": 7}
+    assert content_hash_of(mixed) == content_hash(mixed) == hashlib.sha256(
+        json.dumps(mixed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
