@@ -83,9 +83,11 @@ PAUSED = re.compile(r"cxj-test-hook: paused at (\w+) of batch (\d+)")
 class Follower:
     """One `cxj run --follow` process (with HOOK); a thread collects its log lines."""
 
-    def __init__(self, db: Path, broker, topics: dict[str, str], arm: Path) -> None:
-        cmd = [sys.executable, "-c", HOOK, "run", "--follow", "--verbose", "--db", str(db),
-               "--max-batch-events", "50", "--poll-interval", "0.1s", "--bootstrap-servers", broker.bootstrap_servers,
+    def __init__(self, db: Path, broker, topics: dict[str, str], arm: Path,
+                 how: tuple[str, ...] = ("--follow", "--max-batch-events", "50", "--poll-interval", "0.1s")) -> None:
+        """``how``: the run's mode and batch options (a following run of 50-event batches unless told)."""
+        cmd = [sys.executable, "-c", HOOK, "run", *how, "--verbose", "--db", str(db),
+               "--bootstrap-servers", broker.bootstrap_servers,
                "--topic-tickets", topics["tickets"], "--topic-chats", topics["chats"], "--topic-surveys", topics["surveys"]]
         env = dict(os.environ, CXJ_REPLICA="off", CXJ_TEST_ARM=str(arm))  # no read replica: keeps restarts fast
         self.arm = arm
@@ -245,6 +247,46 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, topics, tmp
     consistent(db)
     assert table(db, "SELECT sum(consumed) FROM pipeline_batches") == [(len(messages),)]
     print(f"kills {kills}; {landed_by_killed_runs} batches landed by killed runs ({known_landed} known to the test)")
+
+
+def test_a_kill_while_a_backlog_leaves_a_large_log_loses_and_doubles_nothing(broker, topics, tmp_path):
+    """While records wait behind its batches, `run --once` checkpoints only once the write-ahead
+    log reaches ``BACKLOG_CHECKPOINT_WAL_BYTES`` (128 MB), so a kill then leaves several committed
+    batches in the log alone, past the 16 MB the store otherwise keeps it under. Killed right
+    after such a commit, every batch in the log is there when the store is opened again; killed
+    inside a later batch's transaction, that batch is wholly absent. The store then ends equal to
+    an uninterrupted run's, and every record sent is accounted for once."""
+    from pipelines.storage.store import CHECKPOINT_WAL_BYTES
+
+    events = generate_customer_events(4_200, 7, datetime(2026, 8, 1, tzinfo=timezone.utc))
+    messages = to_messages(events, 7, out_of_order=0.05, duplicates=0.02, malformed=0.01)
+    sent = send(broker, topics, messages)
+    db, arm, wal = tmp_path / "backlog.duckdb", tmp_path / "arm", Path(f"{tmp_path / 'backlog.duckdb'}.wal")
+    how = ("--once", "--max-batch-events", "5000")
+
+    run = Follower(db, broker, topics, arm, how)
+    batch = run.kill_when_paused("after_commit", timeout=300, spare=5)  # the sixth batch, committed
+    log_bytes = wal.stat().st_size if wal.exists() else 0
+    assert log_bytes > CHECKPOINT_WAL_BYTES, f"the log ({log_bytes} bytes) never grew past one batch's checkpoint"
+    assert batch == 6
+    print(f"killed after batch 6 with a log of {log_bytes / 2**20:.1f} MB")
+    consistent(db)  # opened from the file and its log
+    assert table(db, "SELECT count(*), sum(consumed) FROM pipeline_batches") == [(6, 30_000)]
+
+    run = Follower(db, broker, topics, arm, how)  # replays and checkpoints the log at its open
+    batch = run.kill_when_paused("in_transaction", timeout=300, spare=1)  # the new run's second batch
+    consistent(db)
+    assert table(db, f"SELECT count(*) FROM events WHERE batch_id = {batch}") == [(0,)]
+    assert table(db, "SELECT max(batch_id), sum(consumed) FROM pipeline_batches") == [(batch - 1, 35_000)]
+
+    run_once(db, broker, topics, max_batch_events=5000)  # the rest, cleanly
+    reference = tmp_path / "reference.duckdb"
+    run_once(reference, broker, topics, max_batch_events=5000)
+    crashed, clean = snapshot(db), snapshot(reference)
+    for name in clean:
+        assert crashed[name] == clean[name], f"{name} differs after the kills"
+    consistent(db)
+    assert table(db, "SELECT sum(consumed) FROM pipeline_batches") == [(sent,)] and sent > 40_000
 
 
 # Opens a store as the writer does, pausing (to be killed) in the one transaction that gives an
