@@ -81,7 +81,7 @@ PAUSED = re.compile(r"cxj-test-hook: paused at (\w+) of batch (\d+)")
 
 
 class Follower:
-    """One `cxj run --follow` process (with HOOK); a thread collects its log lines."""
+    """One `cxj run` process (with HOOK; `--follow` unless told otherwise); a thread collects its log lines."""
 
     def __init__(self, db: Path, broker, topics: dict[str, str], arm: Path,
                  how: tuple[str, ...] = ("--follow", "--max-batch-events", "50", "--poll-interval", "0.1s")) -> None:
