@@ -84,6 +84,12 @@ def land_in_rounds(db: Path, settings: KafkaSettings, topics: dict[str, str], ro
             runner.close()
 
 
+def wal_bytes(db: Path) -> int:
+    """The size of the store's write-ahead log (``<db>.wal``); 0 when there is none."""
+    wal = Path(f"{db}.wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
 def table(db: Path, query: str) -> list[tuple]:
     with duckdb.connect(str(db), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")

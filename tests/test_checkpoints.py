@@ -18,7 +18,7 @@ from pipelines.kafka.simulator import generate_customer_events, to_messages
 from pipelines.local.microbatch import MicroBatchRunner
 from pipelines.storage import store as store_module
 from pipelines.storage.store import Store
-from tests.support import send, table
+from tests.support import send, table, wal_bytes
 
 
 def test_the_log_is_checkpointed_after_a_batch_once_it_is_large_enough_and_not_before(
@@ -50,10 +50,6 @@ def test_the_log_is_checkpointed_after_a_batch_once_it_is_large_enough_and_not_b
     assert not wal.exists()  # the close checkpointed what was left
 
 
-def _wal_bytes(wal: Path) -> int:
-    return wal.stat().st_size if wal.exists() else 0
-
-
 def test_a_backlog_checkpoints_at_its_own_threshold_and_the_batch_that_ends_it_checkpoints_the_rest(
         broker, topics, tmp_path, monkeypatch):
     """Every batch's log is past ``CHECKPOINT_WAL_BYTES`` here. While records wait behind a batch,
@@ -71,16 +67,16 @@ def test_a_backlog_checkpoints_at_its_own_threshold_and_the_batch_that_ends_it_c
             logs = []
             first = runner.run_batch()
             assert first is not None
-            logs.append(_wal_bytes(wal))
+            logs.append(wal_bytes(db))
             # the backlog's own threshold is passed by the next batch: checkpointed there
             monkeypatch.setattr(store_module, "BACKLOG_CHECKPOINT_WAL_BYTES", logs[0] + 1)
             assert runner.run_batch() is not None
-            logs.append(_wal_bytes(wal))
+            logs.append(wal_bytes(db))
             monkeypatch.setattr(store_module, "BACKLOG_CHECKPOINT_WAL_BYTES", 1 << 40)
             last = first
             while (batch := runner.run_batch()) is not None:
                 last = batch
-                logs.append(_wal_bytes(wal))
+                logs.append(wal_bytes(db))
         finally:
             runner.close()
         consumed_last = last.consumed

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.kafka.simulator import generate_customer_events, to_messages
-from tests.support import JOURNEY_COLUMNS, run_once, send, table
+from tests.support import JOURNEY_COLUMNS, run_once, send, table, wal_bytes
 
 KILLS = int(os.environ.get("CXJ_CRASH_KILLS", "10"))
 
@@ -261,12 +261,12 @@ def test_a_kill_while_a_backlog_leaves_a_large_log_loses_and_doubles_nothing(bro
     events = generate_customer_events(4_200, 7, datetime(2026, 8, 1, tzinfo=timezone.utc))
     messages = to_messages(events, 7, out_of_order=0.05, duplicates=0.02, malformed=0.01)
     sent = send(broker, topics, messages)
-    db, arm, wal = tmp_path / "backlog.duckdb", tmp_path / "arm", Path(f"{tmp_path / 'backlog.duckdb'}.wal")
+    db, arm = tmp_path / "backlog.duckdb", tmp_path / "arm"
     how = ("--once", "--max-batch-events", "5000")
 
     run = Follower(db, broker, topics, arm, how)
     batch = run.kill_when_paused("after_commit", timeout=300, spare=5)  # the sixth batch, committed
-    log_bytes = wal.stat().st_size if wal.exists() else 0
+    log_bytes = wal_bytes(db)
     assert log_bytes > CHECKPOINT_WAL_BYTES, f"the log ({log_bytes} bytes) never grew past one batch's checkpoint"
     assert batch == 6
     print(f"killed after batch 6 with a log of {log_bytes / 2**20:.1f} MB")

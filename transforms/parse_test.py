@@ -361,7 +361,7 @@ def test_the_content_hash_from_the_parsed_message_equals_the_payloads_hash(extra
 
 # --- orjson's fast path (transforms/parse.py, _plain_object) against the standard decoder alone ---
 
-def _standard_only(monkeypatch) -> None:
+def _standard_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The parser as it is without orjson: every message read and hashed by the json module."""
     import transforms.parse as parse_module
 
@@ -413,7 +413,6 @@ def test_the_fast_path_gives_the_standard_decoders_outcome_for_generated_message
     """For generated messages (huge integers, any float, any text, nesting; keys in any order,
     compact or indented), parsing with orjson gives exactly the rows the json module alone gives,
     content hash included."""
-    import transforms.parse as parse_module
     from transforms.dedup import payload_hash
     from transforms.parse import parse_chunk
 
@@ -423,9 +422,8 @@ def test_the_fast_path_gives_the_standard_decoders_outcome_for_generated_message
     raw = json.dumps({k: doc[k] for k in keys}, indent=indent).encode("utf-8", "surrogatepass")
     records = [("cx.tickets", 0, 1, None, raw)]
     fast = parse_chunk(records, STREAMS, NOW_US, content_hashes=True)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(parse_module, "_plain_object", lambda raw: None)
-        patch.setattr(parse_module, "_holds_float", lambda doc: True)
+    with pytest.MonkeyPatch.context() as patch:  # (a fixture's monkeypatch would last across examples)
+        _standard_only(patch)
         standard = parse_chunk(records, STREAMS, NOW_US, content_hashes=True)
     assert fast == standard
     assert [row["content_hash"] for row in fast[0]] == [payload_hash(row["payload"]) for row in standard[0]]
