@@ -20,6 +20,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+import duckdb
 import pytest
 
 import pipelines.local.microbatch as microbatch
@@ -107,6 +108,27 @@ def test_every_batch_after_the_first_is_read_ahead_and_lands_the_same(backlog, b
     consumed, batches, ahead = _run(db, broker, topics, True, monkeypatch)
     assert consumed == sent
     assert ahead == batches - 1, "the last batch has nothing behind it; every other one reads the next ahead"
+    assert snapshot(db) == one_after_another
+
+
+def test_a_batch_lands_on_one_thread_while_the_next_is_read_ahead(backlog, broker, tmp_path, monkeypatch,
+                                                                   one_after_another):
+    """While the worker reads the next batch, the landing leaves it the other core: DuckDB runs
+    on one thread then, and on its usual number again for the last batch (nothing behind it)."""
+    threads_at_landing: list[int] = []
+    land = Store.land
+
+    def land_observed(store: Store, *args, **kwargs):  # type: ignore[no-untyped-def]
+        threads_at_landing.append(int(store.con.execute("SELECT current_setting('threads')").fetchone()[0]))
+        return land(store, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "land", land_observed)
+    usual = int(duckdb.connect().execute("SELECT current_setting('threads')").fetchone()[0])
+    topics, sent = backlog
+    db = tmp_path / "one-thread.duckdb"
+    consumed, batches, ahead = _run(db, broker, topics, True, monkeypatch)
+    assert consumed == sent and ahead == batches - 1
+    assert threads_at_landing == [1] * (batches - 1) + [usual]
     assert snapshot(db) == one_after_another
 
 

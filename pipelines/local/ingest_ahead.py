@@ -118,6 +118,12 @@ class IngestAhead:
         """Whether the worker is running: reading ahead then costs no start-up."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def busy(self) -> bool:
+        """Whether a job was sent whose outcome is not read yet: the worker is then likely
+        working on the other core."""
+        return self._ranges is not None or self._assembling
+
     def warm_up(self) -> None:
         """Starts the worker now, without a job: its start-up (Python, Beam and the project's
         imports, 1-2 s) then overlaps this process's first ingest, and the first batch's assembly

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -552,7 +553,9 @@ class MicroBatchRunner:
             )
             log.debug("batch %d: landing %d new events (%d replacing landed copies) and offsets in one transaction",
                       batch_id, resolution.new, resolution.replacing)
-            landed = self.store.land(facts, staged, backlog_left=backlog_left)
+            # the worker reads the next batch meanwhile: the landing leaves it the other core
+            with self.store.on_one_thread() if self._ahead is not None and self._ahead.busy else nullcontext():
+                landed = self.store.land(facts, staged, backlog_left=backlog_left)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         landed.extra["stops"] = [(r["topic"], r["partition"], r["to"]) for r in facts.ranges]

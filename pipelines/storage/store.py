@@ -837,6 +837,20 @@ class Store:
         return int(self.con.execute("SELECT count(*) FROM landed_id_rows").fetchone()[0])
 
     @contextmanager
+    def on_one_thread(self) -> Iterator[None]:
+        """Meanwhile, DuckDB runs this database's statements (the replica's too) on one thread.
+        The runner asks for it while its second process works on the other core: a second
+        DuckDB thread would only take that core from it, and the two together finished a backlog
+        later than one thread each (docs/performance.md, "One DuckDB thread while the worker
+        works"). ``threads`` is a setting of the whole database, restored to what it was."""
+        before = int(self.con.execute("SELECT current_setting('threads')").fetchone()[0])
+        self.con.execute("SET threads = 1")
+        try:
+            yield
+        finally:
+            self.con.execute(f"SET threads = {before}")
+
+    @contextmanager
     def _filter_pushed_from_joins(self, build_rows: int) -> Iterator[None]:
         """Meanwhile, a join whose build side holds up to ``build_rows`` distinct values (at
         most PUSHED_FILTER_MAX_VALUES) has them pushed into the scan of its probe side as a

@@ -242,3 +242,21 @@ def test_the_store_draws_no_progress_bar_on_stdout(tmp_path):
     with Store(tmp_path / "j.duckdb") as store:
         for con in (store.con, store.replica.con):
             assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
+
+
+def test_on_one_thread_runs_the_database_on_one_thread_and_restores_the_setting(tmp_path):
+    """The runner lands on one thread while its worker works; the setting is the whole
+    database's (the replica's connection too), and what it was comes back, also after a
+    failure inside."""
+    def threads(con: duckdb.DuckDBPyConnection) -> int:
+        return int(con.execute("SELECT current_setting('threads')").fetchone()[0])
+
+    with Store(tmp_path / "j.duckdb") as store:
+        store.con.execute("SET threads = 3")
+        with store.on_one_thread():
+            assert (threads(store.con), threads(store.replica.con)) == (1, 1)
+        assert threads(store.con) == 3
+        with pytest.raises(RuntimeError):
+            with store.on_one_thread():
+                raise RuntimeError("a landing that fails")
+        assert (threads(store.con), threads(store.replica.con)) == (3, 3)
