@@ -120,9 +120,15 @@ class IngestAhead:
 
     @property
     def busy(self) -> bool:
-        """Whether a job was sent whose outcome is not read yet: the worker is then likely
-        working on the other core."""
-        return self._ranges is not None or self._assembling
+        """Whether the worker works on the other core now: an assembly share is unanswered, or
+        an ingest was sent whose outcome (a job's last write) has not begun to arrive."""
+        if self._assembling:
+            return True
+        process = self._process
+        if self._ranges is None or process is None or process.stdout is None or self._inbox:
+            return False
+        ready, _, _ = select.select([process.stdout.fileno()], [], [], 0)
+        return not ready
 
     def warm_up(self) -> None:
         """Starts the worker now, without a job: its start-up (Python, Beam and the project's

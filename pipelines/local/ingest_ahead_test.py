@@ -85,6 +85,32 @@ def test_two_outcomes_that_arrive_together_are_both_read(tmp_path):
         ahead.close()
 
 
+def test_the_worker_is_busy_from_a_job_until_its_outcome_arrives(tmp_path):
+    """The store lands on one thread while ``busy``: it must hold while the worker works (here
+    it still imports Beam when the job is sent) and end when the outcome is in the pipe, before
+    anyone reads it; a share is busy until it is answered."""
+    ahead = IngestAhead(tmp_path)
+    try:
+        assert not ahead.busy, "no worker, no job"
+        ahead.start([], settings=KafkaSettings(bootstrap_servers="127.0.0.1:9"), stream_of_topic={}, now_us=0,
+                    beam_args=[], limits=ParseLimits(), read_timeout_s=5.0, budget_bytes=None)
+        assert ahead.busy
+        deadline = time.monotonic() + 120
+        while ahead.busy:
+            assert time.monotonic() < deadline, "the worker never answered the ingest"
+            time.sleep(0.05)
+        assert _waiting_bytes(ahead) > 0, "not busy before the outcome arrived"
+        assert ahead.take([]) is not None and not ahead.busy
+        staging = tmp_path / "batch"
+        staging.mkdir()
+        assert ahead.assemble_share([], staging=staging, repeat_window_s=3600.0, beam_args=[],
+                                    metrics=MetricsConfig())
+        assert ahead.busy
+        assert ahead.assembled() and not ahead.busy
+    finally:
+        ahead.close()
+
+
 def _waiting_bytes(ahead: IngestAhead) -> int:
     """Bytes the worker wrote to its stdout pipe that nobody has read yet."""
     process = ahead._process

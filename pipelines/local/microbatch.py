@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -192,6 +191,8 @@ class MicroBatchRunner:
         self._assembly_shared = 0
         self._following = False  # run by follow(): long-lived, so the worker may start for shares alone
         self.listeners: list[RunListener] = []
+        # the landing leaves the worker its core while the worker reads the next batch
+        store.other_process_busy = lambda: self._ahead is not None and self._ahead.busy
 
     # ------------------------------------------------------------------ broker
 
@@ -553,9 +554,7 @@ class MicroBatchRunner:
             )
             log.debug("batch %d: landing %d new events (%d replacing landed copies) and offsets in one transaction",
                       batch_id, resolution.new, resolution.replacing)
-            # the worker reads the next batch meanwhile: the landing leaves it the other core
-            with self.store.on_one_thread() if self._ahead is not None and self._ahead.busy else nullcontext():
-                landed = self.store.land(facts, staged, backlog_left=backlog_left)
+            landed = self.store.land(facts, staged, backlog_left=backlog_left)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         landed.extra["stops"] = [(r["topic"], r["partition"], r["to"]) for r in facts.ranges]

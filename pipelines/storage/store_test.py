@@ -244,19 +244,22 @@ def test_the_store_draws_no_progress_bar_on_stdout(tmp_path):
             assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
 
 
-def test_on_one_thread_runs_the_database_on_one_thread_and_restores_the_setting(tmp_path):
-    """The runner lands on one thread while its worker works; the setting is the whole
-    database's (the replica's connection too), and what it was comes back, also after a
-    failure inside."""
+def test_the_store_runs_on_one_thread_while_the_other_process_is_busy(tmp_path):
+    """The runner tells the store when its worker works on the other core; the setting is the
+    whole database's (the replica's connection too), and DuckDB's own number comes back when
+    the worker is idle, and at close."""
     def threads(con: duckdb.DuckDBPyConnection) -> int:
         return int(con.execute("SELECT current_setting('threads')").fetchone()[0])
 
+    busy = [True]
     with Store(tmp_path / "j.duckdb") as store:
-        store.con.execute("SET threads = 3")
-        with store.on_one_thread():
-            assert (threads(store.con), threads(store.replica.con)) == (1, 1)
-        assert threads(store.con) == 3
-        with pytest.raises(RuntimeError):
-            with store.on_one_thread():
-                raise RuntimeError("a landing that fails")
-        assert (threads(store.con), threads(store.replica.con)) == (3, 3)
+        usual = threads(store.con)
+        store.other_process_busy = lambda: busy[0]
+        assert store.fit_threads() == 1
+        assert (threads(store.con), threads(store.replica.con)) == (1, 1)
+        busy[0] = False
+        assert store.fit_threads() == usual == threads(store.con) == threads(store.replica.con)
+        busy[0] = True
+        store.fit_threads()
+    with Store(tmp_path / "j.duckdb") as store:
+        assert threads(store.con) == usual
