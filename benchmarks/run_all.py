@@ -59,6 +59,7 @@ from pipelines.kafka.settings import KafkaSettings  # noqa: E402
 from pipelines.kafka.simulator import generate_customer_events, send_simulated, to_messages  # noqa: E402
 from pipelines.local.microbatch import MicroBatchRunner, RunConfig  # noqa: E402
 from pipelines.ops import logs  # noqa: E402
+from pipelines.ops.startup_heap import freeze_startup_objects  # noqa: E402
 from pipelines.storage.replica import lake_dir  # noqa: E402
 from pipelines.storage.store import Store  # noqa: E402
 
@@ -107,6 +108,7 @@ def land(db: Path, settings: KafkaSettings, topics: dict[str, str], max_batch_ev
     for _attempt in range(10):
         store = Store(db)
         runner = MicroBatchRunner(config, store)
+        freeze_startup_objects()  # as `cxj run` does before its first batch
         started, cpu = time.perf_counter(), time.process_time()
         try:
             out.batches += runner.run_once()

@@ -28,6 +28,7 @@ from pipelines.kafka.simulator import generate_customer_events, send_simulated, 
 from pipelines.kafka.topics import ensure_topics  # noqa: E402
 from pipelines.local.microbatch import MicroBatchRunner  # noqa: E402
 from pipelines.ops import logs  # noqa: E402
+from pipelines.ops.startup_heap import freeze_startup_objects  # noqa: E402
 from pipelines.storage.store import Store  # noqa: E402
 
 
@@ -88,6 +89,7 @@ def main() -> int:
         seconds_pipeline = 0.0
         try:
             runner = MicroBatchRunner(config, store)
+            freeze_startup_objects()  # as `cxj run` does before its first batch
             started = time.perf_counter()
             batches = runner.run_once()
             runner.close()

@@ -17,6 +17,7 @@ from pipelines.config.run_config import DEFAULT_MAX_BATCH_BYTES, RunConfig, Stop
 from pipelines.kafka.offsets import BrokerUnavailable
 from pipelines.kafka.settings import add_kafka_arguments, settings_from_args, topics_from_args
 from pipelines.ops import failures
+from pipelines.ops.startup_heap import freeze_startup_objects
 from pipelines.storage.store import StoreError
 from transforms.metrics_config import MetricsConfig
 from transforms.parse import ParseLimits
@@ -176,6 +177,7 @@ def execute(config: RunConfig, follow: bool, listeners: Sequence[object] = ()) -
              config.repeat_window_s / 3600, f", Beam options {' '.join(config.beam_args)}" if config.beam_args else "",
              extra={"fields": {"runner": runner_text, "mode": "follow" if follow else "once",
                                "max_batch_events": config.max_batch_events, "beam_args": list(config.beam_args)}})
+    freeze_startup_objects()  # set up: what lives from here on is the run's (pipelines/ops/startup_heap.py)
     try:
         if follow:
             landed = runner.follow(stopper)

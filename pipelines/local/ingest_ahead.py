@@ -288,6 +288,9 @@ def _serve(jobs: IO[bytes], results: IO[bytes]) -> None:
     """The worker: one stage per job, until its parent closes the pipe (or dies)."""
     from pipelines.local.batch_stages import run_assemble, run_ingest
     from pipelines.ops.failures import error_line
+    from pipelines.ops.startup_heap import freeze_startup_objects
+
+    freeze_startup_objects()  # Beam and pyarrow are imported: their objects live as long as the worker
 
     while True:
         try:
