@@ -460,8 +460,8 @@ class Store:
         if self.replica is not None:
             self.publish_pending()  # what landed is what readers see once the writer has stopped
             self.replica.close()
+        self.fit_threads()  # the checkpoint at close on every core
         try:
-            self.fit_threads()  # the checkpoint at close on every core
             self.con.close()
         except duckdb.Error:  # e.g. a database invalidated by a failed write: the cause was reported already
             pass
@@ -850,10 +850,16 @@ class Store:
         other core, the number DuckDB chose at open otherwise. A second DuckDB thread would only
         take that core from the worker: over a 202k-event backlog this process used 11.3 CPU s
         instead of 14.7-15.2, and the run finished sooner (docs/performance.md, "One DuckDB
-        thread while the worker works"). The landing asks again before each of its parts."""
+        thread while the worker works"). The landing asks again before each of its parts. Never
+        fails the caller: a database a failed write invalidated keeps the threads it had (the
+        failure is reported where it happened)."""
         threads = 1 if self.other_process_busy() else self._usual_threads
         if threads != self._threads:
-            self.con.execute(f"SET threads = {int(threads)}")
+            try:
+                self.con.execute(f"SET threads = {int(threads)}")
+            except duckdb.Error:
+                log.debug("%s: could not set DuckDB's threads to %d", self.path, threads, exc_info=True)
+                return self._threads
             self._threads = threads
         return threads
 
