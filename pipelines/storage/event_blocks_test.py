@@ -117,6 +117,31 @@ def test_a_landing_keeps_the_map_exact_for_new_rows_and_rows_moved_to_another_cu
         store.close()
 
 
+def test_ranges_are_widened_only_where_rows_may_have_been_written_since_the_look_up(tmp_path):
+    """Before the landing, the ranges stay plain (DuckDB then scans only their row groups); in
+    a transaction, or once rows were added since the look-up, they take in every row since."""
+    db = tmp_path / "widened.duckdb"
+    store = reopened_with_five_blocks(db)
+    try:
+        con = store.con
+        con.execute("CREATE TEMP TABLE batch_customers AS SELECT * FROM (VALUES ('c0'), ('c300')) t(customer_id)")
+        store._start_lookups()
+        looked_up = store._touched_rows("events")
+        assert "rowid >=" not in looked_up and "rowid >=" not in store._touched_rows("events", again=True)
+        assert picked(con, looked_up) == picked(con, PLAIN)
+        con.execute("BEGIN TRANSACTION")
+        assert f"rowid >= {5 * ROW_BLOCK}" in store._touched_rows("events", again=True)  # nothing written yet
+        insert_events(con, 3, "'c300'", prefix="late-")  # ids far past the table's until committed
+        assert "late-2" in picked(con, store._touched_rows("events", again=True))
+        con.execute("COMMIT")
+        # committed since the look-up: no transaction open, but the table holds more rows
+        reused = store._touched_rows("events", again=True)
+        assert f"rowid >= {5 * ROW_BLOCK}" in reused
+        assert {"late-0", "late-1", "late-2"} <= set(picked(con, reused)) and picked(con, reused) == picked(con, PLAIN)
+    finally:
+        store.close()
+
+
 def test_a_map_that_does_not_cover_the_table_is_not_used_nor_extended(tmp_path, monkeypatch):
     db = tmp_path / "stale.duckdb"
     store = reopened_with_five_blocks(db)
