@@ -9,6 +9,7 @@ one batch; every journey table (and the revisions) must agree exactly.
 from __future__ import annotations
 
 import random
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,29 @@ def test_settled_journeys_are_left_out_and_results_equal_a_whole_history_recompu
     assert table(pruned_db, "SELECT count(DISTINCT batch_id) FROM journey_events") == [(2,)]
     for db in (pruned_db, full_db, one_db):
         assert rows_off_their_journeys_batch(db) == NONE_OFF, db.name
+
+
+def test_the_landings_first_reads_made_beside_the_assembly_equal_those_made_in_the_landing(broker, tmp_path, monkeypatch):
+    """Store.read_before_landing runs on a thread of its own while the batch assembles (no
+    worker busy here): the landing then uses its reads instead of making them, and every
+    journey table and revision equals a run whose landing reads them itself."""
+    first, second, _ = scenarios()
+    read_on: list[str] = []
+    snapshot = Store._snapshot_before
+
+    def noted(self: Store, touched_rows: dict[str, str]) -> int:
+        read_on.append(threading.current_thread().name)
+        return snapshot(self, touched_rows)
+
+    monkeypatch.setattr(Store, "_snapshot_before", noted)
+    beside_db, inside_db = tmp_path / "beside.duckdb", tmp_path / "inside.duckdb"
+    land_rounds(broker, new_topics(broker), beside_db, [first, second], prune=True)
+    assert read_on == ["cxj-read-before-landing"] * 2  # once per batch, and not again in the landing
+    monkeypatch.setattr(Store, "read_before_landing", lambda self: None)
+    land_rounds(broker, new_topics(broker), inside_db, [first, second], prune=True)
+    assert read_on[2:] == ["MainThread"] * 2
+    beside = journey_tables(beside_db, with_revisions=True)
+    assert beside["journey_revisions"] and beside == journey_tables(inside_db, with_revisions=True)
 
 
 # ------------------------------------------------------------------ random long histories

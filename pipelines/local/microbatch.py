@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -535,10 +536,17 @@ class MicroBatchRunner:
                 history, horizon_s=history_horizon_s(self.config) if PRUNE_SETTLED_HISTORY else None)
             if self._worth_starting_for_shares(history_events):
                 self._warm_up_ahead()
-            if history_events:
-                files = sorted(str(f) for f in history.rglob("*.parquet"))
-                share = may_share and history_events >= ASSEMBLY_SHARE_MIN_EVENTS
-                assemble_s = self._assemble(files, staging, share, read_next)
+            # the landing's first reads, on the core the assembly leaves free: not where a worker
+            # may take a share of the assembly or works on the next batch (it needs that core)
+            reads_done = (_on_a_thread(self.store.read_before_landing, "cxj-read-before-landing")
+                          if history_events and not may_share and not self.store.other_process_busy() else _nothing)
+            try:
+                if history_events:
+                    files = sorted(str(f) for f in history.rglob("*.parquet"))
+                    share = may_share and history_events >= ASSEMBLY_SHARE_MIN_EVENTS
+                    assemble_s = self._assemble(files, staging, share, read_next)
+            finally:
+                reads_done()  # before anything else uses the store's connection
             read_next()
             self._tell_staged(batch_id, staging, "assemble")
             collect_assembled(staging, history, staged, batch_id)
@@ -814,6 +822,25 @@ class MicroBatchRunner:
         if self._ahead is not None:
             self._ahead.close()
         self._reset_reader()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _on_a_thread(action: Callable[[], None], name: str) -> Callable[[], None]:
+    """Starts ``action`` on a thread of its own and returns the call that waits for it. Its
+    errors are logged, not raised: it only reads ahead what a later step reads itself when
+    it was not read (Store.read_before_landing), and that step reports a lasting failure."""
+    def run() -> None:
+        try:
+            action()
+        except Exception:  # the later step reads it again and reports its own error
+            log.debug("%s failed; the landing reads it itself", name, exc_info=True)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread.join
 
 
 def _once(action: Callable[[], None]) -> Callable[[], None]:
