@@ -259,3 +259,49 @@ def test_metrics_bind_localhost_unless_told(broker, topics, tmp_path):
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err[-2000:]
+
+
+def test_a_scrape_shows_every_figure_of_a_batch_or_none(tmp_path):
+    """The endpoint is scraped on its own thread while batches land: in every scrape, the
+    events landed agree with the latencies observed and the batches with their durations."""
+    from pipelines.local.microbatch import Positions
+    from pipelines.ops.prometheus import MetricsListener
+    from pipelines.storage.store import LandedBatch, Store
+
+    batches, per_batch = 300, 5
+    store = Store(tmp_path / "m.duckdb")
+    store.con.execute(f"""INSERT INTO events (event_id, event_type, occurred_at, customer_id, payload, source_topic,
+                              source_partition, source_offset, kafka_timestamp, batch_id, landed_at)
+                          SELECT 'e' || i, 'ticket.created', TIMESTAMPTZ '2026-01-01 00:00:00+00', 'c' || i, '{{}}', 't',
+                                 0, i, TIMESTAMPTZ '2026-01-01 00:00:00+00', 1 + i // {per_batch}, now()
+                          FROM range({batches * per_batch}) t(i)""")
+    port = free_port()
+    listener = MetricsListener(store, port=port)
+    torn: list[dict[str, float]] = []
+    scrapes = [0]
+    done = threading.Event()
+
+    def scrape_until_done() -> None:
+        while not done.is_set():
+            m = scrape(port)
+            scrapes[0] += 1
+            landed = m.get('cxj_events_landed_total{event_type="ticket.created"}', 0.0)
+            if (landed != m["cxj_end_to_end_latency_seconds_count"]
+                    or m["cxj_batches_total"] != m["cxj_batch_duration_seconds_count"]
+                    or landed != per_batch * m["cxj_batches_total"]):
+                torn.append({k: v for k, v in m.items() if k.startswith("cxj_")})
+
+    scraper = threading.Thread(target=scrape_until_done)
+    scraper.start()
+    try:
+        for batch_id in range(1, batches + 1):
+            listener.batch_landed(LandedBatch(batch_id=batch_id, consumed=per_batch, landed=per_batch, duplicates=0,
+                                              dead_letters=0, customers_touched=per_batch, journeys_written=0,
+                                              duration_s=0.1), Positions(landed={}, ends={}))
+    finally:
+        done.set()
+        scraper.join(timeout=30)
+        listener.close()
+        store.close()
+    assert scrapes[0] >= 20, scrapes  # scraped all along, not once at the end
+    assert torn == [], torn[:3]

@@ -178,6 +178,9 @@ class MetricsListener(RunListener):
                  settings: Optional[KafkaSettings] = None, topics: Iterable[str] = (),
                  lag_interval_s: float = DEFAULT_LAG_INTERVAL_S, stall_after_s: float = DEFAULT_STALL_AFTER_S) -> None:
         self.store = store
+        # held while a batch's figures are applied and while a scrape is written: a scrape shows
+        # every figure of a batch or none (events landed and their latencies agree)
+        self.updating = threading.Lock()
         self.board = PositionBoard()
         self.board.set_landed(store.landed_offsets())
         self.stall_after_s = stall_after_s
@@ -228,10 +231,14 @@ class MetricsListener(RunListener):
     # ------------------------------------------------------------------ state from the store
 
     def _load_history(self) -> None:
+        self._newest_event, self._last_batch = self._history()
+
+    def _history(self) -> tuple[Optional[float], Optional[float]]:
+        """(newest landed occurred_at, end of the last landed batch), as Unix times."""
         newest, last = self.store.con.execute(
             "SELECT epoch((SELECT max(occurred_at) FROM events)), epoch((SELECT max(finished_at) FROM pipeline_batches))"
         ).fetchone()
-        self._newest_event, self._last_batch = newest, last
+        return newest, last
 
     def record_quality(self, counted: bool = False) -> None:
         """Reads the newest data-quality result (written by `cxj check` or `cxj run --check`)."""
@@ -262,28 +269,30 @@ class MetricsListener(RunListener):
         self.heartbeat = time.time()  # the loop is alive and retrying
 
     def batch_landed(self, batch: LandedBatch, positions: Positions) -> None:
-        self._positions(positions, getattr(positions, "looked_up_at", None) or time.time())
-        self.batches.inc()
-        self.consumed.inc(batch.consumed)
-        self.duplicates.inc(batch.duplicates)
-        self.journeys.inc(batch.journeys_written)
-        self.batch_duration.observe(batch.duration_s)
         con = self.store.con
-        for event_type, n in con.execute(
-            "SELECT event_type, count(*) FROM events WHERE batch_id = ? GROUP BY 1", [batch.batch_id]
-        ).fetchall():
-            self.events.labels(event_type).inc(n)
-        for reason, n in con.execute(
-            "SELECT reason, count(*) FROM dead_letters WHERE batch_id = ? GROUP BY 1", [batch.batch_id]
-        ).fetchall():
-            self.dead.labels(reason).inc(n)
+        by_event_type = con.execute(
+            "SELECT event_type, count(*) FROM events WHERE batch_id = ? GROUP BY 1", [batch.batch_id]).fetchall()
+        by_reason = con.execute(
+            "SELECT reason, count(*) FROM dead_letters WHERE batch_id = ? GROUP BY 1", [batch.batch_id]).fetchall()
         latencies: list[Any] = con.execute(
             "SELECT epoch(landed_at) - epoch(kafka_timestamp) FROM events WHERE batch_id = ? AND kafka_timestamp IS NOT NULL",
             [batch.batch_id],
         ).fetchall()
-        for (seconds,) in latencies:
-            self.latency.observe(max(0.0, seconds))
-        self._load_history()
+        history = self._history()
+        with self.updating:  # read first, then applied at once: no scrape sees half a batch
+            self._positions(positions, getattr(positions, "looked_up_at", None) or time.time())
+            self.batches.inc()
+            self.consumed.inc(batch.consumed)
+            self.duplicates.inc(batch.duplicates)
+            self.journeys.inc(batch.journeys_written)
+            self.batch_duration.observe(batch.duration_s)
+            for event_type, n in by_event_type:
+                self.events.labels(event_type).inc(n)
+            for reason, n in by_reason:
+                self.dead.labels(reason).inc(n)
+            for (seconds,) in latencies:
+                self.latency.observe(max(0.0, seconds))
+            self._newest_event, self._last_batch = history
 
     # ------------------------------------------------------------------ health
 
@@ -325,7 +334,9 @@ def serve(listener: MetricsListener, host: str, port: int) -> ThreadingHTTPServe
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
             if path in ("/metrics", "/"):
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(listener.registry))
+                with listener.updating:
+                    text = generate_latest(listener.registry)
+                self._send(200, CONTENT_TYPE_LATEST, text)
             elif path in ("/healthz", "/health"):
                 code, body = listener.health()
                 self._send(code, "application/json", (json.dumps(body) + "\n").encode())
