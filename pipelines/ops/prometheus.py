@@ -217,7 +217,7 @@ class MetricsListener(RunListener):
             lambda: self._last_batch if self._last_batch is not None else float("nan"))
         ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
         r.register(LagCollector(self.board))
-        self._load_history()
+        self._newest_event, self._last_batch = self._history()
         self.record_quality()
         self.watcher: Optional[EndOffsetWatcher] = None
         if settings is not None and topics:
@@ -229,9 +229,6 @@ class MetricsListener(RunListener):
             log.info("serving Prometheus metrics on http://%s:%d/metrics and health on /healthz", host, port)
 
     # ------------------------------------------------------------------ state from the store
-
-    def _load_history(self) -> None:
-        self._newest_event, self._last_batch = self._history()
 
     def _history(self) -> tuple[Optional[float], Optional[float]]:
         """(newest landed occurred_at, end of the last landed batch), as Unix times."""
