@@ -7,8 +7,9 @@
    p50/p95/p99/max of landed_at - Kafka record timestamp per event, and how far the read replica
    trails the database (each batch's landing vs the moment a reader first sees it).
 3. growth: a batch of the next 5,000 events on an empty store vs on a store holding 1M events and
-   1M+ journeys (ratio of the medians of three landings on each, the store put back before each;
-   target <= 1.5), the same batch with 50 landed events delivered again (1%: what a batch with
+   1M+ journeys (ratio of the medians of five landings on each, the store put back before each,
+   and the median of the five rounds' ratios: each round lands on every store, one after the
+   other; target <= 1.5), the same batch with 50 landed events delivered again (1%: what a batch with
    redelivered events costs on that store), the same batch on that store before it was grown (the
    customers' history without the bulk: what size costs, apart from what history costs), the
    same batch for returning customers whose rows lie
@@ -34,6 +35,7 @@ import random
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -468,8 +470,8 @@ GROWTH_BATCH_EVENTS = 5000
 FIVE_EVENT_ROUNDS = 3  # landings of the 5-event batch; the median is reported
 # landings of the 5,000-event batch on each store, the store restored before each: one landing
 # varied by a third from call to call on a noisy machine (0.9-1.4 s on the empty store); the
-# medians are compared
-GROWTH_ROUNDS = 3
+# medians are compared, and the stores' landings of each round (land_rounds_side_by_side)
+GROWTH_ROUNDS = 5
 # events of the landed history delivered again beside the growth batch (1% of it): producers
 # and consumers that retry deliver copies, and a batch with any has to read the landed rows
 REDELIVERED_EVENTS = 50
@@ -516,34 +518,49 @@ def _remove_store(db: Path) -> None:
 
 
 def land_rounds(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> list[Landed]:
-    """``GROWTH_ROUNDS`` landings of the same records on ``db`` as it is now (or on a new store,
-    if there is none yet): the store and its replica are kept aside and put back before every
-    landing after the first, so each lands the records afresh; the last landing's result stays,
-    as after a single one."""
-    kept = db.with_name(db.name + ".before")
-    existed = db.exists()
-    if existed:
-        _copy_store(db, kept)
-    landings = []
+    """``GROWTH_ROUNDS`` landings of the same records on ``db`` as it is now (``land_rounds_side_by_side``
+    with one store)."""
+    return land_rounds_side_by_side([(db, topics)], settings)[0]
+
+
+def land_rounds_side_by_side(stores: list[tuple[Path, dict[str, str]]], settings: KafkaSettings) -> list[list[Landed]]:
+    """``GROWTH_ROUNDS`` landings on each store of ``stores`` (a database, as it is now or none
+    yet, and the topics whose records it lands), one store after the other within each round, so
+    that a machine slower in one minute than in the next slows every store's landing of that
+    round alike (the stores' ratios are taken round by round). Each store and its replica are
+    kept aside and put back before every landing after the first, so each lands the records
+    afresh; the last landing's result stays, as after a single one. Written pages are flushed
+    to disk before each landing: a grown store's copy is gigabytes, and its writeback would
+    otherwise compete with the next landing, whichever store that is."""
+    kept: list[tuple[Path, bool]] = []
+    for db, _ in stores:
+        backup = db.with_name(db.name + ".before")
+        if db.exists():
+            _copy_store(db, backup)
+        kept.append((backup, db.exists()))
+    landings: list[list[Landed]] = [[] for _ in stores]
     for round_no in range(GROWTH_ROUNDS):
-        if round_no:
-            _remove_store(db)
-            if existed:
-                _copy_store(kept, db)
-        landings.append(land(db, settings, topics))
-    _remove_store(kept)
+        for index, ((db, topics), (backup, existed)) in enumerate(zip(stores, kept)):
+            if round_no:
+                _remove_store(db)
+                if existed:
+                    _copy_store(backup, db)
+            os.sync()
+            landings[index].append(land(db, settings, topics))
+    for backup, _ in kept:
+        _remove_store(backup)
     return landings
+
+
+def _ratio_by_round(landings: list[Landed], baseline: list[Landed]) -> float:
+    """The median over rounds of one store's landing against the baseline store's landing of the
+    same round (``land_rounds_side_by_side``)."""
+    return statistics.median(x.wall_s / b.wall_s for x, b in zip(landings, baseline))
 
 
 def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"cxj-growth-{RUN_TAG}"))
     base, batch = growth_events(scale.growth_base_events)
-    # the same 5,000 events on an empty store
-    empty_topics = topics_named("g-empty")
-    ensure_topics(settings, empty_topics.values(), 3)
-    send_docs(settings, empty_topics, batch)
-    empty_rounds = land_rounds(work / "empty.duckdb", settings, empty_topics)
-    empty = _median_landing(empty_rounds)
     # a grown store: base events landed for real, copied up to the target, then the same batch
     big_topics = topics_named("g-big")
     ensure_topics(settings, big_topics.values(), 3)
@@ -562,17 +579,18 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     redelivered = _median_landing(redelivered_rounds)
     redelivered_duplicates = sum(b.duplicates for b in redelivered_rounds[-1].batches)
     _remove_store(redelivered_db)
-    send_docs(settings, big_topics, batch)
-    grown_rounds = land_rounds(big, settings, big_topics)
-    grown = _median_landing(grown_rounds)
-    # the same batch on the store before it was grown: the customers' history, without the bulk.
-    # What the grown store costs beyond this is what its size costs; what this costs beyond the
-    # empty store is what the batch's returning customers cost on any store
-    history_topics = topics_named("g-history")
-    ensure_topics(settings, history_topics.values(), 3)
-    send_docs(settings, history_topics, batch)
-    history_rounds = land_rounds(history_only, settings, history_topics)
-    history = _median_landing(history_rounds)
+    # the same 5,000 events on an empty store, on the grown store, and on the store before it was
+    # grown (the customers' history, without the bulk): what the grown store costs beyond the
+    # last is what its size costs; what the last costs beyond the empty store is what the batch's
+    # returning customers cost on any store. Round by round, the three side by side
+    empty_topics, history_topics = topics_named("g-empty"), topics_named("g-history")
+    for topics in (empty_topics, history_topics):
+        ensure_topics(settings, topics.values(), 3)
+    for topics in (empty_topics, big_topics, history_topics):
+        send_docs(settings, topics, batch)
+    empty_rounds, grown_rounds, history_rounds = land_rounds_side_by_side(
+        [(work / "empty.duckdb", empty_topics), (big, big_topics), (history_only, history_topics)], settings)
+    empty, grown, history = (_median_landing(rounds) for rounds in (empty_rounds, grown_rounds, history_rounds))
     # the same batch for returning customers whose rows lie all over the grown store: each
     # customer is one of the copies (a copy per customer, of any generation), so the batch's
     # customers have rows in every row group (what reading by row id ranges cannot skip)
@@ -628,6 +646,7 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "grown_store_batch": {"wall_s": round(grown.wall_s, 2), "cpu_s": round(grown.cpu_s, 2), "close_s": round(grown.close_s, 2),
                               "rounds_wall_s": [round(x.wall_s, 2) for x in grown_rounds]},
         "ratio_wall": round(grown.wall_s / empty.wall_s, 2), "ratio_cpu": round(grown.cpu_s / empty.cpu_s, 2),
+        "ratio_wall_by_round": round(_ratio_by_round(grown_rounds, empty_rounds), 2),
         "grown_store_batch_with_redeliveries": {
             "redelivered": REDELIVERED_EVENTS, "duplicates": redelivered_duplicates,
             "wall_s": round(redelivered.wall_s, 2), "cpu_s": round(redelivered.cpu_s, 2), "close_s": round(redelivered.close_s, 2),
@@ -637,6 +656,7 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
                                      "close_s": round(history.close_s, 2),
                                      "rounds_wall_s": [round(x.wall_s, 2) for x in history_rounds],
                                      "ratio_wall": round(history.wall_s / empty.wall_s, 2),
+                                     "ratio_wall_by_round": round(_ratio_by_round(history_rounds, empty_rounds), 2),
                                      "grown_over_this_wall": round(grown.wall_s / history.wall_s, 2)},
         "returning_customers_batch": {"wall_s": round(spread.wall_s, 2), "cpu_s": round(spread.cpu_s, 2),
                                       "close_s": round(spread.close_s, 2),
@@ -656,7 +676,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "broker_retries": empty.retries + grown.retries + sum(x.retries for x in five_landings + five_fresh_landings),
     }
     print(f"growth: 5,000-event batch on an empty store {out['empty_store']}, on a grown store {sizes}: "
-          f"{out['grown_store_batch']} (ratio wall {out['ratio_wall']}, CPU {out['ratio_cpu']}); with {REDELIVERED_EVENTS} "
+          f"{out['grown_store_batch']} (ratio wall {out['ratio_wall']}, round by round {out['ratio_wall_by_round']}, "
+          f"CPU {out['ratio_cpu']}); with {REDELIVERED_EVENTS} "
           f"landed events delivered again {out['grown_store_batch_with_redeliveries']}; on the store before it was grown "
           f"{out['history_only_store_batch']}; the same batch for returning "
           f"customers with rows all over it {out['returning_customers_batch']}; 5 events for a customer "
