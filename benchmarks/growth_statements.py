@@ -7,7 +7,11 @@ pipeline, grows the store by copying them (as `run_all.py` does), keeps a copy o
 ``--runs`` times each, restores that copy and lands the same 5,000 events on it, and lands them
 on an empty store. Each statement the store and its replica run is timed (the wall time of
 ``execute``); statements are grouped by their text with numbers and literal lists folded, and
-the groups are printed by how much longer they took on the grown store (cheapest run each).
+the groups are printed by how much longer they took on the grown store (cheapest run each),
+with the memory the process touched for the first time during them (its minor page faults; the
+kernel zeroes each such page first, which on this machine costs from a few to some forty
+microseconds a page from one minute to the next: the counts show where that cost falls
+whatever the minute).
 
   .venv/bin/python benchmarks/growth_statements.py [--store-events 1000000] [--runs 2] [--top 30]
       [--keep DIR]
@@ -18,8 +22,11 @@ about three minutes and 3.5 GB of disk at the default size).
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -40,11 +47,15 @@ from pipelines.kafka.settings import KafkaSettings  # noqa: E402
 from pipelines.ops import logs  # noqa: E402
 from pipelines.storage.store import Store  # noqa: E402
 
-Timings = list[tuple[str, str, float]]  # (connection, statement text, wall seconds)
+# (connection, statement text, wall seconds, minor page faults of the process meanwhile)
+Timings = list[tuple[str, str, float, int]]
 
 
 class TimedConnection:
-    """A DuckDB connection whose ``execute`` calls are timed into ``timings``; everything else
+    """A DuckDB connection whose ``execute`` calls are timed into ``timings``, with the minor page
+    faults the process took meanwhile (memory touched for the first time, which the kernel
+    zeroes first: a count that does not depend on how fast the machine is that minute; a
+    statement run beside the assembly also counts the assembly's); everything else
     goes to the connection itself. ``execute`` returns this wrapper, as DuckDB returns the
     connection, so ``con.execute(...).fetchall()`` reads the same result."""
 
@@ -52,9 +63,9 @@ class TimedConnection:
         self._con, self._timings, self._name = con, timings, name
 
     def execute(self, sql: str, *args: Any, **kwargs: Any) -> "TimedConnection":
-        started = time.perf_counter()
+        started, faults = time.perf_counter(), _minor_faults()
         self._con.execute(sql, *args, **kwargs)
-        self._timings.append((self._name, str(sql), time.perf_counter() - started))
+        self._timings.append((self._name, str(sql), time.perf_counter() - started, _minor_faults() - faults))
         return self
 
     def __getattr__(self, name: str) -> Any:
@@ -93,9 +104,28 @@ def statement_kind(connection: str, sql: str) -> str:
 
 def seconds_by_kind(timings: Timings) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
-    for connection, sql, seconds in timings:
+    for connection, sql, seconds, _ in timings:
         totals[statement_kind(connection, sql)] += seconds
     return totals
+
+
+def faults_by_kind(timings: Timings) -> dict[str, int]:
+    totals: dict[str, int] = defaultdict(int)
+    for connection, sql, _, faults in timings:
+        totals[statement_kind(connection, sql)] += faults
+    return totals
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _mb(faults: int) -> int:
+    return round(faults * resource.getpagesize() / 2**20)
+
+
+def _median_mb(runs: list[dict[str, int]], kind: str) -> int:
+    return _mb(int(statistics.median(r.get(kind, 0) for r in runs)))
 
 
 def grown_store(settings: KafkaSettings, base: list[dict[str, Any]], store_events: int, keep: Path) -> Path:
@@ -143,24 +173,32 @@ def main() -> int:
         base, batch = growth_events(args.base_events)
         snapshot = grown_store(settings, base, args.store_events, keep)
         grown, empty = [], []
+        grown_faults, empty_faults = [], []
         for run in range(args.runs):
             target = work / f"grown-{run}"
             shutil.copytree(snapshot, target)
+            os.sync()  # the copy's writeback would run beside the landing
             landed, timings = timed_landing(target / "big.duckdb", settings, batch)
             grown.append(seconds_by_kind(timings))
+            grown_faults.append(faults_by_kind(timings))
             print(f"grown store, run {run + 1}: wall {landed.wall_s:.2f} s (close {landed.close_s:.2f} s), "
-                  f"statements {sum(s for _, _, s in timings):.2f} s, stages {_stages(target / 'big.duckdb', landed)}", flush=True)
+                  f"statements {sum(t[2] for t in timings):.2f} s, {_mb(sum(t[3] for t in timings))} MB first touched in them, "
+                  f"stages {_stages(target / 'big.duckdb', landed)}", flush=True)
             shutil.rmtree(target)
             landed, timings = timed_landing(work / f"empty-{run}.duckdb", settings, batch)
             empty.append(seconds_by_kind(timings))
+            empty_faults.append(faults_by_kind(timings))
             print(f"empty store, run {run + 1}: wall {landed.wall_s:.2f} s (close {landed.close_s:.2f} s), "
-                  f"statements {sum(s for _, _, s in timings):.2f} s, stages {_stages(work / f'empty-{run}.duckdb', landed)}", flush=True)
+                  f"statements {sum(t[2] for t in timings):.2f} s, {_mb(sum(t[3] for t in timings))} MB first touched in them, "
+                  f"stages {_stages(work / f'empty-{run}.duckdb', landed)}", flush=True)
         kinds = set().union(*grown, *empty)
         cheapest = {kind: (min(r.get(kind, 0.0) for r in grown), min(r.get(kind, 0.0) for r in empty)) for kind in kinds}
         print(f"\nstatement groups by extra seconds on the grown store (cheapest of {args.runs} runs each):")
-        print(f"{'extra':>7} {'grown':>6} {'empty':>6}  statement")
+        print("(MB: memory first touched during the statement, median of the runs, grown / empty)")
+        print(f"{'extra':>7} {'grown':>6} {'empty':>6} {'MB':>9}  statement")
         for kind, (on_grown, on_empty) in sorted(cheapest.items(), key=lambda item: item[1][1] - item[1][0])[:args.top]:
-            print(f"{on_grown - on_empty:+7.3f} {on_grown:6.3f} {on_empty:6.3f}  {kind}")
+            touched = f"{_median_mb(grown_faults, kind)}/{_median_mb(empty_faults, kind)}"
+            print(f"{on_grown - on_empty:+7.3f} {on_grown:6.3f} {on_empty:6.3f} {touched:>9}  {kind}")
         extra = sum(g - e for g, e in cheapest.values())
         print(f"all statements: {extra:+.2f} s on the grown store")
     finally:
