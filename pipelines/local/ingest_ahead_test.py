@@ -143,3 +143,42 @@ def test_the_worker_answers_every_job_before_it_exits_at_the_end_of_its_jobs(tmp
         out = out[_FRAME.size + size:]
     assert [kind for kind, _ in outcomes] == ["ok", "error"], outcomes
     assert "no_such_argument" in outcomes[1][1]
+
+
+def _worker_environment(ahead: IngestAhead) -> dict[str, str]:
+    process = ahead._process
+    assert process is not None
+    raw = open(f"/proc/{process.pid}/environ", "rb").read().split(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
+
+
+def _started_worker(tmp_path) -> IngestAhead:
+    ahead = IngestAhead(tmp_path)
+    ahead.start([], settings=KafkaSettings(bootstrap_servers="127.0.0.1:9"), stream_of_topic={}, now_us=0,
+                beam_args=[], limits=ParseLimits(), read_timeout_s=5.0, budget_bytes=None)
+    return ahead
+
+
+def test_the_worker_allocates_arrow_memory_with_malloc_unless_the_user_chose_a_pool(tmp_path, monkeypatch):
+    """The worker's Arrow memory comes from the C library's malloc: Arrow's default pool kept
+    about 120 MB more over a 1M-event backlog (docs/performance.md, "The worker's Arrow memory").
+    Checked where it takes effect: the worker's own environment, and that the pinned pyarrow
+    reads it (a renamed variable would silently bring the default pool back)."""
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    ahead = _started_worker(tmp_path / "default")
+    try:
+        chosen = _worker_environment(ahead).get("ARROW_DEFAULT_MEMORY_POOL")
+    finally:
+        ahead.close()
+    assert chosen == "system"
+    backend = subprocess.run([sys.executable, "-c", "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
+                             env={**os.environ, "ARROW_DEFAULT_MEMORY_POOL": chosen}, capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert backend == "system"
+
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+    ahead = _started_worker(tmp_path / "chosen")
+    try:
+        assert _worker_environment(ahead).get("ARROW_DEFAULT_MEMORY_POOL") == "jemalloc"
+    finally:
+        ahead.close()
