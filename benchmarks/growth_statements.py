@@ -33,7 +33,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,8 +47,15 @@ from pipelines.kafka.settings import KafkaSettings  # noqa: E402
 from pipelines.ops import logs  # noqa: E402
 from pipelines.storage.store import Store  # noqa: E402
 
-# (connection, statement text, wall seconds, minor page faults of the process meanwhile)
-Timings = list[tuple[str, str, float, int]]
+
+class Timing(NamedTuple):
+    connection: str  # "store" or "replica"
+    sql: str
+    seconds: float  # wall time of ``execute``
+    faults: int  # minor page faults of the process meanwhile
+
+
+Timings = list[Timing]
 
 
 class TimedConnection:
@@ -65,7 +72,7 @@ class TimedConnection:
     def execute(self, sql: str, *args: Any, **kwargs: Any) -> "TimedConnection":
         started, faults = time.perf_counter(), _minor_faults()
         self._con.execute(sql, *args, **kwargs)
-        self._timings.append((self._name, str(sql), time.perf_counter() - started, _minor_faults() - faults))
+        self._timings.append(Timing(self._name, str(sql), time.perf_counter() - started, _minor_faults() - faults))
         return self
 
     def __getattr__(self, name: str) -> Any:
@@ -102,29 +109,31 @@ def statement_kind(connection: str, sql: str) -> str:
     return f"{connection}: {text[:110]}"
 
 
-def seconds_by_kind(timings: Timings) -> dict[str, float]:
+def total_by_kind(timings: Timings, figure: Callable[[Timing], float]) -> dict[str, float]:
+    """``figure`` of the timings (their seconds, or their faults) summed by statement group."""
     totals: dict[str, float] = defaultdict(float)
-    for connection, sql, seconds, _ in timings:
-        totals[statement_kind(connection, sql)] += seconds
+    for timing in timings:
+        totals[statement_kind(timing.connection, timing.sql)] += figure(timing)
     return totals
 
 
-def faults_by_kind(timings: Timings) -> dict[str, int]:
-    totals: dict[str, int] = defaultdict(int)
-    for connection, sql, _, faults in timings:
-        totals[statement_kind(connection, sql)] += faults
-    return totals
+def _seconds(timing: Timing) -> float:
+    return timing.seconds
+
+
+def _faults(timing: Timing) -> float:
+    return timing.faults
 
 
 def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _mb(faults: int) -> int:
+def _mb(faults: float) -> int:
     return round(faults * resource.getpagesize() / 2**20)
 
 
-def _median_mb(runs: list[dict[str, int]], kind: str) -> int:
+def _median_mb(runs: list[dict[str, float]], kind: str) -> int:
     return _mb(int(statistics.median(r.get(kind, 0) for r in runs)))
 
 
@@ -179,17 +188,17 @@ def main() -> int:
             shutil.copytree(snapshot, target)
             os.sync()  # the copy's writeback would run beside the landing
             landed, timings = timed_landing(target / "big.duckdb", settings, batch)
-            grown.append(seconds_by_kind(timings))
-            grown_faults.append(faults_by_kind(timings))
+            grown.append(total_by_kind(timings, _seconds))
+            grown_faults.append(total_by_kind(timings, _faults))
             print(f"grown store, run {run + 1}: wall {landed.wall_s:.2f} s (close {landed.close_s:.2f} s), "
-                  f"statements {sum(t[2] for t in timings):.2f} s, {_mb(sum(t[3] for t in timings))} MB first touched in them, "
+                  f"statements {sum(t.seconds for t in timings):.2f} s, {_mb(sum(t.faults for t in timings))} MB first touched in them, "
                   f"stages {_stages(target / 'big.duckdb', landed)}", flush=True)
             shutil.rmtree(target)
             landed, timings = timed_landing(work / f"empty-{run}.duckdb", settings, batch)
-            empty.append(seconds_by_kind(timings))
-            empty_faults.append(faults_by_kind(timings))
+            empty.append(total_by_kind(timings, _seconds))
+            empty_faults.append(total_by_kind(timings, _faults))
             print(f"empty store, run {run + 1}: wall {landed.wall_s:.2f} s (close {landed.close_s:.2f} s), "
-                  f"statements {sum(t[2] for t in timings):.2f} s, {_mb(sum(t[3] for t in timings))} MB first touched in them, "
+                  f"statements {sum(t.seconds for t in timings):.2f} s, {_mb(sum(t.faults for t in timings))} MB first touched in them, "
                   f"stages {_stages(work / f'empty-{run}.duckdb', landed)}", flush=True)
         kinds = set().union(*grown, *empty)
         cheapest = {kind: (min(r.get(kind, 0.0) for r in grown), min(r.get(kind, 0.0) for r in empty)) for kind in kinds}

@@ -534,10 +534,10 @@ def land_rounds_side_by_side(stores: list[tuple[Path, dict[str, str]]], settings
     otherwise compete with the next landing, whichever store that is."""
     kept: list[tuple[Path, bool]] = []
     for db, _ in stores:
-        backup = db.with_name(db.name + ".before")
-        if db.exists():
+        backup, existed = db.with_name(db.name + ".before"), db.exists()
+        if existed:
             _copy_store(db, backup)
-        kept.append((backup, db.exists()))
+        kept.append((backup, existed))
     landings: list[list[Landed]] = [[] for _ in stores]
     for round_no in range(GROWTH_ROUNDS):
         for index, ((db, topics), (backup, existed)) in enumerate(zip(stores, kept)):

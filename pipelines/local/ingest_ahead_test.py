@@ -9,6 +9,7 @@ import sys
 import termios
 import threading
 import time
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -148,7 +149,7 @@ def test_the_worker_answers_every_job_before_it_exits_at_the_end_of_its_jobs(tmp
 def _worker_environment(ahead: IngestAhead) -> dict[str, str]:
     process = ahead._process
     assert process is not None
-    raw = open(f"/proc/{process.pid}/environ", "rb").read().split(b"\0")
+    raw = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
     return dict(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
 
 
