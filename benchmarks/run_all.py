@@ -15,16 +15,19 @@
    same batch for returning customers whose rows lie
    all over that store (reported beside it: the case row id ranges cannot skip), a 5-event
    batch for a customer with 200k stored events (target < 1 s; the median of three landings, each
-   beside the same 5 events for a new customer), and the peak RSS of `cxj run --once` over
-   backlogs of 100k, 200k and 1M events (flat; --quick: 10k and 20k), by process, and by tenth
-   of the largest backlog's run (whether memory still rises late in it). The
-   batches are timed as `run_once`; closing the store after each (its last checkpoint) is reported
-   beside them as close_s.
+   beside the same 5 events for a new customer). The batches are timed as `run_once`; closing the
+   store after each (its last checkpoint) is reported beside them as close_s.
+4. memory (the growth target's last part): the peak RSS of `cxj run --once` over backlogs of
+   100k, 200k and 1M events (flat; --quick: 10k and 20k; --backlogs names others, e.g.
+   `--only memory --backlogs 3000000` for a longer soak of about ten minutes), by process, and by
+   tenth of the largest backlog's run, both processes together and each alone (whether memory
+   still rises late in it).
 
 Every figure goes to stdout and to benchmarks/results/run_all.json. Ratios compare work measured
 in the same run; absolute seconds depend on the machine and on what else runs on it.
 
-  .venv/bin/python benchmarks/run_all.py [--quick] [--only throughput,freshness,growth] [--no-prune]
+  .venv/bin/python benchmarks/run_all.py [--quick] [--only throughput,freshness,growth,memory]
+                                         [--backlogs 100000,200000,1000000] [--no-prune]
 """
 from __future__ import annotations
 
@@ -417,12 +420,16 @@ class MemoryTrace:
     ``peak_mb`` is the largest sum of both processes (at least the run's own high-water mark);
     ``run_peak_mb`` and ``reader_peak_mb`` are each process's own peak; ``by_tenth_mb`` is the
     largest sum in each tenth of the run's wall time: whether memory still rises late in a
-    backlog (the writer's DuckDB cache filling up to its limit) or stays level."""
+    backlog (the writer's DuckDB cache filling up to its limit) or stays level.
+    ``run_by_tenth_mb`` and ``reader_by_tenth_mb`` are each process's own, since the two grow
+    for different reasons (the run's DuckDB cache and landings, the reader's batches read ahead)."""
 
     peak_mb: float
     run_peak_mb: float
     reader_peak_mb: float
     by_tenth_mb: list[float]
+    run_by_tenth_mb: list[float]
+    reader_by_tenth_mb: list[float]
 
 
 def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> MemoryTrace:
@@ -451,10 +458,11 @@ def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> M
     if child.returncode != 0:
         raise RuntimeError(f"cxj run --once exited {child.returncode}")
     wall = max(time.monotonic() - started, 1e-9)
-    tenths = [0] * 10
+    tenths, run_tenths, reader_tenths = [0] * 10, [0] * 10, [0] * 10
     for at, run_kb, reader_kb in samples:
         i = min(9, int(10 * at / wall))
         tenths[i] = max(tenths[i], run_kb + reader_kb)
+        run_tenths[i], reader_tenths[i] = max(run_tenths[i], run_kb), max(reader_tenths[i], reader_kb)
     together_kb = max([run_kb + reader_kb for _, run_kb, reader_kb in samples], default=0)
 
     def mb(kb: int) -> float:
@@ -463,7 +471,8 @@ def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> M
     return MemoryTrace(peak_mb=mb(max(together_kb, high_water_kb)),
                        run_peak_mb=mb(max([r for _, r, _ in samples] + [high_water_kb])),
                        reader_peak_mb=mb(max([k for _, _, k in samples], default=0)),
-                       by_tenth_mb=[mb(kb) for kb in tenths])
+                       by_tenth_mb=[mb(kb) for kb in tenths], run_by_tenth_mb=[mb(kb) for kb in run_tenths],
+                       reader_by_tenth_mb=[mb(kb) for kb in reader_tenths])
 
 
 GROWTH_BATCH_EVENTS = 5000
@@ -629,15 +638,6 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     with duckdb.connect(str(big), read_only=True) as con:
         five_stage = con.execute("SELECT duration_s, ingest_s, assemble_s, land_s FROM pipeline_batches WHERE batch_id = ?",
                                  [five_landing.batches[0].batch_id]).fetchone()
-    # peak memory over backlogs of several sizes, up to 1M events
-    traces = {}
-    for n in scale.backlogs:
-        t = topics_named(f"g-backlog{n}")
-        ensure_topics(settings, t.values(), 3)
-        send_simulated(simulate_at_least(n, 3), settings, t)
-        traces[str(n)] = memory_trace(work / f"backlog{n}.duckdb", settings, t)
-    rss = {n: trace.peak_mb for n, trace in traces.items()}
-    largest = traces[str(max(scale.backlogs))]
     out = {
         "batch_events": sum(b.consumed for b in grown.batches),
         "grown_store": sizes,
@@ -670,9 +670,6 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "five_events_no_history": {"wall_s": round(five_fresh.wall_s, 2), "cpu_s": round(five_fresh.cpu_s, 2),
                                    "close_s": round(five_fresh.close_s, 2),
                                    "rounds_wall_s": [round(x.wall_s, 2) for x in five_fresh_landings]},
-        "peak_rss_mb_by_backlog": rss,
-        "peak_rss_mb_by_process": {n: {"run": trace.run_peak_mb, "reader": trace.reader_peak_mb} for n, trace in traces.items()},
-        "peak_rss_mb_by_tenth_of_largest_backlog": largest.by_tenth_mb,
         "broker_retries": empty.retries + grown.retries + sum(x.retries for x in five_landings + five_fresh_landings),
     }
     print(f"growth: 5,000-event batch on an empty store {out['empty_store']}, on a grown store {sizes}: "
@@ -681,16 +678,59 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
           f"landed events delivered again {out['grown_store_batch_with_redeliveries']}; on the store before it was grown "
           f"{out['history_only_store_batch']}; the same batch for returning "
           f"customers with rows all over it {out['returning_customers_batch']}; 5 events for a customer "
-          f"with {whale_stored:,} events: {out['five_event_batch']} vs {out['five_events_no_history']} without history; "
-          f"peak RSS by backlog {rss} MB (by process {out['peak_rss_mb_by_process']}; by tenth of the "
-          f"{max(scale.backlogs):,}-event backlog's run {largest.by_tenth_mb})", flush=True)
+          f"with {whale_stored:,} events: {out['five_event_batch']} vs {out['five_events_no_history']} without history",
+          flush=True)
     return out
+
+
+def memory(settings: KafkaSettings, backlogs: tuple[int, ...]) -> dict[str, Any]:
+    """Peak memory of `cxj run --once` over simulated backlogs of ``backlogs`` events, each
+    landed into a new store: by backlog, by process, and by tenth of the largest one's run."""
+    work = Path(tempfile.mkdtemp(prefix=f"cxj-memory-{RUN_TAG}"))
+    traces = {}
+    for n in backlogs:
+        t = topics_named(f"m-backlog{n}")
+        ensure_topics(settings, t.values(), 3)
+        send_simulated(simulate_at_least(n, 3), settings, t)
+        traces[str(n)] = memory_trace(work / f"backlog{n}.duckdb", settings, t)
+        _remove_store(work / f"backlog{n}.duckdb")
+    rss = {n: trace.peak_mb for n, trace in traces.items()}
+    largest = traces[str(max(backlogs))]
+    out = {
+        "peak_rss_mb_by_backlog": rss,
+        "peak_rss_mb_by_process": {n: {"run": trace.run_peak_mb, "reader": trace.reader_peak_mb} for n, trace in traces.items()},
+        "largest_backlog": max(backlogs),
+        "peak_rss_mb_by_tenth_of_largest_backlog": largest.by_tenth_mb,
+        "by_tenth_of_largest_backlog_by_process": {"run": largest.run_by_tenth_mb, "reader": largest.reader_by_tenth_mb},
+    }
+    print(f"memory: peak RSS by backlog {rss} MB (by process {out['peak_rss_mb_by_process']}; by tenth of the "
+          f"{max(backlogs):,}-event backlog's run {largest.by_tenth_mb}, the run's process "
+          f"{largest.run_by_tenth_mb}, the reader's {largest.reader_by_tenth_mb})", flush=True)
+    return out
+
+
+PARTS = ("throughput", "freshness", "growth", "memory")
+
+
+def _event_counts(text: str) -> tuple[int, ...]:
+    """``--backlogs``: positive event counts, comma-separated."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected event counts separated by commas, got {text!r}") from None
+    if not counts or min(counts) <= 0:
+        raise argparse.ArgumentTypeError(f"event counts must be positive, got {text!r}")
+    return counts
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small scale (about 3-5 minutes)")
-    parser.add_argument("--only", default="throughput,freshness,growth")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help="the parts to run, comma-separated (default: all four)")
+    parser.add_argument("--backlogs", type=_event_counts, default=None,
+                        help="backlog sizes for the memory part, comma-separated (default: 100000,200000,1000000; "
+                             "--quick: 10000,20000)")
     parser.add_argument("--no-prune", action="store_true", help="recompute whole histories (the engine before pruning)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/run_all.json")
     args = parser.parse_args()
@@ -699,6 +739,8 @@ def main() -> int:
         microbatch.PRUNE_SETTLED_HISTORY = False
     scale = QUICK if args.quick else FULL
     wanted = set(args.only.split(","))
+    if wanted - set(PARTS):
+        parser.error(f"--only: no part named {', '.join(sorted(wanted - set(PARTS)))} (the parts: {', '.join(PARTS)})")
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="cxj-bench-"))
     start_broker(port=port, partitions=3, topics=[], state_dir=work / "broker")
@@ -712,6 +754,8 @@ def main() -> int:
             results["freshness"] = [freshness(settings, rate, seconds) for rate, seconds in scale.freshness]
         if "growth" in wanted:
             results["growth"] = growth(settings, scale)
+        if "memory" in wanted:
+            results["memory"] = memory(settings, args.backlogs or scale.backlogs)
     finally:
         stop_broker(port=port, state_dir=work / "broker")
         for folder in Path(tempfile.gettempdir()).glob(f"cxj-*-{RUN_TAG}*"):
