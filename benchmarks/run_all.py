@@ -23,7 +23,8 @@
    tenth of the largest backlog's run, both processes together and each alone (whether memory
    still rises late in it).
 
-Every figure goes to stdout and to benchmarks/results/run_all.json. Ratios compare work measured
+Every figure goes to stdout and to benchmarks/results/run_all.json, and at the end each target's
+figure beside its aim, met or missed (benchmarks/targets.py). Ratios compare work measured
 in the same run; absolute seconds depend on the machine and on what else runs on it.
 
   .venv/bin/python benchmarks/run_all.py [--quick] [--only throughput,freshness,growth,memory]
@@ -55,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import duckdb  # noqa: E402
+import targets  # noqa: E402
 from throughput import consume_all, free_port, simulate_at_least  # noqa: E402
 
 import pipelines.local.microbatch as microbatch  # noqa: E402
@@ -762,6 +764,9 @@ def main() -> int:
             shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     results["load_average_at_end"] = os.getloadavg()[0]
+    standing = targets.standings(results)
+    results["targets"] = targets.as_json(standing)
+    print(f"targets{' (small scale: indicative only)' if args.quick else ''}:\n{targets.render(standing)}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
     print(f"results: {args.output}")

@@ -1,0 +1,74 @@
+"""benchmarks/targets.py: the standing `make bench` prints last judges each figure against its
+aim (docs/architecture.md, "Performance"), at the aim's edge too, and judges nothing it has no
+figure or no number for."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import targets  # noqa: E402
+
+
+def _results(throughput: float = 0.5, p99: float = 3.0, replica_p99: float | None = 1.0, growth: float = 1.5,
+             growth_by_round: float = 1.5, five_s: float = 0.99) -> dict:
+    return {
+        "throughput": {"ratio": throughput},
+        "freshness": [
+            {"offered_per_s": 2000, "latency_s": {"p99": p99}, "replica_lag_s": {"p99": replica_p99}},
+            {"offered_per_s": 5000, "latency_s": {"p99": 9.0}, "replica_lag_s": {"p99": 5.0}},
+        ],
+        "growth": {"ratio_wall": growth, "ratio_wall_by_round": growth_by_round, "whale_stored_events": 200_000,
+                   "five_event_batch": {"wall_s": five_s}},
+        "memory": {"largest_backlog": 1_000_000,
+                   "peak_rss_mb_by_tenth_of_largest_backlog": [1000, 1200, 1300, 1250, 1400, 1380, 1390, 1400, 1410, 1405]},
+    }
+
+
+def _verdicts(results: dict) -> dict[str, str]:
+    return {row.target: row.verdict for row in targets.standings(results)}
+
+
+def test_figures_at_the_aims_edge_meet_it_and_the_reported_ones_are_not_judged():
+    verdicts = _verdicts(_results())
+    assert verdicts == {
+        "throughput: run --once against kafka-python alone": "met",
+        "freshness at 2,000 events/s: landed p99": "met",
+        "freshness at 2,000 events/s: replica behind p99": "met",
+        "freshness at 5,000 events/s: landed p99": "reported",
+        "growth: 5,000-event batch, grown store against empty": "met",
+        "growth: 5 events for a customer with 200,000 stored": "met",
+        "memory: peak RSS over 1,000,000 events": "reported",
+    }
+
+
+def test_each_figure_past_its_aim_misses_it_alone():
+    misses = {
+        "throughput: run --once against kafka-python alone": _results(throughput=0.499),
+        "freshness at 2,000 events/s: landed p99": _results(p99=3.01),
+        "freshness at 2,000 events/s: replica behind p99": _results(replica_p99=1.01),
+        "growth: 5 events for a customer with 200,000 stored": _results(five_s=1.0),
+    }
+    for target, results in misses.items():
+        missed = [name for name, verdict in _verdicts(results).items() if verdict == "missed"]
+        assert missed == [target]
+
+
+def test_the_growth_ratio_must_meet_its_aim_both_ways_and_a_replica_never_seen_misses():
+    for ratio, by_round in ((1.51, 1.4), (1.4, 1.51)):
+        assert _verdicts(_results(growth=ratio, growth_by_round=by_round))[
+            "growth: 5,000-event batch, grown store against empty"] == "missed"
+    assert _verdicts(_results(replica_p99=None))["freshness at 2,000 events/s: replica behind p99"] == "missed"
+
+
+def test_parts_not_run_are_left_out_and_memory_is_shown_by_its_tenths():
+    results = _results()
+    only_memory = {"memory": results["memory"]}
+    rows = targets.standings(only_memory)
+    assert [row.target for row in rows] == ["memory: peak RSS over 1,000,000 events"]
+    assert rows[0].figure == "1,410 MB; first fifth 1,200 MB, the rest 1,250-1,410 MB"
+    text = targets.render(targets.standings(results))
+    assert len(text.splitlines()) == 7 and text.count("missed") == 0
+    assert [entry["verdict"] for entry in targets.as_json(rows)] == ["reported"]
