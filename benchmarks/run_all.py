@@ -19,7 +19,7 @@
    store after each (its last checkpoint) is reported beside them as close_s.
 4. memory (the growth target's last part): the peak RSS of `cxj run --once` over backlogs of
    100k, 200k and 1M events (flat; --quick: 10k and 20k; --backlogs names others, e.g.
-   `--only memory --backlogs 3000000` for a longer soak of about ten minutes), by process, and by
+   `--only memory --backlogs 3000000` for a longer soak of about twelve minutes), by process, and by
    tenth of the largest backlog's run, both processes together and each alone (whether memory
    still rises late in it).
 
