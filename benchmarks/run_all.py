@@ -88,6 +88,15 @@ RUN_TAG = f"{os.getpid()}-"  # this run's temporary folders (removed at the end)
 START = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
 
+BENCH_STARTED = time.monotonic()
+
+
+def progress(step: str) -> None:
+    """One line per step of a part, with the seconds since the call began: a full call runs for
+    about ten minutes, and a part's result line comes only when the part is done."""
+    print(f"  [{time.monotonic() - BENCH_STARTED:4.0f} s] {step}", flush=True)
+
+
 def topics_named(prefix: str) -> dict[str, str]:
     return {"tickets": f"{prefix}.tickets", "chats": f"{prefix}.chats", "surveys": f"{prefix}.surveys"}
 
@@ -142,11 +151,14 @@ def land(db: Path, settings: KafkaSettings, topics: dict[str, str], max_batch_ev
 def throughput(settings: KafkaSettings, events: int) -> dict[str, Any]:
     topics = topics_named("tp")
     ensure_topics(settings, topics.values(), 3)
+    progress(f"throughput: producing {events:,} events")
     messages = simulate_at_least(events, 1)
     send_simulated(messages, settings, topics)
+    progress("throughput: kafka-python alone consumes them")
     count, seconds = consume_all(settings, list(topics.values()))
     baseline = count / seconds
     work = Path(tempfile.mkdtemp(prefix=f"cxj-tp-{RUN_TAG}"))
+    progress("throughput: run --once lands them")
     landed = land(work / "tp.duckdb", settings, topics)
     # end to end, as benchmarks/throughput.py: the run and closing the store (its last checkpoint)
     wall, batches = landed.wall_s + landed.close_s, landed.batches
@@ -196,6 +208,7 @@ def _watch_replica(db: Path, stop: threading.Event, seen: dict[int, float], land
 
 
 def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str, Any]:
+    progress(f"freshness: {rate:,.0f} events/s offered for {seconds:.0f} s to run --follow")
     topics = topics_named(f"fresh{int(rate)}")
     ensure_topics(settings, topics.values(), 3)
     work = Path(tempfile.mkdtemp(prefix=f"cxj-fresh-{RUN_TAG}"))
@@ -503,13 +516,16 @@ def land_and_grow(db: Path, settings: KafkaSettings, topics: dict[str, str], bas
     opens it once, so the replica's rebuild is not part of any batch measured after.
     ``keep_base``: a copy of the database as it was before growing is kept there (opened once
     too), so the same batch can be measured on a store that holds the customers' history only."""
+    progress(f"growth: landing {len(base):,} real events")
     send_docs(settings, topics, base)
     land(db, settings, topics)
     if keep_base is not None:
         shutil.copyfile(db, keep_base)  # (its replica is rebuilt when it is opened)
         with Store(keep_base):
             pass
+    progress(f"growth: growing the store to {target_events:,} events and journeys by copying them")
     sizes = grow_store(db, target_events)
+    progress("growth: opening the grown store once (its replica is built)")
     with Store(db):
         pass
     return sizes
@@ -551,6 +567,8 @@ def land_rounds_side_by_side(stores: list[tuple[Path, dict[str, str]]], settings
         kept.append((backup, existed))
     landings: list[list[Landed]] = [[] for _ in stores]
     for round_no in range(GROWTH_ROUNDS):
+        side_by_side = f", the batch on {len(stores)} stores one after the other" if len(stores) > 1 else ""
+        progress(f"growth: round {round_no + 1} of {GROWTH_ROUNDS}{side_by_side}")
         for index, ((db, topics), (backup, existed)) in enumerate(zip(stores, kept)):
             if round_no:
                 _remove_store(db)
@@ -586,6 +604,7 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     redelivered_topics = topics_named("g-redelivered")
     ensure_topics(settings, redelivered_topics.values(), 3)
     send_docs(settings, redelivered_topics, batch + random.Random(7).sample(base, REDELIVERED_EVENTS))
+    progress(f"growth: the batch with {REDELIVERED_EVENTS} landed events delivered again, on a copy of the grown store")
     redelivered_rounds = land_rounds(redelivered_db, settings, redelivered_topics)
     redelivered = _median_landing(redelivered_rounds)
     redelivered_duplicates = sum(b.duplicates for b in redelivered_rounds[-1].batches)
@@ -611,8 +630,10 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     send_docs(settings, spread_topics, [
         {**d, "customer_id": f"{d['customer_id']}#{1 + zlib.crc32(d['customer_id'].encode()) % generations}",
          "event_id": f"{d['event_id']}-returning"} for d in batch] if generations else [])
+    progress("growth: the batch for returning customers with rows all over the store")
     spread = land(big, settings, spread_topics)
     # a customer with a long history, then 5 new events for them
+    progress(f"growth: a customer with {scale.whale_events:,} events, then 5 more, {FIVE_EVENT_ROUNDS} times")
     whale = whale_events("whale-1", scale.whale_events, START - timedelta(days=30))
     send_docs(settings, big_topics, whale)
     whale_landing = land(big, settings, big_topics)
@@ -691,6 +712,7 @@ def memory(settings: KafkaSettings, backlogs: tuple[int, ...]) -> dict[str, Any]
     work = Path(tempfile.mkdtemp(prefix=f"cxj-memory-{RUN_TAG}"))
     traces = {}
     for n in backlogs:
+        progress(f"memory: run --once over a backlog of {n:,} events")
         t = topics_named(f"m-backlog{n}")
         ensure_topics(settings, t.values(), 3)
         send_simulated(simulate_at_least(n, 3), settings, t)
