@@ -26,10 +26,22 @@ records). But kafka-python 3.0 parks a paused partition's buffered records and b
 only while its in-line slot is None; a drained record set left in that slot is not None, so a
 parked partition was never fetched again by the reused probe, and every later look-up of its end
 timed out (tests/test_probe_reuse.py).
+
+What a few offsets hold (``records_at``) is fetched by a consumer of its own, whose fetches may
+wait longer. Kafka answers a fetch as soon as it has records; the local broker answers when its
+read is done or the fetch's wait has passed, whichever comes first, and with nothing but the
+high watermark in the second case. Its read time grows with the number of record batches in a
+partition (about 2-3 ms per 1,000), so a log written in small batches (a producer sending one
+record at a time, as `cxj simulate --rate` does) outgrew a 10 ms wait after about 30,000 of
+them: every look-up of a landed offset came back empty, and `run --follow` retried the same
+look-up every 30 s for good. An answer without records below the high watermark now makes the
+wait longer (``RECORD_WAIT_MS``), and the longer wait is kept for later look-ups.
 """
 from __future__ import annotations
 
+import logging
 import time
+from functools import partial
 from typing import Callable, Iterable, Optional
 
 from pipelines.kafka.settings import KafkaSettings, failure_cause, probe_tls
@@ -37,10 +49,18 @@ from pipelines.kafka.source_log import Fingerprint, fingerprint
 
 PartitionKey = tuple[str, int]
 
+log = logging.getLogger("cxj.kafka.offsets")
+
 # What the probe consumer fetches per partition at most: it reads one record (or just the high
 # watermark of the response). Brokers return a whole record batch even when it is larger
 # (KIP-74; the local broker does too), so this caps the bytes decoded, never what can be read.
 PROBE_FETCH_BYTES = 64 * 1024
+
+# How long a fetch of ``records_at`` may wait for the broker to gather records: the first wait,
+# the factor it grows by when the broker answered without the records it holds (module
+# docstring), and the longest. Its offsets are below their logs' ends, so Kafka answers at once
+# whatever the wait; only a broker that stops reading when the wait has passed needs more.
+RECORD_WAIT_MS = (10, 4, 2000)
 
 # kafka-python refreshes metadata at most once per 100 ms: asked again sooner, it waits out the
 # rest. A run's last look-ups come back to back, and waiting there cost every `run --once` about
@@ -80,6 +100,8 @@ class OffsetReader:
 
         self.settings = settings
         self.probe = None
+        self.record_probe = None  # consumer of records_at, made on first use
+        self.record_wait_ms = RECORD_WAIT_MS[0]
         self.waiter = None  # long-polling consumer of wait_for_records, made on first use
         self._confirmed: dict[PartitionKey, int] = {}  # the last complete end-offset answer, per partition
         self.timeout_s = connect_timeout_s
@@ -168,19 +190,46 @@ class OffsetReader:
         return ends, complete
 
     def _probe(self):  # type: ignore[no-untyped-def]
+        if self.probe is None:
+            self.probe = self._probe_consumer(fetch_max_wait_ms=10)
+        return self.probe
+
+    def _record_probe(self):  # type: ignore[no-untyped-def]
+        if self.record_probe is None:
+            self.record_probe = self._probe_consumer(fetch_max_wait_ms=self.record_wait_ms)
+        return self.record_probe
+
+    def _wait_longer_for_records(self) -> bool:
+        """The broker answered ``records_at`` without the records it holds: the next fetches wait
+        longer (``RECORD_WAIT_MS``) on a new consumer (kafka-python fixes a consumer's wait when
+        it is made). False when the wait is already the longest."""
+        first, factor, longest = RECORD_WAIT_MS
+        if self.record_wait_ms >= longest:
+            return False
+        self.record_wait_ms = min(longest, self.record_wait_ms * factor)
+        log.info("Kafka at %s answered a fetch without the records it holds; its fetches now wait up to %d ms "
+                 "(a local broker holding many small record batches reads slowly)",
+                 self.settings.bootstrap_servers, self.record_wait_ms)
+        if self.record_probe is not None:
+            try:
+                self.record_probe.close()
+            except Exception:  # a consumer that cannot close cleanly is dropped all the same
+                pass
+            self.record_probe = None
+        return True
+
+    def _probe_consumer(self, fetch_max_wait_ms: int):  # type: ignore[no-untyped-def]
         from kafka import KafkaConsumer
 
-        if self.probe is None:
-            self.probe = KafkaConsumer(
-                **self.settings.client_kwargs(), enable_auto_commit=False, group_id=None,
-                # one record per poll: a look-up needs one record (or just the high watermark) per
-                # partition, and kafka-python decodes up to max_poll_records of a fetched batch
-                fetch_max_wait_ms=10, max_poll_records=1, check_crcs=False,
-                max_partition_fetch_bytes=PROBE_FETCH_BYTES,
-                auto_offset_reset="none",  # an offset the log no longer has is an answer, not a jump
-                bootstrap_timeout_ms=self.timeout_ms,
-            )
-        return self.probe
+        return KafkaConsumer(
+            **self.settings.client_kwargs(), enable_auto_commit=False, group_id=None,
+            # one record per poll: a look-up needs one record (or just the high watermark) per
+            # partition, and kafka-python decodes up to max_poll_records of a fetched batch
+            fetch_max_wait_ms=fetch_max_wait_ms, max_poll_records=1, check_crcs=False,
+            max_partition_fetch_bytes=PROBE_FETCH_BYTES,
+            auto_offset_reset="none",  # an offset the log no longer has is an answer, not a jump
+            bootstrap_timeout_ms=self.timeout_ms,
+        )
 
     def wait_for_records(self, ends: dict[PartitionKey, int], timeout_s: float,
                          stopping: Callable[[], bool] = lambda: False) -> bool:
@@ -226,11 +275,12 @@ class OffsetReader:
             return False  # the look-up after the interval finds out what is wrong
         return False
 
-    def _assign_fresh(self, offsets: dict[PartitionKey, int]) -> dict:  # type: ignore[type-arg]
-        """Assigns the partitions anew (forgetting high watermarks of earlier fetches) and seeks."""
+    def _assign_fresh(self, offsets: dict[PartitionKey, int], probe=None) -> dict:  # type: ignore[no-untyped-def, type-arg]
+        """Assigns the partitions anew on ``probe`` (the end offsets' probe by default),
+        forgetting high watermarks of earlier fetches, and seeks."""
         from kafka import TopicPartition
 
-        probe = self._probe()
+        probe = probe if probe is not None else self._probe()
         probe.unsubscribe()
         tps = {TopicPartition(t, p): (t, p) for t, p in offsets}
         probe.assign(list(tps))
@@ -279,13 +329,13 @@ class OffsetReader:
         wanted = {k: o for k, o in offsets.items() if k not in found}
         if not wanted:
             return found
-        probe = self._probe()
-        tps = self._call(lambda: self._assign_fresh(wanted))
+        probe = self._record_probe()
+        tps = self._call(lambda: self._assign_fresh(wanted, probe))
         waiting = set(tps)
         deadline = time.monotonic() + self.timeout_s
         while waiting:
             try:
-                polled = self._call(lambda: probe.poll(timeout_ms=100))
+                polled = self._call(partial(probe.poll, timeout_ms=100))
             except OffsetOutOfRangeError as exc:  # below the log start now: deleted
                 gone = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
                 for tp in gone:
@@ -295,6 +345,13 @@ class OffsetReader:
                 _stop_fetching(probe, waiting)
                 if not gone:
                     raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}") from None
+                continue
+            if not any(polled.values()) and self._answered_without_records(probe, tps, waiting, wanted) \
+                    and self._wait_longer_for_records():
+                still_wanted = {tps[tp]: wanted[tps[tp]] for tp in waiting}
+                probe = self._record_probe()
+                tps = self._call(partial(self._assign_fresh, still_wanted, probe))
+                waiting = set(tps)
                 continue
             for tp, records in polled.items():
                 if tp in waiting and records:
@@ -311,9 +368,24 @@ class OffsetReader:
             _stop_fetching(probe, waiting)
             if waiting and time.monotonic() > deadline:
                 where = ", ".join(f"{tps[tp][0]}[{tps[tp][1]}]@{wanted[tps[tp]]}" for tp in sorted(waiting))
+                slow = (f" although its logs reach past them (it answered fetches waiting up to {self.record_wait_ms} ms "
+                        "without records: a broker reading slowly)"
+                        if self._answered_without_records(probe, tps, waiting, wanted) else "")
                 raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} did not return the records at "
-                                        f"{where} within {self.timeout_s:.0f}s")
+                                        f"{where} within {self.timeout_s:.0f}s{slow}")
         return found
+
+    @staticmethod
+    def _answered_without_records(probe, tps: dict, waiting: set,  # type: ignore[no-untyped-def, type-arg]
+                                  wanted: dict[PartitionKey, int]) -> bool:
+        """Whether a waiting partition's last fetch response came without records although its
+        high watermark lies past the wanted offset (a poll that returned nothing at all: records
+        of a fetched batch would have come first)."""
+        for tp in waiting:
+            high = probe.highwater(tp)
+            if high is not None and high > wanted[tps[tp]]:
+                return True
+        return False
 
     def _call(self, fn):  # type: ignore[no-untyped-def]
         from kafka.errors import KafkaError, OffsetOutOfRangeError
@@ -326,7 +398,7 @@ class OffsetReader:
             raise BrokerUnavailable(f"Kafka at {self.settings.bootstrap_servers} failed: {exc!r}{failure_cause(self.settings)}") from None
 
     def close(self) -> None:
-        for consumer in (self.consumer, self.probe, self.waiter):
+        for consumer in (self.consumer, self.probe, self.record_probe, self.waiter):
             try:
                 if consumer is not None:
                     consumer.close()
