@@ -12,6 +12,10 @@ this benchmark itself (its replica watcher shares the cores with what it measure
 load average (the machine's other work distorts every wall-clock figure).
 
   .venv/bin/python benchmarks/freshness.py [--rate 2000] [--rate 5000] [--seconds 60]
+
+Latency is reported by two-minute slice of the load as well (`latency_s_by_slice`), so a long
+run shows whether it holds: `--seconds 1500` is the 25-minute soak of docs/ops.md, "Measured
+freshness" (opt-in, about half an hour; on the local broker, latency grows with its logs).
 """
 from __future__ import annotations
 
