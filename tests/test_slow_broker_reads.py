@@ -22,7 +22,7 @@ from pipelines.kafka.offsets import RECORD_WAIT_MS, OffsetReader
 from pipelines.kafka.settings import KafkaSettings
 from pipelines.kafka.source_log import fingerprint
 from pipelines.kafka.topics import ensure_topics
-from tests.support import run_once, table
+from tests.support import new_topics, run_once, table
 
 BATCHES_PER_STEP = 20_000
 MOST_STEPS = 6  # up to 120,000 batches: 0.3 s of reading per fetch on this machine
@@ -100,9 +100,7 @@ def test_records_at_answers_from_a_partition_the_broker_reads_slowly(broker):
 
 def test_run_once_lands_every_record_of_a_partition_the_broker_reads_slowly(broker, tmp_path):
     """The whole run: its look-ups of the ranges' last records go through the same probe."""
-    suffix = uuid.uuid4().hex[:8]
-    topics = {"tickets": f"slow-{suffix}.tickets", "chats": f"slow-{suffix}.chats", "surveys": f"slow-{suffix}.surveys"}
-    ensure_topics(broker, topics.values(), 1)
+    topics = new_topics(broker, partitions=1)
 
     def ticket(n: int) -> bytes:
         return json.dumps({

@@ -87,6 +87,16 @@ def _stop_fetching(consumer, waiting: set) -> None:  # type: ignore[no-untyped-d
         consumer.assign(list(waiting))
 
 
+def _close_quietly(consumer) -> None:  # type: ignore[no-untyped-def]
+    """Closes ``consumer`` if there is one; closing a consumer of a dead broker must not mask the
+    real error, and one that cannot close cleanly is dropped all the same."""
+    try:
+        if consumer is not None:
+            consumer.close()
+    except Exception:
+        pass
+
+
 class BrokerUnavailable(RuntimeError):
     """The broker could not be reached; the message says where and why."""
 
@@ -203,19 +213,15 @@ class OffsetReader:
         """The broker answered ``records_at`` without the records it holds: the next fetches wait
         longer (``RECORD_WAIT_MS``) on a new consumer (kafka-python fixes a consumer's wait when
         it is made). False when the wait is already the longest."""
-        first, factor, longest = RECORD_WAIT_MS
+        _, factor, longest = RECORD_WAIT_MS
         if self.record_wait_ms >= longest:
             return False
         self.record_wait_ms = min(longest, self.record_wait_ms * factor)
         log.info("Kafka at %s answered a fetch without the records it holds; its fetches now wait up to %d ms "
                  "(a local broker holding many small record batches reads slowly)",
                  self.settings.bootstrap_servers, self.record_wait_ms)
-        if self.record_probe is not None:
-            try:
-                self.record_probe.close()
-            except Exception:  # a consumer that cannot close cleanly is dropped all the same
-                pass
-            self.record_probe = None
+        _close_quietly(self.record_probe)
+        self.record_probe = None
         return True
 
     def _probe_consumer(self, fetch_max_wait_ms: int):  # type: ignore[no-untyped-def]
@@ -330,7 +336,7 @@ class OffsetReader:
         if not wanted:
             return found
         probe = self._record_probe()
-        tps = self._call(lambda: self._assign_fresh(wanted, probe))
+        tps = self._call(partial(self._assign_fresh, wanted, probe))
         waiting = set(tps)
         deadline = time.monotonic() + self.timeout_s
         while waiting:
@@ -399,8 +405,4 @@ class OffsetReader:
 
     def close(self) -> None:
         for consumer in (self.consumer, self.probe, self.record_probe, self.waiter):
-            try:
-                if consumer is not None:
-                    consumer.close()
-            except Exception:  # closing a consumer of a dead broker must not mask the real error
-                pass
+            _close_quietly(consumer)
