@@ -14,8 +14,10 @@ load average (the machine's other work distorts every wall-clock figure).
   .venv/bin/python benchmarks/freshness.py [--rate 2000] [--rate 5000] [--seconds 60]
 
 Latency is reported by two-minute slice of the load as well (`latency_s_by_slice`), so a long
-run shows whether it holds: `--seconds 1500` is the 25-minute soak of docs/ops.md, "Measured
-freshness" (opt-in, about half an hour; on the local broker, latency grows with its logs).
+run shows whether it holds, and so are the run's cycles (`cycles_by_slice`: batches, records
+per batch, seconds in a batch and between batches; benchmarks/by_slice.py), which show where
+the time goes when it does not: `--seconds 1500` is the 25-minute soak of docs/ops.md,
+"Measured freshness" (opt-in, about half an hour).
 """
 from __future__ import annotations
 

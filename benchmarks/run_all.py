@@ -57,6 +57,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import duckdb  # noqa: E402
 import targets  # noqa: E402
+from by_slice import cycles_by_slice, latency_by_slice  # noqa: E402
+from by_slice import describe as describe_cycles  # noqa: E402
 from throughput import consume_all, free_port, simulate_at_least  # noqa: E402
 
 import pipelines.local.microbatch as microbatch  # noqa: E402
@@ -258,13 +260,10 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
         p50, p95, p99, worst, events = con.execute(
             """SELECT quantile_cont(l, 0.5), quantile_cont(l, 0.95), quantile_cont(l, 0.99), max(l), count(*)
                FROM (SELECT epoch(landed_at) - epoch(kafka_timestamp) AS l FROM events)""").fetchone()
-        # the same figures by slice of the load (by Kafka timestamp): a long run shows whether
-        # latency holds or grows with the broker's logs and the store (`freshness.py --seconds 1500`)
-        by_slice = con.execute(
-            f"""SELECT slice, count(*), quantile_cont(l, 0.5), quantile_cont(l, 0.99), max(l)
-                FROM (SELECT floor((epoch(kafka_timestamp) - min(epoch(kafka_timestamp)) OVER ()) / {FRESHNESS_SLICE_S})
-                             AS slice, epoch(landed_at) - epoch(kafka_timestamp) AS l FROM events)
-                GROUP BY slice ORDER BY slice""").fetchall()
+        # the same figures by slice of the load: a long run shows whether latency holds or grows,
+        # and where its cycles' time goes meanwhile (`freshness.py --seconds 1500`)
+        latency_slices = latency_by_slice(con, FRESHNESS_SLICE_S)
+        cycle_slices = cycles_by_slice(con, FRESHNESS_SLICE_S)
         finished = dict(con.execute("SELECT batch_id, epoch(finished_at) FROM pipeline_batches").fetchall())
         cycle = con.execute("SELECT median(duration_s), count(*) FROM pipeline_batches").fetchone()
     lags = sorted(seen[b] - finished[b] for b in finished if b in seen)
@@ -273,8 +272,8 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
            "batches": cycle[1], "median_batch_s": round(cycle[0] or 0, 2),
            "latency_s": {"p50": round(p50, 2), "p95": round(p95, 2), "p99": round(p99, 2), "max": round(worst, 2)},
            "replica_lag_s": replica,
-           "latency_s_by_slice": [{"from_s": int(n) * FRESHNESS_SLICE_S, "events": c, "p50": round(a, 2), "p99": round(b, 2),
-                                   "max": round(m, 2)} for n, c, a, b, m in by_slice],
+           "latency_s_by_slice": latency_slices,
+           "cycles_by_slice": cycle_slices,
            "caught_up_after_load_s": caught_up_s,  # None: still behind 180 s after the load ended
            "run_cpu_s": None if run_cpu_s is None else round(run_cpu_s, 1),  # CPU of the `run --follow` process
            # CPU of this process meanwhile (its replica watcher): it shares the cores with what it
@@ -287,10 +286,11 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
           f"caught up {caught_up_s}s after the load; run --follow used {out['run_cpu_s']} CPU s, this benchmark "
           f"{out['harness_cpu_s']} CPU s; load average "
           f"{load_before[0]:.1f} before, {load_during[0]:.1f} at the end of the load", flush=True)
-    if len(by_slice) > 1:
+    if len(latency_slices) > 1:
         print("  by slice of the load: " + "; ".join(
             f"{s['from_s'] // 60}-{(s['from_s'] + FRESHNESS_SLICE_S) // 60} min p50 {s['p50']}s p99 {s['p99']}s"
-            for s in out["latency_s_by_slice"]), flush=True)
+            for s in latency_slices), flush=True)
+        print("  cycles by slice: " + describe_cycles(cycle_slices, FRESHNESS_SLICE_S), flush=True)
     return out
 
 
