@@ -53,7 +53,7 @@ def cycles_by_slice(con: duckdb.DuckDBPyConnection, slice_s: int) -> list[dict[s
             for n, b, r, d, i, a, la, g in rows]
 
 
-def describe(slices: list[dict[str, Any]], slice_s: int) -> str:
+def describe_cycles(slices: list[dict[str, Any]], slice_s: int) -> str:
     """One line of ``cycles_by_slice``'s figures, slice by slice."""
     return "; ".join(
         f"{s['from_s'] // 60}-{(s['from_s'] + slice_s) // 60} min {s['batches']} batch{'' if s['batches'] == 1 else 'es'} of "

@@ -57,8 +57,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import duckdb  # noqa: E402
 import targets  # noqa: E402
-from by_slice import cycles_by_slice, latency_by_slice  # noqa: E402
-from by_slice import describe as describe_cycles  # noqa: E402
+from by_slice import cycles_by_slice, describe_cycles, latency_by_slice  # noqa: E402
 from throughput import consume_all, free_port, simulate_at_least  # noqa: E402
 
 import pipelines.local.microbatch as microbatch  # noqa: E402

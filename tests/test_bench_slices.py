@@ -74,6 +74,6 @@ def test_cycles_by_slice_splits_a_cycle_into_its_batch_and_the_time_before_the_n
 
 
 def test_cycles_by_slice_reads_as_one_line(con):
-    line = by_slice.describe(by_slice.cycles_by_slice(con, 120), 120)
+    line = by_slice.describe_cycles(by_slice.cycles_by_slice(con, 120), 120)
     assert line == ("0-2 min 3 batches of 300 records, 2.33s each (ingest 0.58, assemble 0.58, land 1.17) + 40.67s between; "
                     "2-4 min 1 batch of 900 records, 6.00s each (ingest 2.00, assemble 2.00, land 2.00) + -s between")
