@@ -53,6 +53,12 @@ def cycles_by_slice(con: duckdb.DuckDBPyConnection, slice_s: int) -> list[dict[s
             for n, b, r, d, i, a, la, g in rows]
 
 
+def describe_latency(slices: list[dict[str, Any]], slice_s: int) -> str:
+    """One line of ``latency_by_slice``'s figures, slice by slice."""
+    return "; ".join(f"{s['from_s'] // 60}-{(s['from_s'] + slice_s) // 60} min p50 {s['p50']}s p99 {s['p99']}s"
+                     for s in slices)
+
+
 def describe_cycles(slices: list[dict[str, Any]], slice_s: int) -> str:
     """One line of ``cycles_by_slice``'s figures, slice by slice."""
     return "; ".join(

@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import duckdb  # noqa: E402
 import targets  # noqa: E402
-from by_slice import cycles_by_slice, describe_cycles, latency_by_slice  # noqa: E402
+from by_slice import cycles_by_slice, describe_cycles, describe_latency, latency_by_slice  # noqa: E402
 from throughput import consume_all, free_port, simulate_at_least  # noqa: E402
 
 import pipelines.local.microbatch as microbatch  # noqa: E402
@@ -286,9 +286,7 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
           f"{out['harness_cpu_s']} CPU s; load average "
           f"{load_before[0]:.1f} before, {load_during[0]:.1f} at the end of the load", flush=True)
     if len(latency_slices) > 1:
-        print("  by slice of the load: " + "; ".join(
-            f"{s['from_s'] // 60}-{(s['from_s'] + FRESHNESS_SLICE_S) // 60} min p50 {s['p50']}s p99 {s['p99']}s"
-            for s in latency_slices), flush=True)
+        print("  by slice of the load: " + describe_latency(latency_slices, FRESHNESS_SLICE_S), flush=True)
         print("  cycles by slice: " + describe_cycles(cycle_slices, FRESHNESS_SLICE_S), flush=True)
     return out
 

@@ -73,6 +73,11 @@ def test_cycles_by_slice_splits_a_cycle_into_its_batch_and_the_time_before_the_n
                       "assemble_s": 2.0, "land_s": 2.0, "between_s": None}
 
 
+def test_latency_by_slice_reads_as_one_line(con):
+    assert by_slice.describe_latency(by_slice.latency_by_slice(con, 120), 120) == (
+        "0-2 min p50 2.0s p99 2.98s; 2-4 min p50 10.0s p99 10.0s")
+
+
 def test_cycles_by_slice_reads_as_one_line(con):
     line = by_slice.describe_cycles(by_slice.cycles_by_slice(con, 120), 120)
     assert line == ("0-2 min 3 batches of 300 records, 2.33s each (ingest 0.58, assemble 0.58, land 1.17) + 40.67s between; "
