@@ -21,7 +21,8 @@
    100k, 200k and 1M events (flat; --quick: 10k and 20k; --backlogs names others, e.g.
    `--only memory --backlogs 3000000` for a longer soak of about twelve minutes), by process, and by
    tenth of the largest backlog's run, both processes together and each alone (whether memory
-   still rises late in it).
+   still rises late in it), and the run's process by kind of mapping (benchmarks/mappings.py:
+   DuckDB's blocks apart from glibc's heap and arenas).
 
 Every figure goes to stdout and to benchmarks/results/run_all.json, and at the end each target's
 figure beside its aim, met or missed (benchmarks/targets.py). Ratios compare work measured
@@ -58,6 +59,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import duckdb  # noqa: E402
 import targets  # noqa: E402
 from by_slice import cycles_by_slice, describe_cycles, describe_latency, latency_by_slice  # noqa: E402
+from mappings import KINDS, resident_by_kind  # noqa: E402
 from throughput import consume_all, free_port, simulate_at_least  # noqa: E402
 
 import pipelines.local.microbatch as microbatch  # noqa: E402
@@ -450,7 +452,11 @@ class MemoryTrace:
     largest sum in each tenth of the run's wall time: whether memory still rises late in a
     backlog (the writer's DuckDB cache filling up to its limit) or stays level.
     ``run_by_tenth_mb`` and ``reader_by_tenth_mb`` are each process's own, since the two grow
-    for different reasons (the run's DuckDB cache and landings, the reader's batches read ahead)."""
+    for different reasons (the run's DuckDB cache and landings, the reader's batches read ahead).
+    ``run_by_kind_by_tenth_mb``: the run's process by kind of mapping (benchmarks/mappings.py),
+    read every ``MAPPINGS_EVERY_S``, the largest of each tenth (None: no reading fell in it, in a
+    run of a few seconds): DuckDB's blocks apart from glibc's heap and arenas, which keep
+    growing slowly over a long backlog."""
 
     peak_mb: float
     run_peak_mb: float
@@ -458,6 +464,10 @@ class MemoryTrace:
     by_tenth_mb: list[float]
     run_by_tenth_mb: list[float]
     reader_by_tenth_mb: list[float]
+    run_by_kind_by_tenth_mb: dict[str, list[Optional[float]]]
+
+
+MAPPINGS_EVERY_S = 0.2  # reading smaps takes a few milliseconds; the resident sizes are read every 20 ms
 
 
 def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> MemoryTrace:
@@ -474,8 +484,11 @@ def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> M
                              cwd=ROOT, env=env)
     samples: list[tuple[float, int, int]] = []  # (seconds since start, run's kB, reader's kB)
     high_water_kb = 0
+    by_kind: list[tuple[float, dict[str, float]]] = []  # (seconds since start, the run's MB by kind)
     while child.poll() is None:
         try:
+            if not by_kind or time.monotonic() - started - by_kind[-1][0] >= MAPPINGS_EVERY_S:
+                by_kind.append((time.monotonic() - started, resident_by_kind(child.pid)))
             run_kb = _rss_kb(child.pid, "VmRSS:")
             reader_kb = sum(_rss_kb(c, "VmRSS:") for c in _children(child.pid))
             high_water_kb = max(high_water_kb, _rss_kb(child.pid, "VmHWM:"))
@@ -491,6 +504,11 @@ def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> M
         i = min(9, int(10 * at / wall))
         tenths[i] = max(tenths[i], run_kb + reader_kb)
         run_tenths[i], reader_tenths[i] = max(run_tenths[i], run_kb), max(reader_tenths[i], reader_kb)
+    kind_tenths: dict[str, list[Optional[float]]] = {kind: [None] * 10 for kind in KINDS}
+    for at, sizes in by_kind:
+        i = min(9, int(10 * at / wall))
+        for kind, size in sizes.items():
+            kind_tenths[kind][i] = max(kind_tenths[kind][i] or 0.0, size)
     together_kb = max([run_kb + reader_kb for _, run_kb, reader_kb in samples], default=0)
 
     def mb(kb: int) -> float:
@@ -500,7 +518,7 @@ def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> M
                        run_peak_mb=mb(max([r for _, r, _ in samples] + [high_water_kb])),
                        reader_peak_mb=mb(max([k for _, _, k in samples], default=0)),
                        by_tenth_mb=[mb(kb) for kb in tenths], run_by_tenth_mb=[mb(kb) for kb in run_tenths],
-                       reader_by_tenth_mb=[mb(kb) for kb in reader_tenths])
+                       reader_by_tenth_mb=[mb(kb) for kb in reader_tenths], run_by_kind_by_tenth_mb=kind_tenths)
 
 
 GROWTH_BATCH_EVENTS = 5000
@@ -739,10 +757,14 @@ def memory(settings: KafkaSettings, backlogs: tuple[int, ...]) -> dict[str, Any]
         "largest_backlog": max(backlogs),
         "peak_rss_mb_by_tenth_of_largest_backlog": largest.by_tenth_mb,
         "by_tenth_of_largest_backlog_by_process": {"run": largest.run_by_tenth_mb, "reader": largest.reader_by_tenth_mb},
+        "run_process_by_kind_by_tenth_of_largest_backlog": largest.run_by_kind_by_tenth_mb,
     }
     print(f"memory: peak RSS by backlog {rss} MB (by process {out['peak_rss_mb_by_process']}; by tenth of the "
           f"{max(backlogs):,}-event backlog's run {largest.by_tenth_mb}, the run's process "
           f"{largest.run_by_tenth_mb}, the reader's {largest.reader_by_tenth_mb})", flush=True)
+    print("memory: the run's process by kind of mapping, MB in the first, fifth and last tenth: " + "; ".join(
+        f"{kind} {', '.join('-' if tenths[i] is None else f'{tenths[i]:,.0f}' for i in (0, 4, 9))}"
+        for kind, tenths in largest.run_by_kind_by_tenth_mb.items()), flush=True)
     return out
 
 
