@@ -3,8 +3,8 @@
 Why: a peak resident size says how much, not whose. Over a long backlog the run's process
 keeps DuckDB's blocks within DuckDB's memory limit, while glibc's malloc (its main heap and
 the arenas of the threads that allocate from it) keeps growing slowly (docs/performance.md,
-"Where the run's memory lives, by mapping"). The memory benchmark samples this every second
-so each call shows both apart.
+"Where the run's memory lives, by mapping"). The memory benchmark samples this every 0.2 s
+(``run_all.MAPPINGS_EVERY_S``) so each call shows both apart.
 
 The kinds, in MB:
 

@@ -467,6 +467,11 @@ class MemoryTrace:
     run_by_kind_by_tenth_mb: dict[str, list[Optional[float]]]
 
 
+def _tenth(at: float, wall: float) -> int:
+    """Which tenth (0-9) of a run lasting ``wall`` seconds the moment ``at`` falls in."""
+    return min(9, int(10 * at / wall))
+
+
 MAPPINGS_EVERY_S = 0.2  # reading smaps takes a few milliseconds; the resident sizes are read every 20 ms
 
 
@@ -501,12 +506,12 @@ def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> M
     wall = max(time.monotonic() - started, 1e-9)
     tenths, run_tenths, reader_tenths = [0] * 10, [0] * 10, [0] * 10
     for at, run_kb, reader_kb in samples:
-        i = min(9, int(10 * at / wall))
+        i = _tenth(at, wall)
         tenths[i] = max(tenths[i], run_kb + reader_kb)
         run_tenths[i], reader_tenths[i] = max(run_tenths[i], run_kb), max(reader_tenths[i], reader_kb)
     kind_tenths: dict[str, list[Optional[float]]] = {kind: [None] * 10 for kind in KINDS}
     for at, sizes in by_kind:
-        i = min(9, int(10 * at / wall))
+        i = _tenth(at, wall)
         for kind, size in sizes.items():
             kind_tenths[kind][i] = max(kind_tenths[kind][i] or 0.0, size)
     together_kb = max([run_kb + reader_kb for _, run_kb, reader_kb in samples], default=0)
