@@ -26,7 +26,9 @@
 
 Every figure goes to stdout and to benchmarks/results/run_all.json, and at the end each target's
 figure beside its aim, met or missed (benchmarks/targets.py). Ratios compare work measured
-in the same run; absolute seconds depend on the machine and on what else runs on it.
+in the same run; absolute seconds depend on the machine and on what else runs on it, and on how
+fast it hands out new memory, which the run reads before and after its parts
+(benchmarks/fresh_memory.py).
 
   .venv/bin/python benchmarks/run_all.py [--quick] [--only throughput,freshness,growth,memory]
                                          [--backlogs 100000,200000,1000000] [--no-prune]
@@ -59,6 +61,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import duckdb  # noqa: E402
 import targets  # noqa: E402
 from by_slice import cycles_by_slice, describe_cycles, describe_latency, latency_by_slice  # noqa: E402
+from fresh_memory import fresh_memory  # noqa: E402
 from mappings import KINDS, resident_by_kind  # noqa: E402
 from throughput import consume_all, free_port, simulate_at_least  # noqa: E402
 
@@ -89,9 +92,19 @@ QUICK = Scale(20_000, ((2000, 15),), 20_000, 100_000, 10_000, (10_000, 20_000))
 CXJ = [sys.executable, "-m", "pipelines.cli"]
 RUN_TAG = f"{os.getpid()}-"  # this run's temporary folders (removed at the end)
 START = datetime(2026, 6, 1, tzinfo=timezone.utc)
+FRESH_MEMORY_MB = 256  # new memory timed before and after the parts (0.1-0.9 s here)
 
 
 BENCH_STARTED = time.monotonic()
+
+
+def _fresh_memory_mb_per_s(when: str) -> float:
+    """How fast a new process fills new memory now (benchmarks/fresh_memory.py): on this kind
+    of machine it varied sevenfold from one minute to the next, and the grown store's batch
+    with it, so the results say what it was."""
+    reading = fresh_memory(FRESH_MEMORY_MB)
+    progress(f"new memory at the {when}: {reading.mb_per_s:,.0f} MB/s ({reading.mb} MB in {reading.seconds:.2f} s)")
+    return round(reading.mb_per_s)
 
 
 def progress(step: str) -> None:
@@ -810,7 +823,8 @@ def main() -> int:
     start_broker(port=port, partitions=3, topics=[], state_dir=work / "broker")
     settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
     results: dict[str, Any] = {"scale": "quick" if args.quick else "full", "prune": not args.no_prune,
-                               "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
+                               "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
+                               "fresh_memory_mb_per_s_at_start": _fresh_memory_mb_per_s("start")}
     try:
         if "throughput" in wanted:
             results["throughput"] = throughput(settings, scale.throughput_events)
@@ -826,6 +840,7 @@ def main() -> int:
             shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     results["load_average_at_end"] = os.getloadavg()[0]
+    results["fresh_memory_mb_per_s_at_end"] = _fresh_memory_mb_per_s("end")
     standing = targets.standings(results)
     results["targets"] = targets.as_json(standing)
     print(f"targets{' (small scale: indicative only)' if args.quick else ''}:\n{targets.render(standing)}", flush=True)
