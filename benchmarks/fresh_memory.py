@@ -13,6 +13,7 @@ tell a slow machine from a slow change.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -56,8 +57,22 @@ def fresh_memory(mb: int = DEFAULT_MB) -> FreshMemory:
     return FreshMemory(mb=mb, seconds=float(reading["seconds"]), peak_mb=float(reading["peak_mb"]))
 
 
+def _size_mb(text: str) -> int:
+    """``MB``: a positive whole number of megabytes."""
+    try:
+        mb = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of MB: {text!r}") from None
+    if mb <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {mb}")
+    return mb
+
+
 def main() -> int:
-    mb = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_MB
+    parser = argparse.ArgumentParser(description="Time how fast a fresh process fills new memory.")
+    parser.add_argument("mb", nargs="?", type=_size_mb, default=DEFAULT_MB,
+                        help=f"megabytes of new memory to fill (default {DEFAULT_MB})")
+    mb = parser.parse_args().mb
     reading = fresh_memory(mb)
     print(f"{reading.mb} MB of new memory in {reading.seconds:.3f} s: {reading.mb_per_s:,.0f} MB/s "
           f"(the child's peak {reading.peak_mb:,.0f} MB)")

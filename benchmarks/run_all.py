@@ -98,7 +98,7 @@ FRESH_MEMORY_MB = 256  # new memory timed before and after the parts (0.1-0.9 s 
 BENCH_STARTED = time.monotonic()
 
 
-def _fresh_memory_mb_per_s(when: str) -> float:
+def _fresh_memory_mb_per_s(when: str) -> int:
     """How fast a new process fills new memory now (benchmarks/fresh_memory.py): on this kind
     of machine it varied sevenfold from one minute to the next, and the grown store's batch
     with it, so the results say what it was."""
@@ -818,13 +818,14 @@ def main() -> int:
     wanted = set(args.only.split(","))
     if wanted - set(PARTS):
         parser.error(f"--only: no part named {', '.join(sorted(wanted - set(PARTS)))} (the parts: {', '.join(PARTS)})")
+    fresh_at_start = _fresh_memory_mb_per_s("start")  # before the broker: nothing to stop if it fails
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="cxj-bench-"))
     start_broker(port=port, partitions=3, topics=[], state_dir=work / "broker")
     settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
     results: dict[str, Any] = {"scale": "quick" if args.quick else "full", "prune": not args.no_prune,
                                "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
-                               "fresh_memory_mb_per_s_at_start": _fresh_memory_mb_per_s("start")}
+                               "fresh_memory_mb_per_s_at_start": fresh_at_start}
     try:
         if "throughput" in wanted:
             results["throughput"] = throughput(settings, scale.throughput_events)
