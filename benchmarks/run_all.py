@@ -504,13 +504,14 @@ def memory_trace(db: Path, settings: KafkaSettings, topics: dict[str, str]) -> M
     high_water_kb = 0
     by_kind: list[tuple[float, dict[str, float]]] = []  # (seconds since start, the run's MB by kind)
     while child.poll() is None:
+        at = time.monotonic() - started  # one moment for this round's readings
         try:
-            if not by_kind or time.monotonic() - started - by_kind[-1][0] >= MAPPINGS_EVERY_S:
-                by_kind.append((time.monotonic() - started, resident_by_kind(child.pid)))
+            if not by_kind or at - by_kind[-1][0] >= MAPPINGS_EVERY_S:
+                by_kind.append((at, resident_by_kind(child.pid)))
             run_kb = _rss_kb(child.pid, "VmRSS:")
             reader_kb = sum(_rss_kb(c, "VmRSS:") for c in _children(child.pid))
             high_water_kb = max(high_water_kb, _rss_kb(child.pid, "VmHWM:"))
-            samples.append((time.monotonic() - started, run_kb, reader_kb))
+            samples.append((at, run_kb, reader_kb))
         except (OSError, ValueError, IndexError):  # exiting: its memory is gone already
             pass
         time.sleep(0.02)
