@@ -555,8 +555,6 @@ def growth_events(base_events: int) -> tuple[list[dict[str, Any]], list[dict[str
     """(base, batch): simulated events of about ``base_events`` in all (the simulator writes
     ~11.5 per customer), split into what is landed first and the last 5,000, the measured batch."""
     events = generate_customer_events(max(10, int(base_events / 11.5)), 7, START)
-    for e in events:
-        e.pop("_at", None)
     return events[:-GROWTH_BATCH_EVENTS], events[-GROWTH_BATCH_EVENTS:]
 
 

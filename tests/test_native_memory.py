@@ -23,8 +23,6 @@ from tests.support import new_topics, send_events
 def rounds_of_events(rounds: int, customers: int) -> list[list[dict]]:
     """Simulated events split into ``rounds`` parts in the order they happened."""
     events = generate_customer_events(customers, 11, datetime(2026, 6, 1, tzinfo=timezone.utc))
-    for event in events:
-        event.pop("_at", None)
     size = -(-len(events) // rounds)
     return [events[i:i + size] for i in range(0, len(events), size)]
 
