@@ -15,9 +15,8 @@ from pathlib import Path
 
 from pipelines.kafka.settings import KafkaSettings
 from pipelines.kafka.simulator import generate_customer_events
-from pipelines.local.microbatch import MicroBatchRunner, RunConfig
 from pipelines.storage.store import Store
-from tests.support import new_topics, send_events
+from tests.support import land_in_rounds, new_topics
 
 
 def rounds_of_events(rounds: int, customers: int) -> list[list[dict]]:
@@ -29,24 +28,21 @@ def rounds_of_events(rounds: int, customers: int) -> list[list[dict]]:
 
 def test_a_store_kept_open_holds_nothing_of_the_files_its_batches_read(broker: KafkaSettings, db: Path) -> None:
     topics = new_topics(broker)
-    sent = 0
-    with Store(db) as store:
+    rounds = rounds_of_events(3, 60)
+    after: dict[str, int] = {}
+
+    def holds_no_cached_file(store: Store) -> None:
         assert store.replica is not None, "the replica's own files are part of what is read"
-        runner = MicroBatchRunner(RunConfig(db=db, settings=broker, topics=topics), store)
-        try:
-            for docs in rounds_of_events(3, 60):
-                sent += send_events(broker, topics, docs)
-                landed = runner.run_once()
-                assert landed, "each round lands a batch"
-                cached = store.con.execute("SELECT DISTINCT path FROM duckdb_external_file_cache()").fetchall()
-                assert cached == [], f"after batch {landed[-1].batch_id}, DuckDB still caches {len(cached)} files: {cached[:3]}"
-                held = store.con.execute(
-                    "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'EXTERNAL_FILE_CACHE'").fetchone()[0]
-                assert held == 0, f"DuckDB holds {held} bytes of cached files"
-        finally:
-            runner.close()
-        accounted = sum(store.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                        for t in ("events", "dead_letters", "event_conflicts", "duplicate_deliveries"))
-        published = store.replica.published_batch_id()
-    assert accounted == sent, "every record sent was read from the staged files and accounted for"
-    assert published is not None and published >= 3, "the replica published (its files were written and read)"
+        batch = store.next_batch_id() - 1
+        cached = store.con.execute("SELECT DISTINCT path FROM duckdb_external_file_cache()").fetchall()
+        assert cached == [], f"after batch {batch}, DuckDB still caches {len(cached)} files: {cached[:3]}"
+        held = store.con.execute(
+            "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'EXTERNAL_FILE_CACHE'").fetchone()[0]
+        assert held == 0, f"after batch {batch}, DuckDB holds {held} bytes of cached files"
+        after["accounted"] = sum(store.count(t) for t in ("events", "dead_letters", "event_conflicts", "duplicate_deliveries"))
+        after["published"] = store.replica.published_batch_id() or 0
+
+    land_in_rounds(db, broker, topics, rounds, after_round=holds_no_cached_file)
+    assert after["accounted"] == sum(len(docs) for docs in rounds), \
+        "every record sent was read from the staged files and accounted for"
+    assert after["published"] >= 3, "the replica published (its files were written and read)"
