@@ -13,7 +13,8 @@
    redelivered events costs on that store), the same batch on that store before it was grown (the
    customers' history without the bulk: what size costs, apart from what history costs), the
    same batch for returning customers whose rows lie
-   all over that store (reported beside it: the case row id ranges cannot skip), a 5-event
+   all over that store (judged against the same aim: the case row id ranges cannot skip), the
+   same batch from customers new to that store (reported: what the store's size alone costs), a 5-event
    batch for a customer with 200k stored events (target < 1 s; the median of three landings, each
    beside the same 5 events for a new customer). The batches are timed as `run_once`; closing the
    store after each (its last checkpoint) is reported beside them as close_s.
@@ -680,6 +681,14 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
          "event_id": f"{d['event_id']}-returning"} for d in batch] if generations else [])
     progress("growth: the batch for returning customers with rows all over the store")
     spread = land(big, settings, spread_topics)
+    # the same batch from customers the grown store has never seen: nothing of theirs to read,
+    # settle or revise, so what it costs beyond the empty store's batch is the store's size alone
+    newcomer_topics = topics_named("g-newcomers")
+    ensure_topics(settings, newcomer_topics.values(), 3)
+    send_docs(settings, newcomer_topics, [{**d, "customer_id": f"{d['customer_id']}-newcomer",
+                                           "event_id": f"{d['event_id']}-newcomer"} for d in batch])
+    progress("growth: the batch from customers new to the grown store")
+    newcomers = land(big, settings, newcomer_topics)
     # a customer with a long history, then 5 new events for them
     progress(f"growth: a customer with {scale.whale_events:,} events, then 5 more, {FIVE_EVENT_ROUNDS} times")
     whale = whale_events("whale-1", scale.whale_events, START - timedelta(days=30))
@@ -705,7 +714,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     five_landing, five_fresh = _median_landing(five_landings), _median_landing(five_fresh_landings)
     # (by stage: the last of the landings on each store, which is what its pipeline_batches row holds)
     stages = {"empty": _stages(work / "empty.duckdb", empty), "grown": _stages(big, grown, (grown.batches[0].batch_id,)),
-              "returning": _stages(big, spread, (spread.batches[0].batch_id,)) if spread.batches else {}}
+              "returning": _stages(big, spread, (spread.batches[0].batch_id,)) if spread.batches else {},
+              "newcomers": _stages(big, newcomers, (newcomers.batches[0].batch_id,))}
     with duckdb.connect(str(big), read_only=True) as con:
         five_stage = con.execute("SELECT duration_s, ingest_s, assemble_s, land_s FROM pipeline_batches WHERE batch_id = ?",
                                  [five_landing.batches[0].batch_id]).fetchone()
@@ -732,6 +742,9 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         "returning_customers_batch": {"wall_s": round(spread.wall_s, 2), "cpu_s": round(spread.cpu_s, 2),
                                       "close_s": round(spread.close_s, 2),
                                       "ratio_wall": round(spread.wall_s / empty.wall_s, 2)},
+        "new_customers_batch": {"wall_s": round(newcomers.wall_s, 2), "cpu_s": round(newcomers.cpu_s, 2),
+                                "close_s": round(newcomers.close_s, 2),
+                                "ratio_wall": round(newcomers.wall_s / empty.wall_s, 2)},
         "batch_stages_s": stages,
         "whale_stored_events": whale_stored, "whale_history_landing_s": round(whale_landing.wall_s, 1),
         "five_event_batch": {"wall_s": round(five_landing.wall_s, 2), "cpu_s": round(five_landing.cpu_s, 2),
@@ -748,7 +761,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
           f"CPU {out['ratio_cpu']}); with {REDELIVERED_EVENTS} "
           f"landed events delivered again {out['grown_store_batch_with_redeliveries']}; on the store before it was grown "
           f"{out['history_only_store_batch']}; the same batch for returning "
-          f"customers with rows all over it {out['returning_customers_batch']}; 5 events for a customer "
+          f"customers with rows all over it {out['returning_customers_batch']}; from customers new to it "
+          f"{out['new_customers_batch']}; 5 events for a customer "
           f"with {whale_stored:,} events: {out['five_event_batch']} vs {out['five_events_no_history']} without history",
           flush=True)
     return out
