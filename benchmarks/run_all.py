@@ -14,7 +14,8 @@
    customers' history without the bulk: what size costs, apart from what history costs), the
    same batch for returning customers whose rows lie
    all over that store (judged against the same aim: the case row id ranges cannot skip), the
-   same batch from customers new to that store (reported: what the store's size alone costs), a 5-event
+   same batch from customers new to that store, landed on a copy of it in the same rounds
+   (reported: what the store's size alone costs), a 5-event
    batch for a customer with 200k stored events (target < 1 s; the median of three landings, each
    beside the same 5 events for a new customer). The batches are timed as `run_once`; closing the
    store after each (its last checkpoint) is reported beside them as close_s.
@@ -661,15 +662,23 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     # the same 5,000 events on an empty store, on the grown store, and on the store before it was
     # grown (the customers' history, without the bulk): what the grown store costs beyond the
     # last is what its size costs; what the last costs beyond the empty store is what the batch's
-    # returning customers cost on any store. Round by round, the three side by side
-    empty_topics, history_topics = topics_named("g-empty"), topics_named("g-history")
-    for topics in (empty_topics, history_topics):
+    # returning customers cost on any store. And once more on a copy of the grown store, from
+    # customers it has never seen (nothing of theirs to read, settle or revise): what its size
+    # alone costs. Round by round, the four side by side
+    newcomers_db = work / "newcomers.duckdb"
+    _copy_store(big, newcomers_db)
+    empty_topics, history_topics, newcomer_topics = topics_named("g-empty"), topics_named("g-history"), topics_named("g-newcomers")
+    for topics in (empty_topics, history_topics, newcomer_topics):
         ensure_topics(settings, topics.values(), 3)
     for topics in (empty_topics, big_topics, history_topics):
         send_docs(settings, topics, batch)
-    empty_rounds, grown_rounds, history_rounds = land_rounds_side_by_side(
-        [(work / "empty.duckdb", empty_topics), (big, big_topics), (history_only, history_topics)], settings)
-    empty, grown, history = (_median_landing(rounds) for rounds in (empty_rounds, grown_rounds, history_rounds))
+    send_docs(settings, newcomer_topics, [{**d, "customer_id": f"{d['customer_id']}-newcomer",
+                                           "event_id": f"{d['event_id']}-newcomer"} for d in batch])
+    empty_rounds, grown_rounds, history_rounds, newcomer_rounds = land_rounds_side_by_side(
+        [(work / "empty.duckdb", empty_topics), (big, big_topics), (history_only, history_topics),
+         (newcomers_db, newcomer_topics)], settings)
+    empty, grown, history, newcomers = (_median_landing(rounds)
+                                        for rounds in (empty_rounds, grown_rounds, history_rounds, newcomer_rounds))
     # the same batch for returning customers whose rows lie all over the grown store: each
     # customer is one of the copies (a copy per customer, of any generation), so the batch's
     # customers have rows in every row group (what reading by row id ranges cannot skip)
@@ -681,14 +690,6 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
          "event_id": f"{d['event_id']}-returning"} for d in batch] if generations else [])
     progress("growth: the batch for returning customers with rows all over the store")
     spread = land(big, settings, spread_topics)
-    # the same batch from customers the grown store has never seen: nothing of theirs to read,
-    # settle or revise, so what it costs beyond the empty store's batch is the store's size alone
-    newcomer_topics = topics_named("g-newcomers")
-    ensure_topics(settings, newcomer_topics.values(), 3)
-    send_docs(settings, newcomer_topics, [{**d, "customer_id": f"{d['customer_id']}-newcomer",
-                                           "event_id": f"{d['event_id']}-newcomer"} for d in batch])
-    progress("growth: the batch from customers new to the grown store")
-    newcomers = land(big, settings, newcomer_topics)
     # a customer with a long history, then 5 new events for them
     progress(f"growth: a customer with {scale.whale_events:,} events, then 5 more, {FIVE_EVENT_ROUNDS} times")
     whale = whale_events("whale-1", scale.whale_events, START - timedelta(days=30))
@@ -715,7 +716,8 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     # (by stage: the last of the landings on each store, which is what its pipeline_batches row holds)
     stages = {"empty": _stages(work / "empty.duckdb", empty), "grown": _stages(big, grown, (grown.batches[0].batch_id,)),
               "returning": _stages(big, spread, (spread.batches[0].batch_id,)) if spread.batches else {},
-              "newcomers": _stages(big, newcomers, (newcomers.batches[0].batch_id,))}
+              "newcomers": _stages(newcomers_db, newcomers, (newcomers.batches[0].batch_id,))}
+    _remove_store(newcomers_db)
     with duckdb.connect(str(big), read_only=True) as con:
         five_stage = con.execute("SELECT duration_s, ingest_s, assemble_s, land_s FROM pipeline_batches WHERE batch_id = ?",
                                  [five_landing.batches[0].batch_id]).fetchone()
@@ -744,7 +746,9 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
                                       "ratio_wall": round(spread.wall_s / empty.wall_s, 2)},
         "new_customers_batch": {"wall_s": round(newcomers.wall_s, 2), "cpu_s": round(newcomers.cpu_s, 2),
                                 "close_s": round(newcomers.close_s, 2),
-                                "ratio_wall": round(newcomers.wall_s / empty.wall_s, 2)},
+                                "rounds_wall_s": [round(x.wall_s, 2) for x in newcomer_rounds],
+                                "ratio_wall": round(newcomers.wall_s / empty.wall_s, 2),
+                                "ratio_wall_by_round": round(_ratio_by_round(newcomer_rounds, empty_rounds), 2)},
         "batch_stages_s": stages,
         "whale_stored_events": whale_stored, "whale_history_landing_s": round(whale_landing.wall_s, 1),
         "five_event_batch": {"wall_s": round(five_landing.wall_s, 2), "cpu_s": round(five_landing.cpu_s, 2),

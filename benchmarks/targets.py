@@ -70,7 +70,8 @@ def standings(results: dict[str, Any]) -> list[Standing]:
         newcomers = growth.get("new_customers_batch")  # (absent from results of older calls)
         if newcomers is not None:
             rows.append(Standing("growth: the same batch from customers new to the grown store",
-                                 f"ratio {newcomers['ratio_wall']:.2f} ({newcomers['wall_s']:.2f} s)", "-", None))
+                                 f"ratio {newcomers['ratio_wall']:.2f} (by round {newcomers['ratio_wall_by_round']:.2f})",
+                                 "-", None))
         five = growth["five_event_batch"]["wall_s"]
         rows.append(Standing(f"growth: 5 events for a customer with {growth['whale_stored_events']:,} stored",
                              f"{five:.2f} s", f"< {FIVE_EVENTS_MAX_S:.0f} s", five < FIVE_EVENTS_MAX_S))
