@@ -182,9 +182,13 @@ REVIEWED = {
                                            "self._touched_events()": "literal SQL text, or literal text around " + _TOUCHED},
     "storage/store.py:_touched_events": {"self._touched_rows('events', again=True)": _TOUCHED},
     "storage/store.py:_read_links": {"self._touched_rows('journey_events', again=True)": _TOUCHED},
-    "storage/store.py:_freeze_settled_journeys": {"self._touched_rows('journeys', again=True)": _TOUCHED,
-                                                  "self._touched_rows('events', again=True)": _TOUCHED,
-                                                  "self._touched_rows('journey_events', again=True)": _TOUCHED},
+    "storage/store.py:_freeze_settled_journeys": {"self._touched_rows('journeys', again=True)": _TOUCHED},
+    "storage/store.py:_read_history_around_settled": {
+        "settled": "the module constant _SETTLED_EVENT (fixed SQL text) formatted with _touched_rows, same function",
+        "landed_events": "literal text around " + _TOUCHED + ", same function",
+        "self._touched_rows('events', again=True)": _TOUCHED,
+        "unfrozen": "literal SQL text assigned in the same function",
+    },
     "storage/store.py:_touched_rows": {
         "table": "checked against the module set CUSTOMER_TABLES (fixed table names) at the top of the function",
     },
@@ -250,11 +254,10 @@ REVIEWED = {
         "ids": "list of int() snapshot ids read back from the catalog",
     },
     "storage/store.py:export_history": {
-        "columns": "literal column list in the same function",
+        "columns": "the module constant _HISTORY_COLUMNS (a literal column list), assigned in the same function",
         "query": "f-string in the same function built from columns",
         "partitioned": "literal PARTITION_BY clause with int(partitions)",
         "self._touched_rows('events', again=True)": _TOUCHED,
-        "settled": "literal text around the module constant _SETTLED_EVENT (fixed SQL text) formatted with _touched_rows, same function",
     },
     "storage/store.py:land": {
         "touched": "literal subquery in the same function",

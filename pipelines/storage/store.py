@@ -237,6 +237,9 @@ def rowid_filter(ranges: list[tuple[int, int]]) -> str:
 # Rows of journeys the batch recomputes: all of the touched customers' except the settled ones
 # (Store._freeze_settled_journeys) the batch leaves as landed.
 _NOT_FROZEN = "journey_id NOT IN (SELECT journey_id FROM batch_frozen)"
+# The columns of a landed event the assembly reads (batch_history, beside at_us)
+_HISTORY_COLUMNS = ("event_id, event_type, customer_id, ticket_id, chat_id, survey_id, channel, handler_type, "
+                    "agent_id, team, status, author, outcome, csat, nps")
 # A landed event (a row of events) of a settled journey: of a customer with settled journeys, and
 # linked, as landed, to one of them ({links}: a condition on journey_events for the touched
 # customers' links). Not "linked to a journey the batch recomputes": a landed event can have no
@@ -952,22 +955,18 @@ class Store:
         customers = int(self.con.execute("SELECT count(*) FROM batch_customers").fetchone()[0])
         if customers == 0:
             return 0
-        columns = (
-            "event_id, event_type, customer_id, ticket_id, chat_id, survey_id, channel, handler_type, "
-            "agent_id, team, status, author, outcome, csat, nps"
-        )
-        settled = ""
-        if horizon_s is not None and self._freeze_settled_journeys(int(round(horizon_s * 1_000_000))):
-            settled = "AND NOT " + _SETTLED_EVENT.format(links=self._touched_rows("journey_events", again=True))
+        columns = _HISTORY_COLUMNS
         # The touched customers' landed events that the batch recomputes, read from the events
         # table once (two scans of a store of 8M events cost 0.7-0.8 s each). The settled
         # journeys' events are left out as they are read: copying them into this table cost more
         # than reading them (0.10 of 0.13 s for a customer with 200k events).
-        self._temp_from_query(
-            "batch_history",
-            f"""SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
-                WHERE {self._touched_rows('events', again=True)} AND event_id NOT IN (SELECT event_id FROM batch_events)
-                {settled}""")
+        if horizon_s is not None and self._freeze_settled_journeys(int(round(horizon_s * 1_000_000))):
+            self._read_history_around_settled()
+        else:
+            self._temp_from_query(
+                "batch_history",
+                f"""SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
+                    WHERE {self._touched_rows('events', again=True)} AND event_id NOT IN (SELECT event_id FROM batch_events)""")
         self._history_read = True
         query = f"""
             SELECT {columns}, at_us FROM batch_events
@@ -1019,7 +1018,9 @@ class Store:
         * every event of the prefix lies before the start of the first journey after it (so
           the pass over the rest never looks back into the prefix);
         * no event of the batch names a ticket or chat that an event of the prefix names
-          (it would extend, link to or move a survey of a settled thread);
+          (it would extend, link to or move a survey of a settled thread): checked as the
+          history is read (``_read_history_around_settled``), which takes such a customer out
+          of batch_frozen again;
         * no event of that customer is replaced by a conflicting copy in this batch (the old
           version's time is not bounded).
         Otherwise the customer's whole history is recomputed. Results are identical either way
@@ -1052,35 +1053,55 @@ class Store:
 
         self._temp_from_arrow("batch_frozen", pa.table(
             {"journey_id": [j for j, _ in frozen], "customer_id": [c for _, c in frozen]}))
-        # a batch event that names a settled ticket or chat: that customer is recomputed whole.
-        # Only the landed events that share a ticket or chat id with a batch event of their
-        # customer are looked up in the landed links (a look-up of every event of a customer
-        # with 200k settled ones cost 0.07 s). That handful is found first, in a materialized
-        # CTE: joined in one plan, DuckDB pushed the links' event ids into the scan of events as
-        # a range filter, and the scan took 0.3 s on the growth benchmark's store. The ids are
-        # tested on their own before the customer join, whose OR would otherwise be tried for
-        # every pair of a frozen customer's events and its batch events (0.027 against 0.016 s
-        # for 5 events of a customer with 200k). A frozen customer has no event in batch_events
-        # that is landed.
-        con.execute(
-            f"""DELETE FROM batch_frozen WHERE customer_id IN (
-                   WITH named AS MATERIALIZED (
-                       SELECT e.event_id, e.customer_id
-                       FROM (SELECT event_id, customer_id, ticket_id, chat_id FROM events
-                             WHERE {self._touched_rows('events', again=True)}
-                               AND customer_id IN (SELECT customer_id FROM batch_frozen)
-                               AND (ticket_id IN (SELECT ticket_id FROM batch_events)
-                                    OR chat_id IN (SELECT chat_id FROM batch_events))) e
-                       JOIN batch_events b ON b.customer_id = e.customer_id
-                                          AND (b.ticket_id = e.ticket_id OR b.chat_id = e.chat_id))
-                   SELECT n.customer_id FROM named n
-                   JOIN (SELECT event_id, journey_id FROM journey_events
-                         WHERE {self._touched_rows('journey_events', again=True)}) l ON l.event_id = n.event_id
-                   WHERE l.journey_id IN (SELECT journey_id FROM batch_frozen))"""
-        )
         self.settled_journeys = dict(con.execute(
             "SELECT customer_id, count(*) FROM batch_frozen GROUP BY customer_id").fetchall())
         return sum(self.settled_journeys.values())
+
+    def _read_history_around_settled(self) -> None:
+        """Fills batch_history with the touched customers' landed events outside their settled
+        journeys (batch_frozen), and recomputes whole every customer whose settled journeys
+        are not settled after all: a batch event of theirs names a ticket or chat that an event
+        of one of their settled journeys names (it would extend, link to or move a survey of a
+        settled thread). Such a customer's journeys leave batch_frozen and their events join
+        the history.
+
+        One read of ``events`` serves both: it keeps, besides the events outside settled
+        journeys, the settled events that share a ticket or chat id with some batch event (a
+        handful), and the check looks only at those. The check used to read ``events`` on its
+        own: where the touched customers' rows lie in most row groups, each read is one of the
+        whole table (0.4-0.7 s each at 8.3M events, docs/performance.md, "One read of the
+        touched customers' events"). Only a customer found by the check has the rest of its
+        settled events read, by a second read.
+
+        A settled customer has no landed event in batch_events (a customer with a replaced or
+        replacing event has no settled journey: ``_freeze_settled_journeys``), so comparing with
+        every batch event of the same customer is the check as stated."""
+        con = self.con
+        settled = _SETTLED_EVENT.format(links=self._touched_rows("journey_events", again=True))
+        landed_events = (f"FROM events WHERE {self._touched_rows('events', again=True)} "
+                         "AND event_id NOT IN (SELECT event_id FROM batch_events)")
+        self._temp_from_query(
+            "batch_history",
+            f"""SELECT * FROM (SELECT {_HISTORY_COLUMNS}, epoch_us(occurred_at) AS at_us, {settled} AS _settled
+                               {landed_events})
+                WHERE NOT _settled OR ticket_id IN (SELECT ticket_id FROM batch_events)
+                   OR chat_id IN (SELECT chat_id FROM batch_events)""")
+        # (the settled rows kept are few: they share an id with some batch event, so the join's
+        # OR is tried for few pairs)
+        self._temp_from_query(
+            "batch_unfrozen",
+            """SELECT DISTINCT h.customer_id
+               FROM (SELECT customer_id, ticket_id, chat_id FROM batch_history WHERE _settled) h
+               JOIN batch_events b ON b.customer_id = h.customer_id AND (b.ticket_id = h.ticket_id OR b.chat_id = h.chat_id)""")
+        if con.execute("SELECT count(*) FROM batch_unfrozen").fetchone()[0]:
+            unfrozen = "customer_id IN (SELECT customer_id FROM batch_unfrozen)"
+            con.execute(f"DELETE FROM batch_history WHERE _settled AND {unfrozen}")
+            con.execute(f"INSERT INTO batch_history SELECT {_HISTORY_COLUMNS}, epoch_us(occurred_at), false "
+                        f"{landed_events} AND {unfrozen} AND {settled}")
+            con.execute(f"DELETE FROM batch_frozen WHERE {unfrozen}")
+            self.settled_journeys = dict(con.execute(
+                "SELECT customer_id, count(*) FROM batch_frozen GROUP BY customer_id").fetchall())
+        con.execute("DELETE FROM batch_history WHERE _settled")
 
     def land(self, facts: BatchFacts, staged: StagedFiles, backlog_left: bool = False) -> LandedBatch:
         """One transaction: events (new and replacing), losing copies, dead letters, journeys of
