@@ -665,31 +665,29 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     # returning customers cost on any store. And once more on a copy of the grown store, from
     # customers it has never seen (nothing of theirs to read, settle or revise): what its size
     # alone costs. Round by round, the four side by side
-    newcomers_db = work / "newcomers.duckdb"
+    newcomers_db, spread_db = work / "newcomers.duckdb", work / "spread.duckdb"
     _copy_store(big, newcomers_db)
+    _copy_store(big, spread_db)
     empty_topics, history_topics, newcomer_topics = topics_named("g-empty"), topics_named("g-history"), topics_named("g-newcomers")
-    for topics in (empty_topics, history_topics, newcomer_topics):
+    # and the same batch for returning customers whose rows lie all over the grown store: each
+    # customer is one of the copies (a copy per customer, of any generation), so the batch's
+    # customers have rows in every row group (what reading by row id ranges cannot skip)
+    spread_topics = topics_named("g-spread")
+    for topics in (empty_topics, history_topics, newcomer_topics, spread_topics):
         ensure_topics(settings, topics.values(), 3)
     for topics in (empty_topics, big_topics, history_topics):
         send_docs(settings, topics, batch)
     send_docs(settings, newcomer_topics, [{**d, "customer_id": f"{d['customer_id']}-newcomer",
                                            "event_id": f"{d['event_id']}-newcomer"} for d in batch])
-    empty_rounds, grown_rounds, history_rounds, newcomer_rounds = land_rounds_side_by_side(
-        [(work / "empty.duckdb", empty_topics), (big, big_topics), (history_only, history_topics),
-         (newcomers_db, newcomer_topics)], settings)
-    empty, grown, history, newcomers = (_median_landing(rounds)
-                                        for rounds in (empty_rounds, grown_rounds, history_rounds, newcomer_rounds))
-    # the same batch for returning customers whose rows lie all over the grown store: each
-    # customer is one of the copies (a copy per customer, of any generation), so the batch's
-    # customers have rows in every row group (what reading by row id ranges cannot skip)
-    spread_topics = topics_named("g-spread")
-    ensure_topics(settings, spread_topics.values(), 3)
     generations = sizes["copies"]
     send_docs(settings, spread_topics, [
         {**d, "customer_id": f"{d['customer_id']}#{1 + zlib.crc32(d['customer_id'].encode()) % generations}",
          "event_id": f"{d['event_id']}-returning"} for d in batch] if generations else [])
-    progress("growth: the batch for returning customers with rows all over the store")
-    spread = land(big, settings, spread_topics)
+    empty_rounds, grown_rounds, history_rounds, newcomer_rounds, spread_rounds = land_rounds_side_by_side(
+        [(work / "empty.duckdb", empty_topics), (big, big_topics), (history_only, history_topics),
+         (newcomers_db, newcomer_topics), (spread_db, spread_topics)], settings)
+    empty, grown, history, newcomers, spread = (
+        _median_landing(rounds) for rounds in (empty_rounds, grown_rounds, history_rounds, newcomer_rounds, spread_rounds))
     # a customer with a long history, then 5 new events for them
     progress(f"growth: a customer with {scale.whale_events:,} events, then 5 more, {FIVE_EVENT_ROUNDS} times")
     whale = whale_events("whale-1", scale.whale_events, START - timedelta(days=30))
@@ -715,9 +713,10 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     five_landing, five_fresh = _median_landing(five_landings), _median_landing(five_fresh_landings)
     # (by stage: the last of the landings on each store, which is what its pipeline_batches row holds)
     stages = {"empty": _stages(work / "empty.duckdb", empty), "grown": _stages(big, grown, (grown.batches[0].batch_id,)),
-              "returning": _stages(big, spread, (spread.batches[0].batch_id,)) if spread.batches else {},
+              "returning": _stages(spread_db, spread, (spread.batches[0].batch_id,)) if spread.batches else {},
               "newcomers": _stages(newcomers_db, newcomers, (newcomers.batches[0].batch_id,))}
     _remove_store(newcomers_db)
+    _remove_store(spread_db)
     with duckdb.connect(str(big), read_only=True) as con:
         five_stage = con.execute("SELECT duration_s, ingest_s, assemble_s, land_s FROM pipeline_batches WHERE batch_id = ?",
                                  [five_landing.batches[0].batch_id]).fetchone()
@@ -743,7 +742,9 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
                                      "grown_over_this_wall": round(grown.wall_s / history.wall_s, 2)},
         "returning_customers_batch": {"wall_s": round(spread.wall_s, 2), "cpu_s": round(spread.cpu_s, 2),
                                       "close_s": round(spread.close_s, 2),
-                                      "ratio_wall": round(spread.wall_s / empty.wall_s, 2)},
+                                      "rounds_wall_s": [round(x.wall_s, 2) for x in spread_rounds],
+                                      "ratio_wall": round(spread.wall_s / empty.wall_s, 2),
+                                      "ratio_wall_by_round": round(_ratio_by_round(spread_rounds, empty_rounds), 2)},
         "new_customers_batch": {"wall_s": round(newcomers.wall_s, 2), "cpu_s": round(newcomers.cpu_s, 2),
                                 "close_s": round(newcomers.close_s, 2),
                                 "rounds_wall_s": [round(x.wall_s, 2) for x in newcomer_rounds],
