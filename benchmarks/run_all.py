@@ -13,9 +13,9 @@
    redelivered events costs on that store), the same batch on that store before it was grown (the
    customers' history without the bulk: what size costs, apart from what history costs), the
    same batch for returning customers whose rows lie
-   all over that store (judged against the same aim: the case row id ranges cannot skip), the
-   same batch from customers new to that store, landed on a copy of it in the same rounds
-   (reported: what the store's size alone costs), a 5-event
+   all over that store (judged against the same aim: the case row id ranges cannot skip), and the
+   same batch from customers new to that store (reported: what the store's size alone costs),
+   these two each landed on a copy of it in the same rounds, a 5-event
    batch for a customer with 200k stored events (target < 1 s; the median of three landings, each
    beside the same 5 events for a new customer). The batches are timed as `run_once`; closing the
    store after each (its last checkpoint) is reported beside them as close_s.
@@ -664,7 +664,7 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     # last is what its size costs; what the last costs beyond the empty store is what the batch's
     # returning customers cost on any store. And once more on a copy of the grown store, from
     # customers it has never seen (nothing of theirs to read, settle or revise): what its size
-    # alone costs. Round by round, the four side by side
+    # alone costs. Round by round, the five side by side
     newcomers_db, spread_db = work / "newcomers.duckdb", work / "spread.duckdb"
     _copy_store(big, newcomers_db)
     _copy_store(big, spread_db)
