@@ -631,6 +631,19 @@ def land_rounds_side_by_side(stores: list[tuple[Path, dict[str, str]]], settings
     return landings
 
 
+def _round_figures(rounds: list[Landed], baseline: Optional[list[Landed]] = None) -> dict[str, Any]:
+    """The median landing of ``rounds`` (wall, CPU and close seconds) and every round's wall;
+    with ``baseline`` (the empty store's rounds, landed side by side), the ratio of the medians
+    and the median of the rounds' ratios."""
+    median = _median_landing(rounds)
+    figures: dict[str, Any] = {"wall_s": round(median.wall_s, 2), "cpu_s": round(median.cpu_s, 2),
+                               "close_s": round(median.close_s, 2), "rounds_wall_s": [round(x.wall_s, 2) for x in rounds]}
+    if baseline is not None:
+        figures["ratio_wall"] = round(median.wall_s / _median_landing(baseline).wall_s, 2)
+        figures["ratio_wall_by_round"] = round(_ratio_by_round(rounds, baseline), 2)
+    return figures
+
+
 def _ratio_by_round(landings: list[Landed], baseline: list[Landed]) -> float:
     """The median over rounds of one store's landing against the baseline store's landing of the
     same round (``land_rounds_side_by_side``)."""
@@ -710,7 +723,7 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
         send_docs(settings, small_topics, [{**d, "customer_id": f"fresh-{round_no}", "event_id": d["event_id"] + "-fresh"}
                                            for d in five])
         five_fresh_landings.append(land(big, settings, small_topics))
-    five_landing, five_fresh = _median_landing(five_landings), _median_landing(five_fresh_landings)
+    five_landing = _median_landing(five_landings)
     # (by stage: the last of the landings on each store, which is what its pipeline_batches row holds)
     stages = {"empty": _stages(work / "empty.duckdb", empty), "grown": _stages(big, grown, (grown.batches[0].batch_id,)),
               "returning": _stages(spread_db, spread, (spread.batches[0].batch_id,)) if spread.batches else {},
@@ -723,42 +736,24 @@ def growth(settings: KafkaSettings, scale: Scale) -> dict[str, Any]:
     out = {
         "batch_events": sum(b.consumed for b in grown.batches),
         "grown_store": sizes,
-        "empty_store": {"wall_s": round(empty.wall_s, 2), "cpu_s": round(empty.cpu_s, 2), "close_s": round(empty.close_s, 2),
-                        "rounds_wall_s": [round(x.wall_s, 2) for x in empty_rounds]},
-        "grown_store_batch": {"wall_s": round(grown.wall_s, 2), "cpu_s": round(grown.cpu_s, 2), "close_s": round(grown.close_s, 2),
-                              "rounds_wall_s": [round(x.wall_s, 2) for x in grown_rounds]},
+        "empty_store": _round_figures(empty_rounds),
+        "grown_store_batch": _round_figures(grown_rounds),
         "ratio_wall": round(grown.wall_s / empty.wall_s, 2), "ratio_cpu": round(grown.cpu_s / empty.cpu_s, 2),
         "ratio_wall_by_round": round(_ratio_by_round(grown_rounds, empty_rounds), 2),
         "grown_store_batch_with_redeliveries": {
-            "redelivered": REDELIVERED_EVENTS, "duplicates": redelivered_duplicates,
-            "wall_s": round(redelivered.wall_s, 2), "cpu_s": round(redelivered.cpu_s, 2), "close_s": round(redelivered.close_s, 2),
-            "rounds_wall_s": [round(x.wall_s, 2) for x in redelivered_rounds],
+            "redelivered": REDELIVERED_EVENTS, "duplicates": redelivered_duplicates, **_round_figures(redelivered_rounds),
             "over_grown_store_batch": round(redelivered.wall_s / grown.wall_s, 2)},
-        "history_only_store_batch": {"wall_s": round(history.wall_s, 2), "cpu_s": round(history.cpu_s, 2),
-                                     "close_s": round(history.close_s, 2),
-                                     "rounds_wall_s": [round(x.wall_s, 2) for x in history_rounds],
-                                     "ratio_wall": round(history.wall_s / empty.wall_s, 2),
-                                     "ratio_wall_by_round": round(_ratio_by_round(history_rounds, empty_rounds), 2),
+        "history_only_store_batch": {**_round_figures(history_rounds, empty_rounds),
                                      "grown_over_this_wall": round(grown.wall_s / history.wall_s, 2)},
-        "returning_customers_batch": {"wall_s": round(spread.wall_s, 2), "cpu_s": round(spread.cpu_s, 2),
-                                      "close_s": round(spread.close_s, 2),
-                                      "rounds_wall_s": [round(x.wall_s, 2) for x in spread_rounds],
-                                      "ratio_wall": round(spread.wall_s / empty.wall_s, 2),
-                                      "ratio_wall_by_round": round(_ratio_by_round(spread_rounds, empty_rounds), 2)},
-        "new_customers_batch": {"wall_s": round(newcomers.wall_s, 2), "cpu_s": round(newcomers.cpu_s, 2),
-                                "close_s": round(newcomers.close_s, 2),
-                                "rounds_wall_s": [round(x.wall_s, 2) for x in newcomer_rounds],
-                                "ratio_wall": round(newcomers.wall_s / empty.wall_s, 2),
-                                "ratio_wall_by_round": round(_ratio_by_round(newcomer_rounds, empty_rounds), 2)},
+        "returning_customers_batch": _round_figures(spread_rounds, empty_rounds),
+        "new_customers_batch": _round_figures(newcomer_rounds, empty_rounds),
         "batch_stages_s": stages,
         "whale_stored_events": whale_stored, "whale_history_landing_s": round(whale_landing.wall_s, 1),
         "five_event_batch": {"wall_s": round(five_landing.wall_s, 2), "cpu_s": round(five_landing.cpu_s, 2),
                              "close_s": round(five_landing.close_s, 2),
                              "stages_s": dict(zip(("duration", "ingest", "assemble", "land"), (round(x, 2) for x in five_stage))),
                              "rounds_wall_s": [round(x.wall_s, 2) for x in five_landings]},
-        "five_events_no_history": {"wall_s": round(five_fresh.wall_s, 2), "cpu_s": round(five_fresh.cpu_s, 2),
-                                   "close_s": round(five_fresh.close_s, 2),
-                                   "rounds_wall_s": [round(x.wall_s, 2) for x in five_fresh_landings]},
+        "five_events_no_history": _round_figures(five_fresh_landings),
         "broker_retries": empty.retries + grown.retries + sum(x.retries for x in five_landings + five_fresh_landings),
     }
     print(f"growth: 5,000-event batch on an empty store {out['empty_store']}, on a grown store {sizes}: "
