@@ -1053,9 +1053,7 @@ class Store:
 
         self._temp_from_arrow("batch_frozen", pa.table(
             {"journey_id": [j for j, _ in frozen], "customer_id": [c for _, c in frozen]}))
-        self.settled_journeys = dict(con.execute(
-            "SELECT customer_id, count(*) FROM batch_frozen GROUP BY customer_id").fetchall())
-        return sum(self.settled_journeys.values())
+        return len(frozen)
 
     def _read_history_around_settled(self) -> None:
         """Fills batch_history with the touched customers' landed events outside their settled
@@ -1063,7 +1061,7 @@ class Store:
         are not settled after all: a batch event of theirs names a ticket or chat that an event
         of one of their settled journeys names (it would extend, link to or move a survey of a
         settled thread). Such a customer's journeys leave batch_frozen and their events join
-        the history.
+        the history. What stays in batch_frozen is what ``settled_journeys`` reports.
 
         One read of ``events`` serves both: it keeps, besides the events outside settled
         journeys, the settled events that share a ticket or chat id with some batch event (a
@@ -1099,9 +1097,9 @@ class Store:
             con.execute(f"INSERT INTO batch_history SELECT {_HISTORY_COLUMNS}, epoch_us(occurred_at), false "
                         f"{landed_events} AND {unfrozen} AND {settled}")
             con.execute(f"DELETE FROM batch_frozen WHERE {unfrozen}")
-            self.settled_journeys = dict(con.execute(
-                "SELECT customer_id, count(*) FROM batch_frozen GROUP BY customer_id").fetchall())
         con.execute("DELETE FROM batch_history WHERE _settled")
+        self.settled_journeys = dict(con.execute(
+            "SELECT customer_id, count(*) FROM batch_frozen GROUP BY customer_id").fetchall())
 
     def land(self, facts: BatchFacts, staged: StagedFiles, backlog_left: bool = False) -> LandedBatch:
         """One transaction: events (new and replacing), losing copies, dead letters, journeys of
