@@ -148,3 +148,35 @@ def test_a_range_past_the_end_of_the_log_stalls_where_the_log_ends_and_says_so(b
         for _ in read_range_chunks(broker, [OffsetRange(key[0], key[1], 0, end + 5)], 2.0, report=report):
             pass
     assert report[key].stop == end and report[key].records == end
+
+
+def test_ranges_longer_than_the_clients_queue_are_read_without_waiting_out_its_long_backoff(broker, monkeypatch, caplog):
+    """librdkafka fetches ahead until its local queue holds ``queued.min.messages``, then puts
+    off the next fetch of every partition for ``fetch.queue.backoff.ms`` (1 s by default). A
+    backlog's batch fills that queue (50k records of its own and what lies past its stops), and
+    a partition not fetched yet then waited out the whole second with both cores idle: 0.43 s of
+    a 202k-event run's first batch (docs/performance.md, "The range reader's fetch backoff").
+    Here the queue is made small so that a read of 3,000 records fills it again and again; the
+    client's own log must show it backing off, and never for longer than the reader's setting.
+    Fails with librdkafka's default (checked)."""
+    import logging
+    import re
+
+    import pipelines.kafka.read as read
+    from pipelines.kafka.read import FETCH_QUEUE_BACKOFF_MS, read_range_chunks
+
+    configured = read.range_reader_config
+
+    def small_queue(settings, budget_bytes):  # type: ignore[no-untyped-def]
+        return {**configured(settings, budget_bytes), "queued.min.messages": 100, "debug": "fetch"}
+
+    monkeypatch.setattr(read, "range_reader_config", small_queue)
+    caplog.set_level(logging.DEBUG, logger="cxj.kafka.reader")
+    _, ends = _sent(broker, 3000)
+    ranges = [OffsetRange(t, p, 0, end) for (t, p), end in ends.items()]
+    records = [r for chunk in read_range_chunks(broker, ranges, 20.0) for r in chunk]
+
+    assert sorted(v[:6] for *_, v in records) == [f"{i:06d}".encode() for i in range(3000)]
+    backoffs = [int(ms) for ms in re.findall(r"Fetch backoff for (\d+)ms: Local: Queue full", caplog.text)]
+    assert backoffs, "the client's queue never filled: the test proves nothing"
+    assert max(backoffs) <= FETCH_QUEUE_BACKOFF_MS
