@@ -955,7 +955,6 @@ class Store:
         customers = int(self.con.execute("SELECT count(*) FROM batch_customers").fetchone()[0])
         if customers == 0:
             return 0
-        columns = _HISTORY_COLUMNS
         # The touched customers' landed events that the batch recomputes, read from the events
         # table once (two scans of a store of 8M events cost 0.7-0.8 s each). The settled
         # journeys' events are left out as they are read: copying them into this table cost more
@@ -964,20 +963,25 @@ class Store:
             self._read_history_around_settled()
         else:
             self._temp_from_query(
-                "batch_history",
-                f"""SELECT {columns}, epoch_us(occurred_at) AS at_us FROM events
-                    WHERE {self._touched_rows('events', again=True)} AND event_id NOT IN (SELECT event_id FROM batch_events)""")
+                "batch_history", f"SELECT {_HISTORY_COLUMNS}, epoch_us(occurred_at) AS at_us {self._landed_history()}")
         self._history_read = True
         query = f"""
-            SELECT {columns}, at_us FROM batch_events
+            SELECT {_HISTORY_COLUMNS}, at_us FROM batch_events
             UNION ALL
-            SELECT {columns}, at_us FROM batch_history
+            SELECT {_HISTORY_COLUMNS}, at_us FROM batch_history
         """
         partitioned = f"SELECT *, hash(customer_id) % {int(partitions)} AS part FROM ({query})"
         written = self.con.execute(
             f"COPY ({partitioned}) TO {sql_literal(str(target))} (FORMAT parquet, PARTITION_BY (part), OVERWRITE_OR_IGNORE)"
         ).fetchone()
         return int(written[0]) if written else 0
+
+    def _landed_history(self) -> str:
+        """``FROM events WHERE ...``: the touched customers' landed events, less those the batch
+        lands again (their batch version is in batch_events): the rows the history is read from,
+        with or without settled journeys."""
+        return (f"FROM events WHERE {self._touched_rows('events', again=True)} "
+                "AND event_id NOT IN (SELECT event_id FROM batch_events)")
 
     def _read_links(self) -> None:
         """Inside the landing, before it rewrites the links: fills batch_links with the touched
@@ -1076,8 +1080,7 @@ class Store:
         every batch event of the same customer is the check as stated."""
         con = self.con
         settled = _SETTLED_EVENT.format(links=self._touched_rows("journey_events", again=True))
-        landed_events = (f"FROM events WHERE {self._touched_rows('events', again=True)} "
-                         "AND event_id NOT IN (SELECT event_id FROM batch_events)")
+        landed_events = self._landed_history()
         self._temp_from_query(
             "batch_history",
             f"""SELECT * FROM (SELECT {_HISTORY_COLUMNS}, epoch_us(occurred_at) AS at_us, {settled} AS _settled
