@@ -31,6 +31,12 @@ from pipelines.kafka.simulator import generate_customer_events, to_messages
 from tests.support import JOURNEY_COLUMNS, run_once, send, table, wal_bytes
 
 KILLS = int(os.environ.get("CXJ_CRASH_KILLS", "10"))
+# The follower's batches in the random-kill test, and its customers: a round of the stream (one per
+# kill) must fill at least three batches, so that a phase kill that lets one batch pass still
+# finds another to pause in. The customers grow with the kills to keep the rounds that large (the
+# 10-kill form: 120 customers, 1,466 messages, rounds of 133-134).
+FOLLOWER_BATCH_EVENTS = 50
+CUSTOMERS = 12 * max(KILLS, 10)
 
 
 # Runs the real CLI with pause points. The test arms one by writing "<phase> <spare>" to the file
@@ -84,7 +90,8 @@ class Follower:
     """One `cxj run` process (with HOOK; `--follow` unless told otherwise); a thread collects its log lines."""
 
     def __init__(self, db: Path, broker, topics: dict[str, str], arm: Path,
-                 how: tuple[str, ...] = ("--follow", "--max-batch-events", "50", "--poll-interval", "0.1s")) -> None:
+                 how: tuple[str, ...] = ("--follow", "--max-batch-events", str(FOLLOWER_BATCH_EVENTS),
+                                         "--poll-interval", "0.1s")) -> None:
         """``how``: the run's mode and batch options (a following run of 50-event batches unless told)."""
         cmd = [sys.executable, "-c", HOOK, "run", *how, "--verbose", "--db", str(db),
                "--bootstrap-servers", broker.bootstrap_servers,
@@ -184,7 +191,7 @@ class Producer:
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, topics, tmp_path, monkeypatch):
     monkeypatch.setenv("CXJ_REPLICA", "off")
     rng = random.Random(1234)
-    events = generate_customer_events(120, 99, datetime(2026, 8, 1, tzinfo=timezone.utc))
+    events = generate_customer_events(CUSTOMERS, 99, datetime(2026, 8, 1, tzinfo=timezone.utc))
     messages = to_messages(events, 99, out_of_order=0.05, duplicates=0.05, malformed=0.02)
     db = tmp_path / "crashy.duckdb"
     arm = tmp_path / "arm"
@@ -192,6 +199,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, topics, tmp
     modes = phases + ["random"] * (KILLS - len(phases))
     rng.shuffle(modes)
     rounds = [messages[i::KILLS + 1] for i in range(KILLS + 1)]
+    assert min(len(r) for r in rounds) > 2 * FOLLOWER_BATCH_EVENTS, "a round must fill three batches (see CUSTOMERS)"
     sending = Producer(broker, topics)
     kills = {"in_transaction": 0, "after_commit": 0, "schema": 0, "random": 0}
     known_landed = 0  # batches the test knows committed: let through before a phase kill, or killed after commit
