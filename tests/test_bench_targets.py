@@ -14,7 +14,7 @@ import targets  # noqa: E402
 
 def _results(throughput: float = 0.5, p99: float = 3.0, replica_p99: float | None = 1.0, growth: float = 1.5,
              growth_by_round: float = 1.5, five_s: float = 0.99, spread: float = 1.5, spread_by_round: float = 1.5,
-             newcomers: float = 1.1) -> dict:
+             newcomers: float = 1.1, memory_peak_mb: float = 1100.0) -> dict:
     return {
         "throughput": {"ratio": throughput},
         "freshness": [
@@ -26,7 +26,8 @@ def _results(throughput: float = 0.5, p99: float = 3.0, replica_p99: float | Non
                    "returning_customers_batch": {"wall_s": 1.2, "ratio_wall": spread, "ratio_wall_by_round": spread_by_round},
                    "new_customers_batch": {"wall_s": 0.7, "ratio_wall": newcomers, "ratio_wall_by_round": newcomers}},
         "memory": {"largest_backlog": 1_000_000,
-                   "peak_rss_mb_by_tenth_of_largest_backlog": [1000, 1200, 1300, 1250, 1400, 1380, 1390, 1400, 1410, 1405]},
+                   "peak_rss_mb_by_backlog": {"100000": 1000.0, "200000": 1040.0, "1000000": memory_peak_mb},
+                   "peak_rss_mb_by_tenth_of_largest_backlog": [900, 1000, 1050, 1020, memory_peak_mb, 1080, 1090, 1060, 1070, 1065]},
     }
 
 
@@ -45,7 +46,7 @@ def test_figures_at_the_aims_edge_meet_it_and_the_reported_ones_are_not_judged()
         "growth: the same batch, its customers' rows all over the grown store": "met",
         "growth: the same batch from customers new to the grown store": "reported",
         "growth: 5 events for a customer with 200,000 stored": "met",
-        "memory: peak RSS over 1,000,000 events": "reported",
+        "memory: peak RSS over 1,000,000 events against 100,000": "met",
     }
 
 
@@ -56,6 +57,7 @@ def test_each_figure_past_its_aim_misses_it_alone():
         "freshness at 2,000 events/s: replica behind p99": _results(replica_p99=1.01),
         "growth: 5 events for a customer with 200,000 stored": _results(five_s=1.0),
         "growth: the same batch, its customers' rows all over the grown store": _results(spread=1.51),
+        "memory: peak RSS over 1,000,000 events against 100,000": _results(memory_peak_mb=1101.0),
     }
     misses_by_round = {
         "growth: the same batch, its customers' rows all over the grown store": _results(spread_by_round=1.51),
@@ -72,15 +74,28 @@ def test_the_growth_ratio_must_meet_its_aim_both_ways_and_a_replica_never_seen_m
     assert _verdicts(_results(replica_p99=None))["freshness at 2,000 events/s: replica behind p99"] == "missed"
 
 
-def test_parts_not_run_are_left_out_and_memory_is_shown_by_its_tenths():
-    results = _results()
+def test_parts_not_run_are_left_out_and_memory_is_judged_against_the_smallest_backlog():
+    results = _results(memory_peak_mb=1410.0)
     only_memory = {"memory": results["memory"]}
     rows = targets.standings(only_memory)
-    assert [row.target for row in rows] == ["memory: peak RSS over 1,000,000 events"]
-    assert rows[0].figure == "1,410 MB; first fifth 1,200 MB, the rest 1,250-1,410 MB"
+    assert [row.target for row in rows] == ["memory: peak RSS over 1,000,000 events against 100,000"]
+    assert rows[0].figure == ("1.41x (1,410 against 1,000 MB); by tenth 1,410 MB; first fifth 1,000 MB, "
+                              "the rest 1,020-1,410 MB")
     text = targets.render(targets.standings(results))
-    assert len(text.splitlines()) == 9 and text.count("missed") == 0
-    assert [entry["verdict"] for entry in targets.as_json(rows)] == ["reported"]
+    assert len(text.splitlines()) == 9 and text.count("missed") == 1
+    assert [entry["verdict"] for entry in targets.as_json(rows)] == ["missed"]
+
+
+def test_memory_of_one_backlog_has_nothing_to_compare_and_is_reported():
+    """`--only memory --backlogs 3000000` runs one backlog: its tenths are shown, not judged."""
+    memory = _results(memory_peak_mb=1600.0)["memory"]
+    memory.update(largest_backlog=3_000_000, peak_rss_mb_by_backlog={"3000000": 1600.0})
+    rows = targets.standings({"memory": memory})
+    assert [(row.target, row.aim, row.verdict) for row in rows] == [
+        ("memory: peak RSS over 3,000,000 events", "flat", "reported")]
+    assert rows[0].figure == "1,600 MB; first fifth 1,000 MB, the rest 1,020-1,600 MB"
+    del memory["peak_rss_mb_by_backlog"]  # results of calls before the judge
+    assert [row.verdict for row in targets.standings({"memory": memory})] == ["reported"]
 
 
 def test_results_without_the_spread_customers_batch_still_judge_the_growth_batch():
