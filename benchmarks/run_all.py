@@ -282,8 +282,13 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
         cycle_slices = cycles_by_slice(con, FRESHNESS_SLICE_S)
         finished = dict(con.execute("SELECT batch_id, epoch(finished_at) FROM pipeline_batches").fetchall())
         cycle = con.execute("SELECT median(duration_s), count(*) FROM pipeline_batches").fetchone()
-    lags = sorted(seen[b] - finished[b] for b in finished if b in seen)
-    replica = {"batches_seen": len(lags), "p50": _q(lags, 0.5), "p99": _q(lags, 0.99), "max": round(lags[-1], 2) if lags else None}
+    lag_by_batch = {b: seen[b] - finished[b] for b in finished if b in seen}
+    lags = sorted(lag_by_batch.values())
+    # the batch readers saw latest: set beside the replica's maintenance (every 10 and 50 publishes)
+    # it tells whether a late publish waited for one (docs/performance.md, "A replica publish seen late")
+    latest_seen = max(lag_by_batch, key=lag_by_batch.__getitem__) if lag_by_batch else None
+    replica = {"batches_seen": len(lags), "p50": _q(lags, 0.5), "p99": _q(lags, 0.99), "max": round(lags[-1], 2) if lags else None,
+               "latest_seen_batch": latest_seen}
     out = {"offered_per_s": rate, "load_seconds": round(load_s, 1), "sent": sent, "events": events,
            "batches": cycle[1], "median_batch_s": round(cycle[0] or 0, 2),
            "latency_s": {"p50": round(p50, 2), "p95": round(p95, 2), "p99": round(p99, 2), "max": round(worst, 2)},
@@ -298,7 +303,8 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
            "load_average": {"before": round(load_before[0], 1), "end_of_load": round(load_during[0], 1)}}
     print(f"freshness @ {rate:.0f}/s: {events:,} events ({sent:,} records sent) in {cycle[1]} batches (median "
           f"{out['median_batch_s']}s); landed_at - Kafka timestamp p50 {p50:.2f}s p95 {p95:.2f}s p99 {p99:.2f}s "
-          f"max {worst:.2f}s; replica behind by p50 {replica['p50']}s p99 {replica['p99']}s max {replica['max']}s; "
+          f"max {worst:.2f}s; replica behind by p50 {replica['p50']}s p99 {replica['p99']}s max {replica['max']}s "
+          f"(batch {latest_seen} of {cycle[1]}); "
           f"caught up {caught_up_s}s after the load; run --follow used {out['run_cpu_s']} CPU s, this benchmark "
           f"{out['harness_cpu_s']} CPU s; load average "
           f"{load_before[0]:.1f} before, {load_during[0]:.1f} at the end of the load", flush=True)
