@@ -284,8 +284,8 @@ def freshness(settings: KafkaSettings, rate: float, seconds: float) -> dict[str,
         cycle = con.execute("SELECT median(duration_s), count(*) FROM pipeline_batches").fetchone()
     lag_by_batch = {b: seen[b] - finished[b] for b in finished if b in seen}
     lags = sorted(lag_by_batch.values())
-    # the batch readers saw latest: set beside the replica's maintenance (every 10 and 50 publishes)
-    # it tells whether a late publish waited for one (docs/performance.md, "A replica publish seen late")
+    # the batch readers saw latest, named so that a late one can be matched with the replica's
+    # maintenance, every 10 and 50 publishes (docs/performance.md, "A replica publish seen late")
     latest_seen = max(lag_by_batch, key=lag_by_batch.__getitem__) if lag_by_batch else None
     replica = {"batches_seen": len(lags), "p50": _q(lags, 0.5), "p99": _q(lags, 0.99), "max": round(lags[-1], 2) if lags else None,
                "latest_seen_batch": latest_seen}

@@ -24,9 +24,9 @@ FRESHNESS_MAX_P99_S = 3.0
 REPLICA_MAX_P99_S = 1.0
 GROWTH_MAX_RATIO = 1.5
 FIVE_EVENTS_MAX_S = 1.0
-# "Flat": one backlog's peak moved by 4-5% from call to call on this machine (100k events: 933-1,017
-# MB, 1M events: 1,369-1,445 MB), so a tenth more is past that spread, and memory that does not grow
-# with the backlog stays inside it (docs/performance.md, "Memory judged against the smallest backlog")
+# "Flat": one backlog's peak moved by 4-5% from call to call on machines of this kind (100k
+# events: 978-1,017 MB, 1M events: 1,369-1,445 MB), so a tenth more is past that spread, and
+# memory that does not grow with the backlog stays inside it (docs/performance.md, "Memory judged against the smallest backlog")
 MEMORY_FLAT_MAX_GROWTH = 1.1
 
 
