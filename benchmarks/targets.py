@@ -26,7 +26,8 @@ GROWTH_MAX_RATIO = 1.5
 FIVE_EVENTS_MAX_S = 1.0
 # "Flat": one backlog's peak moved by 4-5% from call to call on machines of this kind (100k
 # events: 978-1,017 MB, 1M events: 1,369-1,445 MB), so a tenth more is past that spread, and
-# memory that does not grow with the backlog stays inside it (docs/performance.md, "Memory judged against the smallest backlog")
+# memory that does not grow with the backlog stays inside it (docs/performance.md, "Memory
+# judged against the smallest backlog")
 MEMORY_FLAT_MAX_GROWTH = 1.1
 
 

@@ -32,9 +32,9 @@ from tests.support import JOURNEY_COLUMNS, run_once, send, table, wal_bytes
 
 KILLS = int(os.environ.get("CXJ_CRASH_KILLS", "10"))
 # The follower's batches in the random-kill test, and its customers: a round of the stream (one per
-# kill) must fill at least three batches, so that a phase kill that lets one batch pass still
-# finds another to pause in. The customers grow with the kills to keep the rounds that large (the
-# 10-kill form: 120 customers, 1,466 messages, rounds of 133-134).
+# kill) must span at least three batches (more than two full ones), so that a phase kill that lets
+# one batch pass still finds another to pause in. The customers grow with the kills to keep the
+# rounds that large (the 10-kill form: 120 customers, 1,466 messages, rounds of 133-134).
 FOLLOWER_BATCH_EVENTS = 50
 CUSTOMERS = 12 * max(KILLS, 10)
 
@@ -199,7 +199,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, topics, tmp
     modes = phases + ["random"] * (KILLS - len(phases))
     rng.shuffle(modes)
     rounds = [messages[i::KILLS + 1] for i in range(KILLS + 1)]
-    assert min(len(r) for r in rounds) > 2 * FOLLOWER_BATCH_EVENTS, "a round must fill three batches (see CUSTOMERS)"
+    assert min(len(r) for r in rounds) > 2 * FOLLOWER_BATCH_EVENTS, "a round must span three batches (see CUSTOMERS)"
     sending = Producer(broker, topics)
     kills = {"in_transaction": 0, "after_commit": 0, "schema": 0, "random": 0}
     known_landed = 0  # batches the test knows committed: let through before a phase kill, or killed after commit
